@@ -1,0 +1,262 @@
+"""Documents that almat keeps in its campaign collections (pydantic v2).
+
+Units: energies in eV, forces in eV/Å, stress in eV/Å³ with ASE's sign convention (positive = tensile),
+as a 3x3 matrix. Times in seconds, dates in UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from monty.json import jsanitize
+from pydantic import BaseModel, ConfigDict, Field
+from pymatgen.core import Structure
+
+from almat.schemas.structure import chemsys_of, structure_hash
+
+__all__ = [
+    "AlmatDocument",
+    "StructureSource",
+    "LabelStatus",
+    "StructureDoc",
+    "LabelDoc",
+    "ModelDoc",
+    "TestErrors",
+    "DeviationHistogram",
+    "IterationDoc",
+    "CampaignStatus",
+    "CampaignDoc",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AlmatDocument(BaseModel):
+    """Base of the stored documents: validated, serialisable to plain dicts."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def to_store(self) -> dict[str, Any]:
+        """A plain, JSON/BSON-ready dict for a maggma store."""
+        return jsanitize(self.model_dump(mode="python"), strict=True, allow_bson=True, enum_values=True)
+
+    @classmethod
+    def from_store(cls, doc: dict[str, Any]):
+        """Validate a document read back from a store (drops the store's own fields)."""
+        doc = {k: v for k, v in doc.items() if k not in ("_id", "last_updated")}
+        return cls.model_validate(doc)
+
+
+class StructureSource(str, Enum):
+    """Where a structure came from."""
+
+    init = "init"
+    enumerated = "enumerated"
+    perturbed = "perturbed"
+    md = "md"
+    pool = "pool"
+    relaxed = "relaxed"
+    nft_chunk = "nft-chunk"
+
+
+class LabelStatus(str, Enum):
+    ok = "ok"
+    failed = "failed"
+
+
+class StructureDoc(AlmatDocument):
+    """A configuration that a campaign produced or used."""
+
+    structure: Structure
+    structure_hash: str = ""
+    formula: str = ""
+    chemsys: str = ""
+    elements: list[str] = Field(default_factory=list)
+    natoms: int = 0
+    source: StructureSource
+    campaign: str | None = None
+    iteration: int | None = Field(None, description="Iteration that produced it; -1 for initial data.")
+    parent: str | None = Field(None, description="structure_hash of the structure this one came from")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def model_post_init(self, __context: Any) -> None:
+        s = self.structure
+        elements = sorted({el.symbol for el in s.composition.elements})
+        self.structure_hash = self.structure_hash or structure_hash(s)
+        self.formula = self.formula or s.composition.reduced_formula
+        self.elements = self.elements or elements
+        self.chemsys = self.chemsys or chemsys_of(elements)
+        self.natoms = self.natoms or len(s)
+
+
+class LabelDoc(AlmatDocument):
+    """An oracle's answer for one configuration: energy, forces, stress, or why it failed."""
+
+    label_id: str = ""
+    structure: Structure
+    structure_hash: str = ""
+    formula: str = ""
+    chemsys: str = ""
+    elements: list[str] = Field(default_factory=list)
+    natoms: int = 0
+    source: StructureSource | None = None
+    campaign: str | None = None
+    iteration: int | None = None
+    oracle: str = Field(..., description="Oracle name, e.g. 'ase:ase.calculators.emt.EMT'")
+    oracle_fingerprint: str = Field(..., description="Hash of the oracle's settings")
+    oracle_settings: dict[str, Any] = Field(default_factory=dict)
+    status: LabelStatus = LabelStatus.ok
+    reason: str | None = Field(None, description="Why the label failed")
+    energy: float | None = None
+    forces: list[list[float]] | None = None
+    stress: list[list[float]] | None = None
+    wall_time: float | None = None
+    job_uuid: str | None = None
+    run_dir: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def model_post_init(self, __context: Any) -> None:
+        s = self.structure
+        elements = sorted({el.symbol for el in s.composition.elements})
+        self.structure_hash = self.structure_hash or structure_hash(s)
+        self.formula = self.formula or s.composition.reduced_formula
+        self.elements = self.elements or elements
+        self.chemsys = self.chemsys or chemsys_of(elements)
+        self.natoms = self.natoms or len(s)
+        if not self.label_id:
+            # deterministic: a rerun of the same label job overwrites, never duplicates
+            key = f"{self.campaign}|{self.structure_hash}|{self.oracle_fingerprint}"
+            self.label_id = hashlib.sha256(key.encode()).hexdigest()[:24]
+        if self.status == LabelStatus.failed and not self.reason:
+            raise ValueError("a failed label needs a reason")
+        if self.status == LabelStatus.ok and (self.energy is None or self.forces is None):
+            raise ValueError("an ok label needs an energy and forces")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == LabelStatus.ok
+
+    def to_atoms(self):
+        """ASE Atoms carrying the label as a SinglePointCalculator result."""
+        import numpy as np
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from almat.schemas.structure import to_atoms
+
+        atoms = to_atoms(self.structure)
+        if self.ok:
+            results: dict[str, Any] = {"energy": self.energy, "forces": np.array(self.forces)}
+            if self.stress is not None:
+                results["stress"] = np.array(self.stress)
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["label_id"] = self.label_id
+        return atoms
+
+
+class ModelDoc(AlmatDocument):
+    """One trained member of a committee. The weights are a blob in the ``data`` store."""
+
+    model_id: str = Field(default_factory=_new_id)
+    campaign: str | None = None
+    iteration: int | None = None
+    committee_index: int = 0
+    architecture: str = "MACE"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    elements: list[str] = Field(default_factory=list)
+    training_label_ids: list[str] = Field(default_factory=list)
+    validation_label_ids: list[str] = Field(default_factory=list)
+    validation_metrics: dict[str, float] = Field(default_factory=dict)
+    n_parameters: int = 0
+    epochs_trained: int = 0
+    warm_started_from: str | None = None
+    weights_blob_id: str = Field(..., description="blob_uuid of the weights in the data store")
+    weights_store: str = "data"
+    device: str = "cpu"
+    wall_time: float | None = None
+    job_uuid: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TestErrors(AlmatDocument):
+    """Committee-mean errors on labels the committee was not trained on."""
+
+    __test__ = False  # not a pytest class
+
+    n_structures: int = 0
+    energy_rmse_per_atom: float | None = None
+    force_rmse: float | None = None
+    force_mae: float | None = None
+    max_force_error: float | None = None
+
+
+class DeviationHistogram(AlmatDocument):
+    """Histogram of the per-frame max force deviation (eV/Å)."""
+
+    bin_edges: list[float]
+    counts: list[int]
+
+
+class IterationDoc(AlmatDocument):
+    """What one train → explore → select → label round did."""
+
+    campaign: str
+    iteration: int
+    n_frames_explored: int = 0
+    accurate_ratio: float = 0.0
+    candidate_ratio: float = 0.0
+    failed_ratio: float = 0.0
+    n_candidates: int = 0
+    n_selected: int = 0
+    n_labelled: int = 0
+    n_failed_labels: int = 0
+    n_train_labels: int = 0
+    trust_lo: float
+    trust_hi: float
+    test_errors: TestErrors = Field(default_factory=TestErrors)
+    deviation_histogram: DeviationHistogram | None = None
+    model_ids: list[str] = Field(default_factory=list)
+    trajectory_blob_ids: list[str] = Field(default_factory=list)
+    exploded_trajectories: int = 0
+    converged: bool = False
+    stop_reason: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CampaignStatus(str, Enum):
+    created = "created"
+    running = "running"
+    converged = "converged"
+    max_iterations = "max_iterations"
+    stopped = "stopped"
+    failed = "failed"
+
+
+class CampaignDoc(AlmatDocument):
+    """A campaign: its configuration and where it stands."""
+
+    name: str
+    config: dict[str, Any]
+    config_fingerprint: str
+    status: CampaignStatus = CampaignStatus.created
+    elements: list[str] = Field(default_factory=list)
+    chemsys: str = ""
+    oracle: str = ""
+    oracle_fingerprint: str = ""
+    n_iterations: int = 0
+    n_labels: int = 0
+    stop_reason: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

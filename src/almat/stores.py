@@ -1,0 +1,224 @@
+"""Stores: the jobflow ``JobStore`` and the campaign collections, built from the settings.
+
+- ``build_job_store(settings)`` gives jobflow's ``JobStore``: a docs store for job outputs and an
+  additional store ``data`` for large objects (model weights, trajectories): ``MongoStore`` + ``GridFSStore``
+  on a MongoDB server, two ``MontyStore`` collections (sqlite backend) when embedded.
+- ``CampaignDB`` holds the campaign collections (structures, labels, models, iterations, campaigns)
+  next to the job outputs, with the indexes that queries need. Jobs find it from the ``JobStore`` they
+  run with (``CampaignDB.from_job_store``), so a FireWorks worker writes where its JobStore points.
+- ``put_blob``/``get_blob`` keep large objects in the ``data`` store in jobflow's own blob layout
+  (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from jobflow import JobConfig, JobStore, job
+from maggma.core import Store
+from maggma.stores import GridFSStore, MemoryStore, MongoStore, MontyStore
+from monty.json import MontyDecoder
+
+from almat.settings import AlmatSettings, get_settings
+
+__all__ = [
+    "CAMPAIGN_COLLECTIONS",
+    "CampaignDB",
+    "build_job_store",
+    "check_connection",
+    "current_db",
+    "store_job",
+    "get_blob",
+    "put_blob",
+    "sibling_store",
+]
+
+#: collection -> (unique key fields, indexed fields)
+CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
+    "campaigns": (["name"], ["name", "status", "chemsys", "elements"]),
+    "structures": (
+        ["campaign", "structure_hash"],
+        ["campaign", "iteration", "chemsys", "elements", "structure_hash", "source", "formula"],
+    ),
+    "labels": (
+        ["label_id"],
+        [
+            "label_id", "campaign", "iteration", "chemsys", "elements", "structure_hash",
+            "oracle", "oracle_fingerprint", "status", "source", "natoms", "formula",
+        ],
+    ),
+    "models": (["model_id"], ["model_id", "campaign", "iteration", "elements"]),
+    "iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
+}
+
+
+def _mongo_kwargs(settings: AlmatSettings) -> dict[str, Any]:
+    return {"serverSelectionTimeoutMS": settings.mongo_timeout_ms, "connectTimeoutMS": settings.mongo_timeout_ms}
+
+
+def _store_for(settings: AlmatSettings, collection_name: str, blobs: bool = False) -> Store:
+    if settings.embedded:
+        settings.db_path.mkdir(parents=True, exist_ok=True)
+        return MontyStore(
+            collection_name,
+            database_path=str(settings.db_path.resolve()),
+            database_name=settings.database,
+            storage="sqlite",
+        )
+    uri = settings.mongo_uri.get_secret_value()
+    cls = GridFSStore if blobs else MongoStore
+    extra = {"compression": True} if blobs else {}
+    return cls(
+        database=settings.database,
+        collection_name=collection_name,
+        uri=uri,
+        mongoclient_kwargs=_mongo_kwargs(settings),
+        **extra,
+    )
+
+
+def build_job_store(settings: AlmatSettings | None = None) -> JobStore:
+    """The jobflow ``JobStore`` for these settings: docs store plus a ``data`` store for blobs."""
+    settings = settings or get_settings()
+    docs = _store_for(settings, settings.jobs_collection)
+    data = _store_for(settings, settings.data_collection, blobs=True)
+    return JobStore(docs, additional_stores={"data": data})
+
+
+def check_connection(settings: AlmatSettings | None = None) -> None:
+    """Fail fast, naming the host, when the MongoDB server cannot be reached."""
+    settings = settings or get_settings()
+    if settings.embedded:
+        return
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client = MongoClient(settings.mongo_uri.get_secret_value(), **_mongo_kwargs(settings))
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise ConnectionError(
+            f"cannot reach MongoDB at {settings.mongo_host} within "
+            f"{settings.mongo_timeout_ms / 1000:.0f} s ({type(exc).__name__})"
+        ) from None
+    finally:
+        client.close()
+
+
+def sibling_store(store: Store, collection_name: str) -> Store:
+    """A store of the same kind and connection as ``store``, on another collection."""
+    if type(store) is MemoryStore:  # (MontyStore subclasses MemoryStore)
+        # MemoryStores don't share a server; keep one per name on the original store
+        cache = store.__dict__.setdefault("_almat_siblings", {})
+        if collection_name not in cache:
+            cache[collection_name] = MemoryStore(collection_name)
+        return cache[collection_name]
+    spec = store.as_dict()
+    spec["collection_name"] = collection_name
+    return MontyDecoder().process_decoded(spec)
+
+
+@dataclass
+class CampaignDB:
+    """The campaign collections: structures, labels, models, iterations, campaigns."""
+
+    structures: Store
+    labels: Store
+    models: Store
+    iterations: Store
+    campaigns: Store
+    data: Store
+
+    @classmethod
+    def from_job_store(cls, job_store: JobStore, prefix: str | None = None) -> "CampaignDB":
+        """Campaign collections next to the job outputs of ``job_store``."""
+        prefix = prefix or get_settings().collection_prefix
+        stores = {name: sibling_store(job_store.docs_store, f"{prefix}_{name}") for name in CAMPAIGN_COLLECTIONS}
+        return cls(**stores, data=job_store.additional_stores["data"])
+
+    @classmethod
+    def from_settings(cls, settings: AlmatSettings | None = None) -> "CampaignDB":
+        settings = settings or get_settings()
+        return cls.from_job_store(build_job_store(settings), prefix=settings.collection_prefix)
+
+    def all_stores(self) -> dict[str, Store]:
+        return {name: getattr(self, name) for name in (*CAMPAIGN_COLLECTIONS, "data")}
+
+    def connect(self) -> "CampaignDB":
+        for store in self.all_stores().values():
+            store.connect()
+        self.ensure_indexes()
+        return self
+
+    def close(self) -> None:
+        for store in self.all_stores().values():
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self) -> "CampaignDB":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ensure_indexes(self) -> dict[str, dict[str, bool]]:
+        """Create the indexes queries need; returns which ones the backend accepted.
+
+        MongoDB creates them all; the embedded MontyStore has no secondary indexes and answers False.
+        """
+        created: dict[str, dict[str, bool]] = {}
+        for name, (_, fields) in CAMPAIGN_COLLECTIONS.items():
+            store = getattr(self, name)
+            created[name] = {field: _ensure_index(store, field) for field in fields}
+        if not isinstance(self.data, GridFSStore):  # GridFS indexes its own metadata
+            _ensure_index(self.data, "blob_uuid")
+        return created
+
+    def upsert(self, collection: str, docs: Iterable[Any]) -> int:
+        """Insert or replace documents (pydantic docs or dicts) on the collection's unique key."""
+        key, _ = CAMPAIGN_COLLECTIONS[collection]
+        rows = [d.to_store() if hasattr(d, "to_store") else d for d in docs]
+        if rows:
+            getattr(self, collection).update(rows, key=key if len(key) > 1 else key[0])
+        return len(rows)
+
+
+def _ensure_index(store: Store, field: str) -> bool:
+    try:
+        return bool(store.ensure_index(field))
+    except NotImplementedError:  # montydb has no secondary indexes
+        return False
+
+
+def put_blob(data_store: Store, payload: Any, **metadata: Any) -> str:
+    """Store a large object in the ``data`` store; returns its ``blob_uuid``."""
+    blob_id = uuid.uuid4().hex
+    data_store.update({"blob_uuid": blob_id, "data": payload, **metadata}, key="blob_uuid")
+    return blob_id
+
+
+def get_blob(data_store: Store, blob_id: str) -> Any:
+    """Load a large object stored with ``put_blob`` (or by jobflow itself)."""
+    doc = data_store.query_one({"blob_uuid": blob_id})
+    if doc is None:
+        raise KeyError(f"no blob {blob_id} in the data store {data_store.name}")
+    return doc["data"]
+
+
+def current_db() -> CampaignDB | None:
+    """The campaign collections of the JobStore the current jobflow job runs with (None outside a run)."""
+    from jobflow import CURRENT_JOB
+
+    store = CURRENT_JOB.store
+    if store is None:
+        return None
+    return CampaignDB.from_job_store(store).connect()
+
+
+def store_job(method=None, **job_kwargs):
+    """jobflow's ``@job`` for jobs that write to the campaign collections (the store is exposed)."""
+    return job(method, config=JobConfig(expose_store=True), **job_kwargs)
