@@ -1,0 +1,150 @@
+"""The learner's Maker: train a committee of MACE models on the campaign's labels."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobflow import CURRENT_JOB, Maker
+from pydantic import BaseModel, Field
+
+from almat.learner.committee import load_model, save_model
+from almat.learner.mace import MaceHyperParameters, train_mace
+from almat.schemas import LabelDoc, ModelDoc
+from almat.stores import CampaignDB, current_db, store_job
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CommitteeDoc", "TrainCommitteeMaker", "load_labels"]
+
+
+class CommitteeDoc(BaseModel):
+    """Output of a training job: the committee's model ids and how it was trained."""
+
+    campaign: str | None = None
+    iteration: int | None = None
+    model_ids: list[str]
+    n_labels: int
+    validation_metrics: list[dict[str, float]] = Field(default_factory=list)
+    wall_time: float = 0.0
+
+
+def load_labels(db: CampaignDB, label_ids: list[str], ok_only: bool = True) -> list[LabelDoc]:
+    """Labels by id, in the order given; ids that are missing raise."""
+    wanted = list(dict.fromkeys(label_ids))
+    found = {d["label_id"]: d for d in db.labels.query({"label_id": {"$in": wanted}})}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} label(s) missing from the labels collection, e.g. {missing[0]}")
+    labels = [LabelDoc.from_store(found[i]) for i in wanted]
+    return [lab for lab in labels if lab.ok] if ok_only else labels
+
+
+def _require_db() -> CampaignDB:
+    db = current_db()
+    if db is None:
+        raise RuntimeError("this job needs a JobStore: run it with jobflow (run_locally or FireWorks)")
+    return db
+
+
+@dataclass
+class TrainCommitteeMaker(Maker):
+    """Train ``n_models`` MACE models, each with its own seed, on the given ok labels.
+
+    Each model's weights go to the ``data`` store and a ``ModelDoc`` to the models collection.
+    With ``warm_start`` and previous model ids, member k continues from the previous member k
+    (fewer epochs, see ``MaceHyperParameters.warm_start_epochs``).
+    """
+
+    name: str = "train committee"
+    n_models: int = 4
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    base_seed: int = 0
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_models < 2:
+            raise ValueError(f"a committee needs at least 2 models, got n_models={self.n_models}")
+        MaceHyperParameters(**self.hyperparameters)  # fail early on bad settings
+
+    @property
+    def hp(self) -> MaceHyperParameters:
+        return MaceHyperParameters(**self.hyperparameters)
+
+    @store_job(output_schema=CommitteeDoc)
+    def make(
+        self,
+        label_ids: list[str],
+        campaign: str | None = None,
+        iteration: int | None = None,
+        previous_model_ids: list[str] | None = None,
+    ) -> CommitteeDoc:
+        start = time.perf_counter()
+        db = _require_db()
+        try:
+            labels = load_labels(db, label_ids)
+            if len(labels) < 2:
+                raise ValueError(
+                    f"only {len(labels)} ok label(s) to train on; check the oracle (failed labels carry a reason)"
+                )
+            atoms_list = [lab.to_atoms() for lab in labels]
+            ids = [lab.label_id for lab in labels]
+            hp = self.hp
+            job_uuid = CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None
+            previous = list(previous_model_ids or []) if self.warm_start else []
+            model_ids, metrics = [], []
+            for k in range(self.n_models):
+                seed = self.base_seed + 1000 * (iteration or 0) + k
+                init_model, init_id = None, None
+                if k < len(previous):
+                    raw = db.models.query_one({"model_id": previous[k]})
+                    if raw is not None:
+                        init_id = previous[k]
+                        init_model = load_model(db.data, ModelDoc.from_store(raw))
+
+                def progress(epoch, epochs, loss, k=k):
+                    if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
+                        logger.info("iteration %s: model %d/%d epoch %d/%d loss %.4g",
+                                    iteration, k + 1, self.n_models, epoch, epochs, loss)
+
+                result = train_mace(atoms_list, ids, hp, seed=seed, init_model=init_model, progress=progress)
+                blob_id = save_model(db.data, result.model, campaign=campaign, iteration=iteration,
+                                     committee_index=k)
+                doc = ModelDoc(
+                    campaign=campaign,
+                    iteration=iteration,
+                    committee_index=k,
+                    hyperparameters=hp.model_dump(),
+                    seed=seed,
+                    elements=sorted({s for lab in labels for s in lab.elements}),
+                    training_label_ids=result.train_ids,
+                    validation_label_ids=result.valid_ids,
+                    validation_metrics=result.metrics,
+                    n_parameters=result.n_parameters,
+                    epochs_trained=result.epochs,
+                    warm_started_from=init_id,
+                    weights_blob_id=blob_id,
+                    device=hp.device,
+                    wall_time=result.wall_time,
+                    job_uuid=job_uuid,
+                )
+                db.upsert("models", [doc])
+                model_ids.append(doc.model_id)
+                metrics.append(result.metrics)
+                logger.info(
+                    "iteration %s: model %d/%d trained on %d labels in %.0f s, validation force RMSE %.3f eV/Å",
+                    iteration, k + 1, self.n_models, len(result.train_ids), result.wall_time,
+                    result.metrics["force_rmse"],
+                )
+            return CommitteeDoc(
+                campaign=campaign,
+                iteration=iteration,
+                model_ids=model_ids,
+                n_labels=len(labels),
+                validation_metrics=metrics,
+                wall_time=time.perf_counter() - start,
+            )
+        finally:
+            db.close()

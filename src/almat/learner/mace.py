@@ -1,0 +1,354 @@
+"""Train and run MACE models (mace-torch) from almat labels, in process.
+
+The training loop is small and explicit rather than a call to ``mace_run_train``: the data come
+straight from ``LabelDoc``s (no files lying around), each committee member gets its own seed (weight
+initialisation, train/validation split and batch order), and the loop reports progress and keeps the
+best state by validation loss.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MaceHyperParameters",
+    "TrainResult",
+    "atoms_to_dataset",
+    "build_model",
+    "model_from_bytes",
+    "model_to_bytes",
+    "predict",
+    "train_mace",
+]
+
+
+class MaceHyperParameters(BaseModel):
+    """Model and training settings. The defaults are a small, fast model for CPU demos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r_max: float = Field(4.5, gt=0, description="Cutoff radius (Å)")
+    num_channels: int = Field(16, ge=1)
+    max_L: int = Field(0, ge=0, le=3, description="Max L of the hidden equivariant features")
+    num_interactions: int = Field(2, ge=1)
+    correlation: int = Field(2, ge=1)
+    max_ell: int = Field(2, ge=1)
+    num_radial_basis: int = Field(8, ge=1)
+    num_cutoff_basis: int = Field(5, ge=1)
+    radial_mlp: list[int] = Field(default_factory=lambda: [32, 32])
+    mlp_irreps: str = "16x0e"
+    epochs: int = Field(60, ge=1, description="Epochs when training from scratch")
+    warm_start_epochs: int = Field(25, ge=0, description="Epochs when continuing from a previous model")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.01, gt=0)
+    lr_final_fraction: float = Field(0.05, gt=0, le=1, description="Cosine decay of the lr down to lr * this")
+    energy_weight: float = Field(1.0, ge=0)
+    forces_weight: float = Field(10.0, ge=0)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_every: int = Field(5, ge=1, description="Validate every N epochs and keep the best state")
+    dtype: str = Field("float32", pattern="^(float32|float64)$")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default)")
+
+    def hidden_irreps(self) -> str:
+        parity = {0: "e", 1: "o", 2: "e", 3: "o"}
+        return "+".join(f"{self.num_channels}x{ell}{parity[ell]}" for ell in range(self.max_L + 1))
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    train_ids: list[str]
+    valid_ids: list[str]
+    metrics: dict[str, float]
+    epochs: int
+    n_parameters: int
+    wall_time: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _z_table(zs: Iterable[int]):
+    from mace.tools.utils import AtomicNumberTable
+
+    return AtomicNumberTable(sorted({int(z) for z in zs}))
+
+
+def atoms_to_dataset(atoms_list: Sequence[Atoms], zs: Sequence[int], r_max: float, with_labels: bool = True):
+    """MACE ``AtomicData`` for a list of Atoms; labels read from ``atoms.calc`` results."""
+    from mace.data import AtomicData
+    from mace.data.utils import Configuration
+
+    z_table = _z_table(zs)
+    dataset = []
+    for atoms in atoms_list:
+        properties, weights = {}, {}
+        if with_labels:
+            properties["energy"] = float(atoms.get_potential_energy())
+            properties["forces"] = np.asarray(atoms.get_forces(), dtype=float)
+            weights = {"energy": 1.0, "forces": 1.0}
+        config = Configuration(
+            atomic_numbers=atoms.get_atomic_numbers(),
+            positions=atoms.get_positions(),
+            properties=properties,
+            property_weights=weights,
+            cell=np.array(atoms.get_cell()),
+            pbc=tuple(bool(p) for p in atoms.get_pbc()),
+        )
+        dataset.append(AtomicData.from_config(config, z_table=z_table, cutoff=r_max))
+    return dataset
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int | None = None):
+    from mace.tools.torch_geometric import DataLoader
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=generator)
+
+
+def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.nn.Module:
+    """A ``ScaleShiftMACE`` with E0s, scale and shift fitted to the training set."""
+    from e3nn import o3
+    from mace import modules
+    from mace.data.utils import compute_average_E0s
+
+    z_table = _z_table(zs)
+    # E0s by least squares on the training energies
+    class _C:  # minimal Configuration stand-in for compute_average_E0s
+        def __init__(self, data):
+            self.properties = {"energy": float(data.energy)}
+            self.atomic_numbers = np.array([z_table.zs[i] for i in data.node_attrs.argmax(dim=1).tolist()])
+
+    e0s = compute_average_E0s([_C(d) for d in train_set], z_table)
+    atomic_energies = np.array([e0s[z] for z in z_table.zs])
+    loader = _loader(train_set, batch_size=max(1, len(train_set)), shuffle=False)
+    avg_num_neighbors = modules.compute_avg_num_neighbors(loader)
+    mean, rms = modules.compute_mean_rms_energy_forces(loader, atomic_energies)
+    scale = float(np.atleast_1d(rms)[0]) or 1.0
+    shift = float(np.atleast_1d(mean)[0])
+    if not math.isfinite(scale) or scale < 1e-3:
+        scale = 1.0
+    return modules.ScaleShiftMACE(
+        r_max=hp.r_max,
+        num_bessel=hp.num_radial_basis,
+        num_polynomial_cutoff=hp.num_cutoff_basis,
+        max_ell=hp.max_ell,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        num_interactions=hp.num_interactions,
+        num_elements=len(z_table),
+        hidden_irreps=o3.Irreps(hp.hidden_irreps()),
+        MLP_irreps=o3.Irreps(hp.mlp_irreps),
+        atomic_energies=atomic_energies,
+        avg_num_neighbors=avg_num_neighbors,
+        atomic_numbers=z_table.zs,
+        correlation=hp.correlation,
+        gate=torch.nn.functional.silu,
+        radial_MLP=list(hp.radial_mlp),
+        atomic_inter_scale=scale,
+        atomic_inter_shift=shift,
+    )
+
+
+def _loss(batch, out, hp: MaceHyperParameters) -> torch.Tensor:
+    natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+    e_term = torch.mean(torch.square((batch.energy - out["energy"]) / natoms))
+    f_term = torch.mean(torch.square(batch.forces - out["forces"]))
+    return hp.energy_weight * e_term + hp.forces_weight * f_term
+
+
+def _evaluate(model, loader, device) -> dict[str, float]:
+    e_sq, f_sq, n_graphs, n_force = 0.0, 0.0, 0, 0
+    f_max = 0.0
+    for batch in loader:
+        batch = batch.to(device)
+        out = model(batch.to_dict(), training=False, compute_force=True)
+        natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+        e_sq += float(torch.sum(torch.square((batch.energy - out["energy"].detach()) / natoms)))
+        df = batch.forces - out["forces"].detach()
+        f_sq += float(torch.sum(torch.square(df)))
+        f_max = max(f_max, float(torch.linalg.vector_norm(df, dim=1).max()))
+        n_graphs += int(batch.num_graphs)
+        n_force += int(df.numel())
+    return {
+        "energy_rmse_per_atom": math.sqrt(e_sq / max(n_graphs, 1)),
+        "force_rmse": math.sqrt(f_sq / max(n_force, 1)),
+        "max_force_error": f_max,
+    }
+
+
+def train_mace(
+    atoms_list: Sequence[Atoms],
+    ids: Sequence[str],
+    hp: MaceHyperParameters,
+    seed: int,
+    init_model: torch.nn.Module | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train one MACE model on labelled Atoms (``atoms.calc`` holds energy and forces).
+
+    ``ids`` name the configurations (label ids) so that the result says which went to training and
+    which to validation. With ``init_model`` the model continues from those weights (warm start) for
+    ``hp.warm_start_epochs`` epochs, provided it covers the same elements.
+    """
+    if len(atoms_list) != len(ids):
+        raise ValueError("atoms_list and ids must have the same length")
+    if len(atoms_list) < 2:
+        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
+    start = time.perf_counter()
+    if hp.num_threads:
+        torch.set_num_threads(hp.num_threads)
+    dtype = _torch_dtype(hp.dtype)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        device = torch.device(hp.device)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(atoms_list))
+        n_valid = int(round(hp.valid_fraction * len(atoms_list)))
+        n_valid = min(max(n_valid, 1 if hp.valid_fraction > 0 else 0), len(atoms_list) - 1)
+        valid_idx, train_idx = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
+
+        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
+        warm = init_model is not None and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs
+        if init_model is not None and not warm:
+            logger.info("elements changed; training from scratch instead of warm start")
+        r_max = float(init_model.r_max) if warm else hp.r_max
+        data = atoms_to_dataset(atoms_list, zs, r_max)
+        train_set = [data[i] for i in train_idx]
+        valid_set = [data[i] for i in valid_idx]
+
+        if warm:
+            model = _copy_model(init_model).to(dtype)
+            epochs = hp.warm_start_epochs
+        else:
+            model = build_model(hp, zs, train_set)
+            epochs = hp.epochs
+        model = model.to(device)
+        n_parameters = sum(p.numel() for p in model.parameters())
+
+        optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr, amsgrad=True)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(epochs, 1), eta_min=hp.lr * hp.lr_final_fraction
+        )
+        train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
+        valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
+        best_state, best_loss = None, math.inf
+        history: list[dict[str, float]] = []
+        for epoch in range(1, epochs + 1):
+            model.train()
+            total = 0.0
+            for batch in train_loader:
+                batch = batch.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                out = model(batch.to_dict(), training=True, compute_force=True)
+                loss = _loss(batch, out, hp)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                total += float(loss.detach()) * int(batch.num_graphs)
+            scheduler.step()
+            train_loss = total / len(train_set)
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
+            if epoch % hp.eval_every == 0 or epoch == epochs:
+                model.eval()
+                metrics = _evaluate(model, valid_loader, device)
+                vloss = hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
+                history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+                if vloss < best_loss:
+                    best_loss = vloss
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if progress is not None:
+                progress(epoch, epochs, train_loss)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        metrics = _evaluate(model, valid_loader, device)
+        metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False), device).items()})
+        model = model.to("cpu")
+        return TrainResult(
+            model=model,
+            train_ids=[ids[i] for i in train_idx],
+            valid_ids=[ids[i] for i in valid_idx],
+            metrics=metrics,
+            epochs=epochs,
+            n_parameters=n_parameters,
+            wall_time=time.perf_counter() - start,
+            history=history,
+        )
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
+def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model_from_bytes(model_to_bytes(model))
+
+
+def model_to_bytes(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    return buffer.getvalue()
+
+
+def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
+    # full-module pickles written by almat itself (weights_only=False is needed for nn.Module)
+    model = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+    model.eval()
+    return model
+
+
+def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,
+            device: str = "cpu") -> tuple[np.ndarray, list[np.ndarray]]:
+    """Energies ``[n_models, n_frames]`` and per-frame forces ``[n_models, n_atoms, 3]``."""
+    if not models:
+        raise ValueError("no models to predict with")
+    zs = [int(z) for z in models[0].atomic_numbers.tolist()]
+    unknown = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()} - set(zs))
+    if unknown:
+        from ase.data import chemical_symbols
+
+        raise ValueError(f"the models were not trained on {', '.join(chemical_symbols[z] for z in unknown)}")
+    r_max = max(float(m.r_max) for m in models)
+    dtype = next(models[0].parameters()).dtype
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        data = atoms_to_dataset(atoms_list, zs, r_max, with_labels=False)
+    finally:
+        torch.set_default_dtype(previous)
+    energies = np.zeros((len(models), len(atoms_list)))
+    forces = [np.zeros((len(models), len(a), 3)) for a in atoms_list]
+    for m_index, model in enumerate(models):
+        model.to(device)
+        frame = 0
+        for batch in _loader(data, batch_size, shuffle=False):
+            batch = batch.to(device)
+            out = model(batch.to_dict(), training=False, compute_force=True)
+            e = out["energy"].detach().cpu().numpy()
+            f = out["forces"].detach().cpu().numpy()
+            ptr = batch.ptr.cpu().numpy()
+            for g in range(int(batch.num_graphs)):
+                energies[m_index, frame] = e[g]
+                forces[frame][m_index] = f[ptr[g]:ptr[g + 1]]
+                frame += 1
+    return energies, forces
