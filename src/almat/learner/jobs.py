@@ -31,9 +31,19 @@ class CommitteeDoc(BaseModel):
     wall_time: float = 0.0
 
 
-def load_labels(db: CampaignDB, label_ids: list[str], ok_only: bool = True) -> list[LabelDoc]:
-    """Labels by id, in the order given; ids that are missing raise."""
-    wanted = list(dict.fromkeys(label_ids))
+def _as_id(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, LabelDoc):
+        return item.label_id
+    if isinstance(item, dict) and "label_id" in item:
+        return item["label_id"]
+    raise TypeError(f"expected a label id or LabelDoc, got {type(item).__name__}")
+
+
+def load_labels(db: CampaignDB, label_ids: list[Any], ok_only: bool = True) -> list[LabelDoc]:
+    """Labels by id (or ``LabelDoc``), in the order given; ids that are missing raise."""
+    wanted = list(dict.fromkeys(_as_id(i) for i in label_ids))
     found = {d["label_id"]: d for d in db.labels.query({"label_id": {"$in": wanted}})}
     missing = [i for i in wanted if i not in found]
     if missing:
@@ -76,7 +86,7 @@ class TrainCommitteeMaker(Maker):
     @store_job(output_schema=CommitteeDoc)
     def make(
         self,
-        label_ids: list[str],
+        label_ids: list[Any],
         campaign: str | None = None,
         iteration: int | None = None,
         previous_model_ids: list[str] | None = None,

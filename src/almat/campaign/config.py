@@ -1,0 +1,216 @@
+"""Campaign configuration: one YAML file (or Python object) describes a whole campaign.
+
+Every section forbids unknown keys, so a typo is an error naming the key, not a silent default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pymatgen.core import Structure
+
+from almat.learner.mace import MaceHyperParameters
+from almat.oracle.calculators import CalculatorSpec
+from almat.sampler.deviation import TrustLevels
+from almat.select.policies import SELECTION_POLICIES
+
+__all__ = [
+    "CampaignConfig",
+    "ConfigError",
+    "ConvergenceSettings",
+    "InitialDataSettings",
+    "LearnerSettings",
+    "OracleSettings",
+    "SamplerSettings",
+    "SelectionSettings",
+    "StructureSource",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """The campaign configuration is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StructureSource(_Section):
+    """A start structure: a file (CIF, POSCAR, extxyz, ...) or an ``ase.build.bulk`` prototype."""
+
+    file: Path | None = None
+    bulk: dict[str, Any] | None = Field(None, description="kwargs of ase.build.bulk, e.g. {name: Cu, cubic: true}")
+    supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.bulk is None):
+            raise ValueError("give exactly one of 'file' or 'bulk' for each structure")
+        if any(n < 1 for n in self.supercell):
+            raise ValueError(f"supercell multiples must be >= 1, got {self.supercell}")
+        return self
+
+    def load(self, base_dir: Path | None = None) -> Structure:
+        from almat.schemas import to_structure
+
+        if self.bulk is not None:
+            from ase.build import bulk
+
+            try:
+                atoms = bulk(**self.bulk)
+            except Exception as exc:  # noqa: BLE001
+                raise ConfigError(f"cannot build bulk({self.bulk}): {exc}") from None
+            structure = to_structure(atoms)
+        else:
+            path = self.file if self.file.is_absolute() or base_dir is None else base_dir / self.file
+            if not path.is_file():
+                raise ConfigError(f"structure file not found: {path}")
+            try:
+                structure = Structure.from_file(path)
+            except Exception as exc:  # noqa: BLE001 - any parser error
+                raise ConfigError(f"cannot read structure file {path}: {type(exc).__name__}: {exc}") from None
+            if not structure.is_ordered:
+                raise ConfigError(f"{path} is disordered: enumerate ordered structures first (almat enumerate)")
+        return structure * self.supercell if self.supercell != [1, 1, 1] else structure
+
+
+class CalculatorConfig(_Section):
+    module: str
+    class_: str = Field(..., alias="class")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def spec(self) -> CalculatorSpec:
+        return CalculatorSpec(self.module, self.class_, dict(self.kwargs))
+
+
+class OracleSettings(_Section):
+    calculator: CalculatorConfig = Field(
+        default_factory=lambda: CalculatorConfig(module="ase.calculators.emt", **{"class": "EMT"})
+    )
+    compute_stress: bool = True
+
+
+class InitialDataSettings(_Section):
+    """Initial data: strained and rattled copies of each start structure, labelled by the oracle."""
+
+    n_per_structure: int = Field(12, ge=2)
+    rattle_std: float = Field(0.05, ge=0, description="Å")
+    max_strain: float = Field(0.03, ge=0, lt=0.5, description="max |linear strain|")
+    seed: int = 0
+
+
+class LearnerSettings(_Section):
+    n_models: int = Field(4, ge=2)
+    warm_start: bool = True
+    seed: int = 0
+    hyperparameters: MaceHyperParameters = Field(default_factory=MaceHyperParameters)
+
+
+class SamplerSettings(_Section):
+    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
+    steps: int = Field(300, ge=1)
+    timestep_fs: float = Field(2.0, gt=0)
+    friction_per_fs: float = Field(0.02, gt=0)
+    sample_every: int = Field(10, ge=1)
+    trust_lo: float = Field(0.05, gt=0)
+    trust_hi: float = Field(0.30, gt=0)
+    stop_after_failed: int = Field(1, ge=1)
+    min_distance: float = Field(0.6, gt=0)
+    seed: int = 0
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value):
+        if any(t <= 0 for t in value):
+            raise ValueError(f"temperatures must be > 0 K, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _trust(self):
+        TrustLevels(lo=self.trust_lo, hi=self.trust_hi)
+        return self
+
+
+class SelectionSettings(_Section):
+    policy: str = "max_deviation"
+    max_select: int = Field(10, ge=1)
+    seed: int = 0
+
+    @field_validator("policy")
+    @classmethod
+    def _known(cls, value):
+        if value not in SELECTION_POLICIES:
+            raise ValueError(f"unknown selection policy {value!r}; valid: {', '.join(sorted(SELECTION_POLICIES))}")
+        return value
+
+
+class ConvergenceSettings(_Section):
+    conv_accuracy: float = Field(0.95, gt=0, le=1, description="Stop when the accurate ratio reaches this")
+    max_iterations: int = Field(10, ge=1)
+
+
+class CampaignConfig(_Section):
+    """A whole campaign."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    structures: list[StructureSource] = Field(..., min_length=1)
+    oracle: OracleSettings = Field(default_factory=OracleSettings)
+    initial: InitialDataSettings = Field(default_factory=InitialDataSettings)
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    convergence: ConvergenceSettings = Field(default_factory=ConvergenceSettings)
+    base_dir: Path | None = Field(None, description="Folder that relative structure paths start from")
+    kind: Literal["md"] = "md"
+
+    def load_structures(self) -> list[Structure]:
+        return [s.load(self.base_dir) for s in self.structures]
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the campaign's data (not of its stopping settings)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"convergence", "description", "base_dir"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
+    """A validated ``CampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
+    if isinstance(source, dict):
+        data, where, base = dict(source), "campaign config", None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"campaign file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        where, base = str(path), path.parent.resolve()
+    if base is not None and "base_dir" not in data:
+        data["base_dir"] = base
+    try:
+        config = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, where)) from None
+    try:
+        config.oracle.calculator.spec().resolve()
+    except ValueError as exc:
+        raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
+    return config

@@ -1,0 +1,123 @@
+"""The campaign as one dynamic jobflow Flow.
+
+::
+
+    register -> initial structures -> label (one oracle job each)
+        -> iteration 0: train -> explore (per start structure x temperature) -> select -> label -> decide
+        -> iteration 1 (added by decide with Response(addition=...)) ... until converged
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobflow import Flow, Maker
+
+from almat.campaign.config import CampaignConfig
+from almat.campaign.jobs import decide, initial_structures, label_batch, register_campaign, select_candidates
+from almat.learner.jobs import TrainCommitteeMaker
+from almat.sampler.jobs import ExploreMaker
+
+__all__ = ["CampaignMaker", "iteration_flow"]
+
+
+def iteration_flow(
+    config: CampaignConfig,
+    iteration: int,
+    label_ids: Any,
+    previous_model_ids: list[str] | None = None,
+    campaign: Any = None,
+) -> Flow:
+    """One train -> explore -> select -> label -> decide round.
+
+    ``campaign`` may be a reference to the register job's output name, which makes training wait
+    for the campaign to be registered.
+    """
+    cfg_dict = config.model_dump(mode="json", by_alias=True)
+    learner = config.learner
+    train = TrainCommitteeMaker(
+        name=f"train it{iteration}",
+        n_models=learner.n_models,
+        hyperparameters=learner.hyperparameters.model_dump(),
+        base_seed=learner.seed,
+        warm_start=learner.warm_start,
+    ).make(label_ids, campaign=campaign if campaign is not None else config.name, iteration=iteration,
+           previous_model_ids=previous_model_ids)
+    train.name = f"train it{iteration}"
+
+    s = config.sampler
+    explores = []
+    for i_struct, structure in enumerate(config.load_structures()):
+        for temperature in s.temperatures:
+            maker = ExploreMaker(
+                name=f"explore it{iteration} s{i_struct} {temperature:g}K",
+                temperature=temperature,
+                steps=s.steps,
+                timestep_fs=s.timestep_fs,
+                friction_per_fs=s.friction_per_fs,
+                sample_every=s.sample_every,
+                trust_lo=s.trust_lo,
+                trust_hi=s.trust_hi,
+                stop_after_failed=s.stop_after_failed,
+                min_distance=s.min_distance,
+                seed=s.seed + 101 * i_struct + int(temperature),
+                device=learner.hyperparameters.device,
+            )
+            j = maker.make(train.output.model_ids, structure, campaign=config.name, iteration=iteration)
+            j.name = maker.name
+            explores.append(j)
+
+    explored = [j.output for j in explores]
+    select = select_candidates(explored, cfg_dict, iteration)
+    select.name = f"select it{iteration}"
+    label = label_batch(select.output, cfg_dict, iteration)
+    label.name = f"label it{iteration}"
+    dec = decide(cfg_dict, iteration, train.output, explored, select.output, label.output, label_ids)
+    dec.name = f"decide it{iteration}"
+    return Flow([train, *explores, select, label, dec], output=dec.output, name=f"{config.name} iteration {iteration}")
+
+
+@dataclass
+class CampaignMaker(Maker):
+    """Build a whole active-learning campaign as one dynamic Flow.
+
+    ``make()`` starts from scratch (initial data, then iteration 0). To continue a campaign that has
+    labels and models already, pass ``start_iteration``, ``label_ids`` and ``previous_model_ids``
+    (``almat.campaign.runner.resume_state`` reads them from the store).
+    """
+
+    name: str = "campaign"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: CampaignConfig) -> "CampaignMaker":
+        return cls(name=config.name, config=config.model_dump(mode="json", by_alias=True))
+
+    @property
+    def campaign_config(self) -> CampaignConfig:
+        return CampaignConfig.model_validate(self.config)
+
+    def make(
+        self,
+        start_iteration: int = 0,
+        label_ids: list[str] | None = None,
+        previous_model_ids: list[str] | None = None,
+    ) -> Flow:
+        cfg = self.campaign_config
+        cfg_dict = cfg.model_dump(mode="json", by_alias=True)
+        register = register_campaign(cfg_dict, resume=label_ids is not None)
+        register.name = "register campaign"
+        jobs: list = [register]
+        campaign = register.output["name"]
+        if label_ids is None:
+            init = initial_structures(cfg_dict, campaign)
+            init.name = "initial structures"
+            label_init = label_batch(init.output, cfg_dict, -1)
+            label_init.name = "label initial"
+            jobs += [init, label_init]
+            label_ids = label_init.output
+        first = iteration_flow(cfg, start_iteration, label_ids, previous_model_ids, campaign=campaign)
+        jobs.append(first)
+        flow = Flow(jobs, output=first.output, name=f"campaign {cfg.name}")
+        return flow

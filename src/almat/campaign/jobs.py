@@ -1,0 +1,300 @@
+"""The campaign's own jobs: register, initial data, label a batch, select, decide."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from jobflow import Flow, Response
+
+from almat.campaign.config import CampaignConfig
+from almat.campaign.initial import perturbed_structures
+from almat.oracle import AseOracleMaker
+from almat.sampler.jobs import ExploreDoc
+from almat.schemas import (
+    CampaignDoc,
+    CampaignStatus,
+    DeviationHistogram,
+    IterationDoc,
+    LabelDoc,
+    StructureDoc,
+    StructureSource,
+    TestErrors,
+    utcnow,
+)
+from almat.select.policies import get_policy
+from almat.stores import CampaignDB, current_db, store_job
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEVIATION_BINS",
+    "decide",
+    "initial_structures",
+    "label_batch",
+    "register_campaign",
+    "select_candidates",
+]
+
+#: bin edges (eV/Å) of the stored model-deviation histograms
+DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]
+
+
+def _db() -> CampaignDB:
+    db = current_db()
+    if db is None:
+        raise RuntimeError("campaign jobs need a JobStore: run the flow with jobflow (run_locally or FireWorks)")
+    return db
+
+
+def _config(config: dict | CampaignConfig) -> CampaignConfig:
+    return config if isinstance(config, CampaignConfig) else CampaignConfig.model_validate(config)
+
+
+@store_job
+def register_campaign(config: dict, resume: bool = False) -> dict:
+    """Create (or, when resuming, reopen) the campaign document. Never mixes two campaigns."""
+    cfg = _config(config)
+    db = _db()
+    try:
+        existing = db.campaigns.query_one({"name": cfg.name})
+        if existing is not None:
+            if existing.get("config_fingerprint") != cfg.fingerprint():
+                raise ValueError(
+                    f"campaign {cfg.name!r} already exists with a different configuration; choose another name"
+                )
+            if not resume and existing.get("status") != CampaignStatus.created.value:
+                raise ValueError(f"campaign {cfg.name!r} already exists; resume it or choose another name")
+            doc = CampaignDoc.from_store(existing)
+            doc.status, doc.updated_at = CampaignStatus.running, utcnow()
+            doc.config = cfg.model_dump(mode="json", by_alias=True)
+        else:
+            spec = cfg.oracle.calculator.spec()
+            structures = cfg.load_structures()
+            elements = sorted({el.symbol for s in structures for el in s.composition.elements})
+            doc = CampaignDoc(
+                name=cfg.name,
+                config=cfg.model_dump(mode="json", by_alias=True),
+                config_fingerprint=cfg.fingerprint(),
+                status=CampaignStatus.running,
+                elements=elements,
+                chemsys="-".join(elements),
+                oracle=spec.name,
+                oracle_fingerprint=spec.fingerprint,
+            )
+        db.upsert("campaigns", [doc])
+        return {"name": doc.name, "config_fingerprint": doc.config_fingerprint}
+    finally:
+        db.close()
+
+
+@store_job
+def initial_structures(config: dict, campaign: str | None = None) -> list[StructureDoc]:
+    """Strained and rattled copies of each start structure (iteration -1).
+
+    ``campaign`` (normally the register job's output) only orders this job after registration.
+    """
+    cfg = _config(config)
+    rng = np.random.default_rng(cfg.initial.seed)
+    docs = []
+    for structure in cfg.load_structures():
+        parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
+        for i, s in enumerate(
+            perturbed_structures(structure, cfg.initial.n_per_structure, cfg.initial.rattle_std,
+                                 cfg.initial.max_strain, rng)
+        ):
+            docs.append(
+                StructureDoc(
+                    structure=s,
+                    source=StructureSource.init if i == 0 else StructureSource.perturbed,
+                    campaign=cfg.name,
+                    iteration=-1,
+                    parent=None if i == 0 else parent,
+                )
+            )
+    db = _db()
+    try:
+        db.upsert("structures", docs)
+    finally:
+        db.close()
+    logger.info("campaign %s: %d initial structures", cfg.name, len(docs))
+    return docs
+
+
+@store_job
+def label_batch(structures: list[StructureDoc], config: dict, iteration: int):
+    """Replace itself by one oracle job per structure; its output becomes the list of ``LabelDoc``s."""
+    cfg = _config(config)
+    if not structures:
+        return []
+    maker = AseOracleMaker(calculator=cfg.oracle.calculator.spec(), compute_stress=cfg.oracle.compute_stress)
+    jobs = []
+    for i, doc in enumerate(structures):
+        j = maker.make(doc, campaign=cfg.name, iteration=iteration)
+        j.name = f"oracle it{iteration} #{i}"
+        jobs.append(j)
+    return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label it{iteration}"))
+
+
+@store_job
+def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int) -> list[StructureDoc]:
+    """Pick at most ``max_select`` candidates over all trajectories with the configured policy."""
+    cfg = _config(config)
+    candidates = [c for doc in explored for c in doc.candidates]
+    policy = get_policy(cfg.selection.policy)
+    rng = np.random.default_rng(cfg.selection.seed + iteration)
+    picks = policy.select(candidates, cfg.selection.max_select, rng) if candidates else []
+    docs = [
+        StructureDoc(
+            structure=candidates[i].structure,
+            source=StructureSource.md,
+            campaign=cfg.name,
+            iteration=iteration,
+            parent=candidates[i].parent,
+            metadata={
+                "model_deviation": candidates[i].model_deviation,
+                "energy_deviation": candidates[i].energy_deviation,
+                "temperature": candidates[i].temperature,
+                "step": candidates[i].step,
+                "trajectory_blob_id": candidates[i].trajectory_blob_id,
+                "policy": policy.name,
+            },
+        )
+        for i in picks
+    ]
+    if docs:
+        db = _db()
+        try:
+            db.upsert("structures", docs)
+        finally:
+            db.close()
+    logger.info("iteration %d: selected %d of %d candidates (%s)", iteration, len(docs), len(candidates), policy.name)
+    return docs
+
+
+def _label_ids(labels: list[Any]) -> list[str]:
+    out = []
+    for lab in labels:
+        if isinstance(lab, str):
+            out.append(lab)
+        else:
+            doc = lab if isinstance(lab, LabelDoc) else LabelDoc.model_validate(lab)
+            if doc.ok:
+                out.append(doc.label_id)
+    return out
+
+
+def _test_errors(db: CampaignDB, model_ids: list[str], labels: list[LabelDoc]) -> TestErrors:
+    ok = [lab for lab in labels if lab.ok]
+    if not ok:
+        return TestErrors()
+    from almat.learner.committee import Committee
+
+    committee = Committee.from_store(db, model_ids)
+    pred = committee.predict([lab.to_atoms() for lab in ok])
+    de, df = [], []
+    for i, lab in enumerate(ok):
+        de.append((pred.mean_energy[i] - lab.energy) / lab.natoms)
+        df.append(pred.mean_forces(i) - np.asarray(lab.forces))
+    df_all = np.concatenate(df)
+    return TestErrors(
+        n_structures=len(ok),
+        energy_rmse_per_atom=float(np.sqrt(np.mean(np.square(de)))),
+        force_rmse=float(np.sqrt(np.mean(np.square(df_all)))),
+        force_mae=float(np.mean(np.abs(df_all))),
+        max_force_error=float(np.linalg.norm(df_all, axis=1).max()),
+    )
+
+
+@store_job(output_schema=IterationDoc)
+def decide(
+    config: dict,
+    iteration: int,
+    committee: dict,
+    explored: list[ExploreDoc],
+    selected: list[StructureDoc],
+    labels: list[LabelDoc],
+    train_label_ids: list[Any],
+):
+    """Record the iteration and decide: converge, stop, or add the next iteration to the flow."""
+    from almat.campaign.flow import iteration_flow
+
+    cfg = _config(config)
+    labels = [lab if isinstance(lab, LabelDoc) else LabelDoc.model_validate(lab) for lab in labels]
+    model_ids = list(committee["model_ids"] if isinstance(committee, dict) else committee.model_ids)
+    deviations = np.array([d for doc in explored for d in doc.model_deviation])
+    counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
+    n_frames = int(sum(counts.values()))
+    ratio = {k: (v / n_frames if n_frames else 0.0) for k, v in counts.items()}
+    hist, _ = np.histogram(deviations, bins=DEVIATION_BINS) if deviations.size else (np.zeros(len(DEVIATION_BINS) - 1), None)
+    n_candidates = sum(len(doc.candidates) for doc in explored)
+    train_ids = _label_ids(train_label_ids)
+    new_ids = _label_ids(labels)
+    all_ids = list(dict.fromkeys(train_ids + new_ids))
+
+    db = _db()
+    try:
+        test_errors = _test_errors(db, model_ids, labels)
+        converged = n_frames > 0 and ratio["accurate"] >= cfg.convergence.conv_accuracy
+        stop_reason = None
+        if converged:
+            stop_reason = (f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy "
+                           f"{cfg.convergence.conv_accuracy}")
+            status = CampaignStatus.converged
+        elif iteration + 1 >= cfg.convergence.max_iterations:
+            stop_reason = f"max_iterations ({cfg.convergence.max_iterations}) reached"
+            status = CampaignStatus.max_iterations
+        elif not new_ids:
+            stop_reason = ("nothing new to learn: no candidate was labelled "
+                           f"({counts['failed']} frames beyond trust_hi); widen the trust levels")
+            status = CampaignStatus.stopped
+        else:
+            status = CampaignStatus.running
+        doc = IterationDoc(
+            campaign=cfg.name,
+            iteration=iteration,
+            n_frames_explored=n_frames,
+            accurate_ratio=ratio["accurate"],
+            candidate_ratio=ratio["candidate"],
+            failed_ratio=ratio["failed"],
+            n_candidates=n_candidates,
+            n_selected=len(selected),
+            n_labelled=len(new_ids),
+            n_failed_labels=sum(1 for lab in labels if not lab.ok),
+            n_train_labels=len(train_ids),
+            trust_lo=cfg.sampler.trust_lo,
+            trust_hi=cfg.sampler.trust_hi,
+            test_errors=test_errors,
+            deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=[int(c) for c in hist]),
+            model_ids=model_ids,
+            trajectory_blob_ids=[d.trajectory_blob_id for d in explored if d.trajectory_blob_id],
+            exploded_trajectories=sum(1 for d in explored if d.exploded),
+            converged=converged,
+            stop_reason=stop_reason,
+        )
+        db.upsert("iterations", [doc])
+        campaign = db.campaigns.query_one({"name": cfg.name}) or {}
+        campaign.update({
+            "status": status.value,
+            "n_iterations": iteration + 1,
+            "n_labels": db.labels.count({"campaign": cfg.name, "status": "ok"}),
+            "stop_reason": stop_reason,
+            "updated_at": utcnow(),
+        })
+        if "name" in campaign:
+            db.upsert("campaigns", [CampaignDoc.from_store(campaign)])
+    finally:
+        db.close()
+    f_rmse = test_errors.force_rmse
+    logger.info(
+        "iteration %d: %d frames, accurate %.1f%%, candidate %.1f%%, failed %.1f%%; labelled %d; "
+        "test force RMSE %s%s",
+        iteration, n_frames, 100 * ratio["accurate"], 100 * ratio["candidate"], 100 * ratio["failed"],
+        len(new_ids), "n/a" if f_rmse is None else f"{f_rmse:.3f} eV/Å",
+        f"; stop: {stop_reason}" if stop_reason else "",
+    )
+    if status != CampaignStatus.running:
+        return doc
+    next_flow = iteration_flow(cfg, iteration + 1, all_ids, model_ids)
+    return Response(output=doc, addition=next_flow)
