@@ -116,8 +116,9 @@ class TrainCommitteeMaker(Maker):
 
                 def progress(epoch, epochs, loss, k=k):
                     if epoch == 1 or epoch % 10 == 0 or epoch == epochs:
-                        logger.info("iteration %s: model %d/%d epoch %d/%d loss %.4g",
-                                    iteration, k + 1, self.n_models, epoch, epochs, loss)
+                        logger.info("iteration %s: training model %d/%d, epoch %d/%d, loss %.4g",
+                                    iteration, k + 1, self.n_models, epoch, epochs, loss,
+                                    extra={"almat_progress": True})
 
                 result = train_mace(atoms_list, ids, hp, seed=seed, init_model=init_model, progress=progress)
                 blob_id = save_model(db.data, result.model, campaign=campaign, iteration=iteration,

@@ -81,6 +81,9 @@ class CalculatorSpec(MSONable):
         """A new calculator instance."""
         cls = self.resolve()
         try:
-            return cls(**self.kwargs)
+            calc = cls(**self.kwargs)
         except Exception as exc:  # noqa: BLE001 - report any constructor failure in one line
             raise CalculatorSpecError(f"cannot create {self.path}(**{self.kwargs!r}): {exc}") from None
+        if not (hasattr(calc, "get_potential_energy") and hasattr(calc, "calculate")):
+            raise CalculatorSpecError(f"{self.path} is not an ASE calculator")
+        return calc

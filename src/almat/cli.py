@@ -1,0 +1,207 @@
+"""``almat`` command line: run campaigns and see where they stand."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="almat",
+    help="Active learning for materials: MLIP campaigns on jobflow/atomate2.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(log_path=False)
+err_console = Console(stderr=True)
+
+
+class _ProgressHandler(logging.Handler):
+    """Progress lines update a spinner; everything else is printed as a log line."""
+
+    def __init__(self, status) -> None:
+        super().__init__(level=logging.INFO)
+        self.status = status
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if getattr(record, "almat_progress", False):
+                self.status.update(f"[bold cyan]{msg}")
+            else:
+                style = "yellow" if record.levelno >= logging.WARNING else None
+                console.log(msg, style=style)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def _db(settings):
+    from almat.stores import CampaignDB, check_connection
+
+    check_connection(settings)
+    return CampaignDB.from_settings(settings).connect()
+
+
+def _settings():
+    from almat.settings import get_settings
+
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - a bad settings file is a one-line error
+        _fail(f"settings: {exc}")
+
+
+@app.command()
+def run(
+    campaign_file: Path = typer.Argument(..., help="Campaign YAML file"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a campaign of the same name and config"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show jobflow's log"),
+) -> None:
+    """Run a campaign locally (jobflow run_locally) with a progress display."""
+    from almat.campaign import CampaignExistsError, ConfigError, load_config, run_campaign
+    from almat.oracle import CalculatorSpecError
+
+    import warnings
+
+    warnings.filterwarnings("ignore")  # e3nn/torch warnings drown the progress display
+    settings = _settings()
+    try:
+        config = load_config(campaign_file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"[bold]campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
+    logger = logging.getLogger("almat")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for name in ("jobflow", "maggma"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    with console.status("[bold cyan]starting", spinner="dots") as status:
+        handler = _ProgressHandler(status)
+        logger.addHandler(handler)
+        try:
+            result = run_campaign(config, settings, resume=resume)
+        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError) as exc:
+            _fail(str(exc))
+        except RuntimeError as exc:
+            _fail(str(exc))
+        finally:
+            logger.removeHandler(handler)
+    console.print(_iteration_table(config.name, [i.model_dump() for i in result.iterations]))
+    c = result.campaign
+    console.print(
+        f"[bold green]{c.status.value}[/] after {c.n_iterations} iteration(s), {c.n_labels} labels, "
+        f"{result.wall_time:.0f} s: {c.stop_reason}"
+    )
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _iteration_rows(iterations: list[dict]) -> list[dict]:
+    rows = []
+    for it in iterations:
+        test = it.get("test_errors") or {}
+        rows.append({
+            "iteration": it["iteration"],
+            "frames_explored": it.get("n_frames_explored", 0),
+            "accurate_pct": round(100 * it.get("accurate_ratio", 0.0), 2),
+            "candidate_pct": round(100 * it.get("candidate_ratio", 0.0), 2),
+            "failed_pct": round(100 * it.get("failed_ratio", 0.0), 2),
+            "train_labels": it.get("n_train_labels", 0),
+            "new_labels": it.get("n_labelled", 0),
+            "failed_labels": it.get("n_failed_labels", 0),
+            "test_force_rmse": test.get("force_rmse"),
+            "test_structures": test.get("n_structures", 0),
+            "converged": it.get("converged", False),
+            "stop_reason": it.get("stop_reason"),
+        })
+    return rows
+
+
+def _iteration_table(name: str, iterations: list[dict]) -> Table:
+    table = Table(title=f"campaign {name}")
+    for col, justify in [("it", "right"), ("frames", "right"), ("accurate %", "right"),
+                         ("candidate %", "right"), ("failed %", "right"), ("train labels", "right"),
+                         ("new labels", "right"), ("test F RMSE (eV/Å)", "right"), ("", "left")]:
+        table.add_column(col, justify=justify)
+    for r in _iteration_rows(iterations):
+        rmse = r["test_force_rmse"]
+        table.add_row(
+            str(r["iteration"]), str(r["frames_explored"]), f"{r['accurate_pct']:.1f}",
+            f"{r['candidate_pct']:.1f}", f"{r['failed_pct']:.1f}", str(r["train_labels"]),
+            str(r["new_labels"]) + (f" (+{r['failed_labels']} failed)" if r["failed_labels"] else ""),
+            "-" if rmse is None else f"{rmse:.3f}",
+            "converged" if r["converged"] else (r["stop_reason"] or ""),
+        )
+    return table
+
+
+@app.command()
+def status(
+    campaign: Optional[str] = typer.Argument(None, help="Campaign name; all campaigns when omitted"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
+) -> None:
+    """Show campaigns, or the iterations of one campaign."""
+    settings = _settings()
+    try:
+        db = _db(settings)
+    except ConnectionError as exc:
+        _fail(str(exc))
+    try:
+        if campaign is None:
+            docs = sorted(db.campaigns.query({}), key=lambda d: str(d.get("created_at")))
+            rows = [{
+                "name": d["name"], "status": d.get("status"), "iterations": d.get("n_iterations", 0),
+                "labels": d.get("n_labels", 0), "chemsys": d.get("chemsys"), "oracle": d.get("oracle"),
+                "updated_at": str(d.get("updated_at")),
+            } for d in docs]
+            if as_json:
+                sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+                return
+            if not rows:
+                console.print(f"no campaigns in {settings.describe()}")
+                return
+            table = Table(title=f"campaigns in {settings.describe()}")
+            for col in ("name", "status", "iterations", "labels", "chemsys", "oracle", "updated"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(r["name"], str(r["status"]), str(r["iterations"]), str(r["labels"]),
+                              str(r["chemsys"]), str(r["oracle"]), r["updated_at"][:19])
+            console.print(table)
+            return
+        doc = db.campaigns.query_one({"name": campaign})
+        if doc is None:
+            names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
+            _fail(f"no campaign {campaign!r} in {settings.describe()}"
+                  + (f"; known: {', '.join(names)}" if names else ""))
+        iterations = sorted(db.iterations.query({"campaign": campaign}), key=lambda d: d["iteration"])
+        if as_json:
+            out = {"name": campaign, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
+                   "labels": doc.get("n_labels", 0), "iterations": _iteration_rows(iterations)}
+            sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
+            return
+        console.print(_iteration_table(campaign, iterations))
+        console.print(f"status: [bold]{doc.get('status')}[/]  labels: {doc.get('n_labels', 0)}"
+                      + (f"  ({doc.get('stop_reason')})" if doc.get("stop_reason") else ""))
+    finally:
+        db.close()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: an embedded store in a temp folder, EMT-labelled Cu data, a tiny trained committee."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """Every test gets its own embedded store; no user settings file leaks in."""
+    monkeypatch.delenv("ALMAT_CONFIG_FILE", raising=False)
+    monkeypatch.delenv("ALMAT_MONGO_URI", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ALMAT_DB_PATH", str(tmp_path / "almat_db"))
+    monkeypatch.setenv("ALMAT_RUN_DIR", str(tmp_path / "almat_runs"))
+    yield
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from almat.settings import AlmatSettings
+
+    return AlmatSettings(db_path=tmp_path / "almat_db", run_dir=tmp_path / "almat_runs")
+
+
+@pytest.fixture
+def job_store(settings):
+    from almat.stores import build_job_store
+
+    return build_job_store(settings)
+
+
+@pytest.fixture
+def db(job_store):
+    from almat.stores import CampaignDB
+
+    database = CampaignDB.from_job_store(job_store).connect()
+    yield database
+    database.close()
+
+
+def emt_cu_atoms(n: int, seed: int = 0, repeat=(2, 2, 2), rattle=0.06, cubic=False):
+    """``n`` rattled, strained fcc Cu cells labelled by EMT (SinglePointCalculator results)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=cubic).repeat(repeat)
+        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
+        atoms.positions += rng.normal(0, rattle, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f)
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cu_data():
+    """24 labelled Cu8 configurations (training) and 8 more (held out)."""
+    data = emt_cu_atoms(32, seed=1)
+    return data[:24], data[24:]
+
+
+@pytest.fixture(scope="session")
+def tiny_committee(cu_data):
+    """Two small MACE models trained for a few epochs on the Cu8 data (about 20 s)."""
+    from almat.learner.committee import Committee
+    from almat.learner.mace import MaceHyperParameters, train_mace
+
+    train, _ = cu_data
+    hp = MaceHyperParameters(num_channels=8, epochs=12, batch_size=6, eval_every=4)
+    ids = [f"c{i}" for i in range(len(train))]
+    results = [train_mace(train, ids, hp, seed=s) for s in (0, 1)]
+    return Committee([r.model for r in results]), results
