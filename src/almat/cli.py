@@ -199,6 +199,34 @@ def status(
         db.close()
 
 
+@app.command("enumerate")
+def enumerate_cmd(
+    structure_file: Path = typer.Argument(..., help="Disordered structure (CIF, POSCAR, ...)"),
+    occupancy: list[str] = typer.Option([], "--occupancy", help="Set a partial occupancy, e.g. Li+=0.5 (repeatable)"),
+    primitive: bool = typer.Option(False, "--primitive", help="Reduce to the primitive cell first"),
+    max_structures: int = typer.Option(100, "--max-structures", min=1, help="How many structures to keep"),
+    max_cell_size: int = typer.Option(1, "--max-cell-size", min=1, help="Largest supercell (in primitive cells)"),
+    out_dir: Path = typer.Option(Path("enumerated"), "-o", "--out", help="Folder for the structures"),
+    fmt: str = typer.Option("cif", "--format", help="cif or poscar"),
+    backend: str = typer.Option("auto", "--backend", help="auto, icet or enumlib"),
+) -> None:
+    """Enumerate symmetry-distinct ordered structures, ranked by Ewald energy; one file each."""
+    import time
+    import warnings
+
+    from almat.enumeration.cli import enumerate_file, parse_occupancy
+
+    warnings.filterwarnings("ignore")
+    start = time.perf_counter()
+    try:
+        paths = enumerate_file(structure_file, parse_occupancy(occupancy), primitive=primitive,
+                               max_structures=max_structures, out_dir=out_dir, fmt=fmt, backend=backend,
+                               max_cell_size=max_cell_size)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"{len(paths)} structures written to {out_dir} ({time.perf_counter() - start:.1f} s)")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

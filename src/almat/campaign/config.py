@@ -121,7 +121,7 @@ class SamplerSettings(_Section):
     trust_lo: float = Field(0.05, gt=0)
     trust_hi: float = Field(0.30, gt=0)
     stop_after_failed: int = Field(1, ge=1)
-    min_distance: float = Field(0.6, gt=0)
+    min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than this x the shortest distance of the start structure")
     seed: int = 0
 
     @field_validator("temperatures")

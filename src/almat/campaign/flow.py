@@ -60,7 +60,7 @@ def iteration_flow(
                 trust_lo=s.trust_lo,
                 trust_hi=s.trust_hi,
                 stop_after_failed=s.stop_after_failed,
-                min_distance=s.min_distance,
+                min_distance_factor=s.min_distance_factor,
                 seed=s.seed + 101 * i_struct + int(temperature),
                 device=learner.hyperparameters.device,
             )

@@ -49,6 +49,10 @@ class MaceHyperParameters(BaseModel):
     num_cutoff_basis: int = Field(5, ge=1)
     radial_mlp: list[int] = Field(default_factory=lambda: [32, 32])
     mlp_irreps: str = "16x0e"
+    pair_repulsion: bool = Field(
+        True, description="Add MACE's ZBL pair repulsion, so that MD with an early committee stays physical "
+        "at short range where there are no data yet"
+    )
     epochs: int = Field(60, ge=1, description="Epochs when training from scratch")
     warm_start_epochs: int = Field(25, ge=0, description="Epochs when continuing from a previous model")
     batch_size: int = Field(8, ge=1)
@@ -165,6 +169,7 @@ def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.
         radial_MLP=list(hp.radial_mlp),
         atomic_inter_scale=scale,
         atomic_inter_shift=shift,
+        pair_repulsion=hp.pair_repulsion,
     )
 
 
@@ -336,13 +341,17 @@ def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batc
         data = atoms_to_dataset(atoms_list, zs, r_max, with_labels=False)
     finally:
         torch.set_default_dtype(previous)
+    batches = list(_loader(data, batch_size, shuffle=False))  # collate once, reuse for every model
     energies = np.zeros((len(models), len(atoms_list)))
     forces = [np.zeros((len(models), len(a), 3)) for a in atoms_list]
+    on_cpu = torch.device(device).type == "cpu"
     for m_index, model in enumerate(models):
-        model.to(device)
+        if next(model.parameters()).device != torch.device(device):
+            model.to(device)
         frame = 0
-        for batch in _loader(data, batch_size, shuffle=False):
-            batch = batch.to(device)
+        for batch in batches:
+            if not on_cpu:
+                batch = batch.to(device)
             out = model(batch.to_dict(), training=False, compute_force=True)
             e = out["energy"].detach().cpu().numpy()
             f = out["forces"].detach().cpu().numpy()

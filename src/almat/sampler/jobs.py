@@ -68,7 +68,7 @@ class ExploreMaker(Maker):
     trust_lo: float = 0.05
     trust_hi: float = 0.30
     stop_after_failed: int = 1
-    min_distance: float = 0.6
+    min_distance_factor: float = 0.7
     seed: int = 0
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +99,7 @@ class ExploreMaker(Maker):
             friction_per_fs=self.friction_per_fs,
             sample_every=self.sample_every,
             stop_after_failed=self.stop_after_failed,
-            min_distance=self.min_distance,
+            min_distance_factor=self.min_distance_factor,
             seed=self.seed + 7919 * (iteration or 0),
         )
         db = current_db()

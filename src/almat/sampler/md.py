@@ -25,7 +25,7 @@ class ExplorationSettings:
     friction_per_fs: float = 0.02
     sample_every: int = 10
     stop_after_failed: int = 1  # stop after this many consecutive frames beyond hi
-    min_distance: float = 0.6  # Å; closer atoms mean the MD exploded
+    min_distance_factor: float = 0.7  # closer than this x the start's shortest distance: the MD exploded
     max_temperature_factor: float = 10.0  # instantaneous T above factor * T (and 3000 K) means exploded
     seed: int = 0
 
@@ -77,16 +77,21 @@ class Trajectory:
         }
 
 
-def _explosion(atoms: Atoms, settings: ExplorationSettings) -> str | None:
+def _min_distance(atoms: Atoms) -> float:
+    if len(atoms) < 2:
+        return float("inf")
+    distances = atoms.get_all_distances(mic=True)
+    np.fill_diagonal(distances, np.inf)
+    return float(distances.min())
+
+
+def _explosion(atoms: Atoms, settings: ExplorationSettings, min_allowed: float) -> str | None:
     positions = atoms.get_positions()
     if not np.all(np.isfinite(positions)):
         return "non-finite positions"
-    if len(atoms) > 1:
-        distances = atoms.get_all_distances(mic=True)
-        np.fill_diagonal(distances, np.inf)
-        dmin = float(distances.min())
-        if dmin < settings.min_distance:
-            return f"atoms {dmin:.2f} Å apart (< {settings.min_distance} Å)"
+    dmin = _min_distance(atoms)
+    if dmin < min_allowed:
+        return f"atoms {dmin:.2f} Å apart (< {min_allowed:.2f} Å)"
     temperature = atoms.get_temperature()
     limit = max(settings.max_temperature_factor * settings.temperature, 3000.0)
     if not np.isfinite(temperature) or temperature > limit:
@@ -98,9 +103,13 @@ def run_exploration(atoms: Atoms, calculator, trust: TrustLevels, settings: Expl
     """Langevin NVT from ``atoms`` with a committee calculator; one frame every ``sample_every`` steps.
 
     The run stops early after ``stop_after_failed`` consecutive frames beyond ``trust.hi``, and when the
-    MD explodes (non-finite positions, atoms too close, runaway temperature); the frames so far are kept.
+    MD explodes (non-finite positions, two atoms closer than ``min_distance_factor`` times the shortest
+    distance in the start structure, runaway temperature); the frames so far are kept.
     """
     atoms = atoms.copy()
+    start_dmin = _min_distance(atoms)
+    # a start structure that is already squeezed is judged against 1 Å rather than itself
+    min_allowed = settings.min_distance_factor * (start_dmin if np.isfinite(start_dmin) and start_dmin > 1.0 else 1.0)
     atoms.calc = calculator
     rng = np.random.default_rng(settings.seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
@@ -116,7 +125,7 @@ def run_exploration(atoms: Atoms, calculator, trust: TrustLevels, settings: Expl
     failed_in_a_row = 0
     step = 0
     while True:
-        reason = _explosion(atoms, settings)
+        reason = _explosion(atoms, settings, min_allowed)
         if reason is None:
             try:
                 atoms.get_forces()

@@ -1,0 +1,443 @@
+"""VASP through atomate2: relaxations of enumerated structures and static labels for active learning.
+
+Two Makers, each a jobflow ``Flow`` of two jobs:
+
+1. an atomate2 VASP job (``RelaxMaker`` with pymatgen's ``MPRelaxSet``, or ``StaticMaker`` with
+   ``MPStaticSet``). The pymatgen set itself is the input set generator, with its defaults, so what VASP
+   reads (INCAR, KPOINTS, POSCAR, POTCAR symbols) is exactly what ``MPRelaxSet(structure)`` /
+   ``MPStaticSet(structure)`` give;
+2. a parse job that turns atomate2's ``TaskDoc`` into ``LabelDoc``s (``labels_from_task``) and records
+   them in the campaign collections. It runs even when the VASP job failed (``OnMissing.NONE``): then
+   it writes a *failed* label naming the VASP job, so the campaign goes on.
+
+Units and signs
+---------------
+VASP (vasprun.xml, hence the ``TaskDoc``) reports the stress in kBar with the opposite sign to ASE:
+positive VASP stress is compressive (the cell pushes outward), positive ASE stress is tensile. Labels
+keep ASE's convention in eV/Å³::
+
+    stress_ase [eV/Å³] = -stress_vasp [kBar] * 0.1 [GPa/kBar] * ase.units.GPa [eV/Å³ per GPa]
+
+(1 kBar = 6.2415e-4 eV/Å³.) Energies are VASP's free energy (``e_fr_energy``, TOTEN), the energy whose
+derivatives are the forces; it is also the ``TaskDoc``'s final energy.
+
+Failures
+--------
+- the VASP job raised (custodian gave up, VASP crashed, inputs could not be written): no ``TaskDoc``
+  reaches the parse job; one failed label says so and names the VASP job's uuid;
+- the electronic steps of an ionic step reached NELM (not converged): that step's label fails with the
+  number of steps as the reason. For a relaxation every kept ionic step is checked on its own.
+An ionic relaxation that ran out of steps (NSW) is not a failed label: each frame's energy and forces
+are still right for its geometry (logged).
+
+Oracle fingerprint
+------------------
+``vasp_settings(input_set)`` names the level of theory: functional (GGA/METAGGA/+U with its U values),
+ENCUT, k-point density (pymatgen's ``reciprocal_density``, k-points per Å⁻³), the POTCAR functional and
+the set's POTCAR choice per element. It does not depend on the structure, so labels of every
+composition in a campaign share one fingerprint. Each label's ``oracle_settings`` also records what the
+run actually used (POTCAR symbols, ENCUT, k-point grid, INCAR of the final calculation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase.units import GPa
+from jobflow import CURRENT_JOB, Flow, Maker, OnMissing, job
+from monty.json import jsanitize
+from pymatgen.core import Structure
+from pymatgen.io.vasp.sets import MPRelaxSet, MPStaticSet, VaspInputSet
+
+from almat.oracle.jobs import _as_structure_doc, record_labels
+from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "KBAR_TO_EV_PER_A3",
+    "VaspRelaxFlowMaker",
+    "VaspStaticOracleMaker",
+    "labels_from_task",
+    "mp_relax_maker",
+    "mp_static_maker",
+    "settings_from_task",
+    "vasp_fingerprint",
+    "vasp_settings",
+    "vasp_stress_to_ase",
+]
+
+#: 1 kBar in eV/Å³
+KBAR_TO_EV_PER_A3 = 0.1 * GPa
+
+
+def vasp_stress_to_ase(stress_kbar) -> np.ndarray:
+    """VASP stress (kBar, positive = compressive) -> ASE stress (eV/Å³, positive = tensile), 3x3."""
+    return -np.asarray(stress_kbar, dtype=float).reshape(3, 3) * KBAR_TO_EV_PER_A3
+
+
+# --------------------------------------------------------------------------------------------------
+# settings and fingerprint
+
+
+def _functional(incar: dict[str, Any], hubbard: dict[str, float] | None) -> str:
+    gga = str(incar.get("GGA", "PE") or "PE").upper()
+    name = {"PE": "PBE", "PS": "PBEsol", "91": "PW91", "RP": "RPBE", "AM": "AM05", "--": "PBE"}.get(gga, gga)
+    if incar.get("METAGGA") and str(incar["METAGGA"]).lower() not in ("none", "--"):
+        name = str(incar["METAGGA"]).upper()
+    if incar.get("LHFCALC"):
+        name = f"hybrid({name}, AEXX={incar.get('AEXX', 0.25)}, HFSCREEN={incar.get('HFSCREEN', 0)})"
+    if hubbard and any(abs(u) > 1e-8 for u in hubbard.values()):
+        name += "+U"
+    return name
+
+
+def _hash(settings: dict[str, Any]) -> str:
+    blob = json.dumps(jsanitize(settings, strict=False), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def vasp_settings(input_set: VaspInputSet) -> dict[str, Any]:
+    """The level of theory of a pymatgen input set, independent of any structure."""
+    config = input_set._config_dict  # noqa: SLF001 - pymatgen keeps the set's settings there
+    incar = dict(config.get("INCAR", {}))
+    try:
+        incar.update(input_set.incar_updates or {})
+    except Exception:  # noqa: BLE001 - some updates need a structure or previous run; config is enough
+        pass
+    incar.update(input_set.user_incar_settings or {})
+    kpoints = dict(config.get("KPOINTS", {}))
+    try:
+        kpoints.update(input_set.kpoints_updates or {})
+    except Exception:  # noqa: BLE001
+        pass
+    user_kpts = input_set.user_kpoints_settings
+    if isinstance(user_kpts, dict):
+        kpoints.update(user_kpts)
+    potcar = dict(config.get("POTCAR", {}))
+    potcar.update(input_set.user_potcar_settings or {})
+    ldauu = incar.get("LDAUU") if incar.get("LDAU") else None
+    settings = {
+        "code": "vasp",
+        "input_set": type(input_set).__name__,
+        # +U is applied by the set's own rules (e.g. MP: transition metals in oxides/fluorides only);
+        # the U values are part of the settings below, the functional name is the base functional
+        "functional": _functional(incar, None),
+        "ENCUT": incar.get("ENCUT"),
+        "kpoint_density": {k: v for k, v in kpoints.items()
+                           if k in ("reciprocal_density", "grid_density", "length", "kspacing")}
+                          or ({"KSPACING": incar["KSPACING"]} if incar.get("KSPACING") else {}),
+        "potcar_functional": input_set.user_potcar_functional or config.get("POTCAR_FUNCTIONAL", "PBE"),
+        "potcar_symbols": dict(sorted(potcar.items())),
+        "hubbard_u": ldauu,
+        "ISPIN": incar.get("ISPIN"),
+    }
+    return settings
+
+
+def vasp_fingerprint(settings: dict[str, Any]) -> str:
+    """Hash of the level of theory (see the module doc)."""
+    keys = ("code", "functional", "ENCUT", "kpoint_density", "potcar_functional", "potcar_symbols", "hubbard_u")
+    return _hash({k: settings.get(k) for k in keys})
+
+
+def _get(obj: Any, *keys, default=None):
+    for key in keys:
+        if obj is None:
+            return default
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, (list, tuple)) and isinstance(key, int):
+            obj = obj[key] if -len(obj) <= key < len(obj) else None
+        else:
+            obj = getattr(obj, key, None)
+    return default if obj is None else obj
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def _as_task_dict(task: Any) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    if hasattr(task, "model_dump"):
+        return task.model_dump()
+    return dict(task)
+
+
+def _to_structure(x: Any) -> Structure:
+    return x if isinstance(x, Structure) else Structure.from_dict(x)
+
+
+def settings_from_task(task: Any) -> dict[str, Any]:
+    """The level of theory as run, from a ``TaskDoc`` (or its dict): for labels without a Maker."""
+    t = _as_task_dict(task)
+    calc = t["calcs_reversed"][0]
+    inp = calc["input"]
+    incar = dict(_get(inp, "incar", default={}))
+    params = dict(_get(inp, "parameters", default={}))
+    structure = _to_structure(_get(inp, "structure") or calc["output"]["structure"])
+    kpts = _get(inp, "kpoints")
+    grid = _get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
+    density = None
+    if grid is not None:
+        density = round(float(np.prod(grid)) / structure.lattice.reciprocal_lattice.volume, 3)
+    symbols = [str(s) for s in _get(inp, "potcar", default=[])]
+    elements = [str(el) for el in structure.composition.elements]
+    hubbards = _get(inp, "hubbards", default={}) or {}
+    return {
+        "code": "vasp",
+        "input_set": None,
+        "functional": _functional({**params, **incar}, hubbards),
+        "ENCUT": incar.get("ENCUT", params.get("ENCUT")),
+        "kpoint_density": {"kpoints_per_inv_A3": density} if density else {"KSPACING": incar.get("KSPACING")},
+        "potcar_functional": str(_get(inp, "potcar_type", 0, default="PAW_PBE")).replace("PAW_", ""),
+        "potcar_symbols": dict(sorted(zip(elements, symbols))) if len(elements) == len(symbols) else symbols,
+        "hubbard_u": {k: v for k, v in hubbards.items() if v} or None,
+        "ISPIN": incar.get("ISPIN", params.get("ISPIN")),
+    }
+
+
+def _actual(t: dict[str, Any]) -> dict[str, Any]:
+    calc = t["calcs_reversed"][0]
+    inp = calc["input"]
+    kpts = _get(inp, "kpoints")
+    grid = _get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
+    incar = dict(_get(inp, "incar", default={}))
+    return {
+        "potcar_symbols": [str(s) for s in _get(inp, "potcar", default=[])],
+        "ENCUT": incar.get("ENCUT"),
+        "kpoint_grid": list(grid) if grid is not None else None,
+        "incar": jsanitize(incar, strict=False),
+        "vasp_version": calc.get("vasp_version"),
+        "task_label": t.get("task_label"),
+        "custodian_corrections": len(t.get("custodian") or []),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# TaskDoc -> LabelDoc
+
+
+def labels_from_task(
+    task: Any,
+    structure: StructureDoc | Structure | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    trajectory_stride: int | None = None,
+    campaign: str | None = None,
+    iteration: int | None = None,
+    job_uuid: str | None = None,
+    source: StructureSource | None = None,
+    failure: str | None = None,
+) -> list[LabelDoc]:
+    """Labels from an atomate2 VASP ``TaskDoc`` (or its dict), the last ionic step last.
+
+    ``trajectory_stride``: None labels the final ionic step only; ``k`` labels steps 0, k, 2k, ... and
+    the final one. ``settings``: the Maker's ``vasp_settings`` (default: ``settings_from_task``).
+    ``task`` None (the VASP job failed) gives one failed label for ``structure`` with ``failure`` as reason.
+    """
+    doc = None if structure is None else _as_structure_doc(structure, campaign, iteration)
+    common = dict(campaign=campaign, iteration=iteration, job_uuid=job_uuid)
+    t = _as_task_dict(task)
+    if t is None:
+        if doc is None:
+            raise ValueError("no task document and no structure to attach a failed label to")
+        settings = settings or {"code": "vasp"}
+        reason = failure or "the VASP job produced no task document (custodian gave up or VASP failed)"
+        return [LabelDoc(
+            structure=doc.structure, source=source or doc.source,
+            oracle=f"vasp:{settings.get('input_set') or 'task'}",
+            oracle_fingerprint=vasp_fingerprint(settings), oracle_settings=jsanitize(settings, strict=False),
+            status=LabelStatus.failed, reason=reason, **common,
+        )]
+
+    settings = settings or settings_from_task(t)
+    fingerprint = vasp_fingerprint(settings)
+    oracle = f"vasp:{settings.get('input_set') or 'task'}"
+    calc = t["calcs_reversed"][0]
+    steps = calc["output"].get("ionic_steps") or []
+    nelm = int(_get(calc, "input", "parameters", "NELM", default=60))
+    run_dir = t.get("dir_name")
+    oracle_settings = jsanitize({**settings, "actual": _actual(t)}, strict=False)
+    if not steps:
+        raise ValueError(f"task document from {run_dir} has no ionic steps")
+    last = len(steps) - 1
+    if trajectory_stride is None:
+        indices = [last]
+    else:
+        if trajectory_stride < 1:
+            raise ValueError("trajectory_stride must be >= 1")
+        indices = sorted(set(range(0, len(steps), trajectory_stride)) | {last})
+    is_relax = len(steps) > 1 or int(_get(calc, "input", "parameters", "NSW", default=0)) > 0
+    completed = str(_value(calc.get("has_vasp_completed"))) == "successful"
+    if not completed:
+        logger.info("VASP run in %s did not complete successfully (state %s)", run_dir, _value(t.get("state")))
+
+    labels = []
+    for i in indices:
+        step = steps[i]
+        frame_source = source or (StructureSource.relaxed if is_relax else (doc.source if doc else None))
+        n_elec = step.get("num_electronic_steps") or len(step.get("electronic_steps") or [])
+        s = _to_structure(step["structure"])
+        base = dict(structure=s, source=frame_source, oracle=oracle, oracle_fingerprint=fingerprint,
+                    oracle_settings=oracle_settings, run_dir=run_dir, **common)
+        energy = step.get("e_fr_energy")
+        if n_elec >= nelm:
+            reason = (f"electronic steps not converged: ionic step {i + 1}/{len(steps)} used {n_elec} "
+                      f"electronic steps = NELM ({nelm}) in {run_dir}")
+            labels.append(LabelDoc(status=LabelStatus.failed, reason=reason, **base))
+            continue
+        forces, stress = step.get("forces"), step.get("stress")
+        values = [energy, forces] + ([stress] if stress is not None else [])
+        if energy is None or forces is None or not all(np.all(np.isfinite(np.asarray(v, float))) for v in values):
+            labels.append(LabelDoc(status=LabelStatus.failed, reason=f"missing or non-finite energy/forces/stress "
+                                   f"at ionic step {i + 1} in {run_dir}", **base))
+            continue
+        labels.append(LabelDoc(
+            status=LabelStatus.ok,
+            energy=float(energy),
+            forces=np.asarray(forces, float).tolist(),
+            stress=None if stress is None else vasp_stress_to_ase(stress).tolist(),
+            **base,
+        ))
+    if not completed and labels[-1].ok and is_relax:
+        logger.warning("relaxation in %s did not converge ionically; its frames are kept as labels", run_dir)
+    return labels
+
+
+@job
+def vasp_labels(
+    task: Any,
+    structure: StructureDoc | Structure,
+    settings: dict[str, Any],
+    trajectory_stride: int | None = None,
+    campaign: str | None = None,
+    iteration: int | None = None,
+    vasp_job_uuid: str | None = None,
+    record_relaxed: bool = False,
+    single: bool = False,
+):
+    """Parse job: ``TaskDoc`` -> ``LabelDoc``s, recorded in the campaign collections."""
+    failure = None
+    if task is None:
+        failure = (f"VASP job {vasp_job_uuid} failed: no task document (custodian gave up, VASP crashed or the "
+                   "inputs could not be written; see that job's log)")
+    labels = labels_from_task(
+        task, structure, settings=settings, trajectory_stride=trajectory_stride, campaign=campaign,
+        iteration=iteration, job_uuid=vasp_job_uuid, failure=failure,
+    )
+    doc = _as_structure_doc(structure, campaign, iteration)
+    structures = [doc.model_copy(update={"campaign": campaign, "iteration": iteration})]
+    if record_relaxed and labels[-1].ok:
+        structures.append(StructureDoc(
+            structure=labels[-1].structure, source=StructureSource.relaxed, campaign=campaign,
+            iteration=iteration, parent=doc.structure_hash,
+            metadata={"energy": labels[-1].energy, "run_dir": labels[-1].run_dir},
+        ))
+    record_labels(labels, structures)
+    return labels[-1] if single else labels
+
+
+def _no_error_on_unsuccessful(maker) -> None:
+    # atomate2 raises on an unconverged run by default; let the TaskDoc reach the parse job instead,
+    # which turns it into a failed label with the reason
+    maker.stop_children_kwargs.setdefault("handle_unsuccessful", False)
+
+
+def mp_relax_maker(**kwargs):
+    """atomate2 ``RelaxMaker`` whose input set is pymatgen's ``MPRelaxSet`` with its defaults."""
+    from atomate2.vasp.jobs.core import RelaxMaker
+
+    maker = RelaxMaker(input_set_generator=MPRelaxSet(), **kwargs)
+    _no_error_on_unsuccessful(maker)
+    return maker
+
+
+def mp_static_maker(**kwargs):
+    """atomate2 ``StaticMaker`` whose input set is pymatgen's ``MPStaticSet`` with its defaults."""
+    from atomate2.vasp.jobs.core import StaticMaker
+
+    maker = StaticMaker(input_set_generator=MPStaticSet(), **kwargs)
+    _no_error_on_unsuccessful(maker)
+    return maker
+
+
+def _flow(vasp_maker, structure, settings, stride, campaign, iteration, record_relaxed, single, name):
+    doc = _as_structure_doc(structure, campaign, iteration)
+    vasp_job = vasp_maker.make(doc.structure)
+    parse = vasp_labels(
+        vasp_job.output, doc, settings, trajectory_stride=stride, campaign=campaign, iteration=iteration,
+        vasp_job_uuid=vasp_job.uuid, record_relaxed=record_relaxed, single=single,
+    )
+    parse.name = f"{name} labels"
+    parse.config.on_missing_references = OnMissing.NONE
+    parse.config.expose_store = True
+    return Flow([vasp_job, parse], output=parse.output, name=name)
+
+
+@dataclass
+class VaspRelaxFlowMaker(Maker):
+    """Relax a structure with VASP (atomate2 ``RelaxMaker`` + ``MPRelaxSet``) and label its trajectory.
+
+    The flow's output is the list of labels: ionic steps 0, stride, 2·stride, ... and the final one (the
+    relaxed structure, also recorded as a ``relaxed`` StructureDoc whose parent is the input).
+    """
+
+    name: str = "vasp relax"
+    vasp_maker: Any = field(default_factory=mp_relax_maker)
+    trajectory_stride: int | None = 5
+
+    def __post_init__(self) -> None:
+        _no_error_on_unsuccessful(self.vasp_maker)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return vasp_settings(self.vasp_maker.input_set_generator)
+
+    @property
+    def fingerprint(self) -> str:
+        return vasp_fingerprint(self.settings)
+
+    def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
+             iteration: int | None = None) -> Flow:
+        return _flow(self.vasp_maker, structure, self.settings, self.trajectory_stride, campaign, iteration,
+                     record_relaxed=True, single=False, name=self.name)
+
+
+@dataclass
+class VaspStaticOracleMaker(Maker):
+    """The VASP oracle for active learning: one static (atomate2 ``StaticMaker`` + ``MPStaticSet``).
+
+    Like ``AseOracleMaker``, ``make(structure, campaign, iteration)`` gives one ``LabelDoc`` (the output of
+    the flow), ok or failed with a reason.
+    """
+
+    name: str = "vasp oracle"
+    vasp_maker: Any = field(default_factory=mp_static_maker)
+
+    def __post_init__(self) -> None:
+        _no_error_on_unsuccessful(self.vasp_maker)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return vasp_settings(self.vasp_maker.input_set_generator)
+
+    @property
+    def oracle_name(self) -> str:
+        return f"vasp:{self.settings['input_set']}"
+
+    @property
+    def fingerprint(self) -> str:
+        return vasp_fingerprint(self.settings)
+
+    def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
+             iteration: int | None = None) -> Flow:
+        return _flow(self.vasp_maker, structure, self.settings, None, campaign, iteration,
+                     record_relaxed=False, single=True, name=self.name)

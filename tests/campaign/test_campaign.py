@@ -1,0 +1,97 @@
+"""A 2-iteration campaign end to end on the embedded store, with EMT and a tiny MACE committee."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from almat.campaign import CampaignExistsError, load_config, run_campaign
+from almat.learner import Committee, load_labels
+from almat.schemas import CampaignStatus, ModelDoc
+from almat.stores import CampaignDB
+
+CONFIG = {
+    "name": "cu-e2e",
+    "structures": [{"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61}, "supercell": [2, 2, 2]}],
+    "initial": {"n_per_structure": 8, "rattle_std": 0.05, "max_strain": 0.02},
+    "learner": {"n_models": 3, "hyperparameters": {"num_channels": 8, "epochs": 30, "warm_start_epochs": 15,
+                                                  "batch_size": 4}},
+    "sampler": {"temperatures": [900], "steps": 60, "sample_every": 6, "trust_lo": 0.04, "trust_hi": 5.0},
+    "selection": {"max_select": 4},
+    # conv_accuracy 1.0 is out of reach in two short iterations: the campaign stops on max_iterations
+    "convergence": {"conv_accuracy": 1.0, "max_iterations": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    from almat.settings import AlmatSettings
+
+    tmp = tmp_path_factory.mktemp("campaign")
+    settings = AlmatSettings(db_path=tmp / "db", run_dir=tmp / "runs")
+    result = run_campaign(load_config(CONFIG), settings)
+    return settings, result
+
+
+@pytest.mark.slow
+def test_two_iterations_run_and_are_recorded(campaign):
+    settings, result = campaign
+    assert [it.iteration for it in result.iterations] == [0, 1]
+    assert result.campaign.status == CampaignStatus.max_iterations
+    first, second = result.iterations
+    assert first.n_frames_explored == 11 and first.n_labelled >= 1
+    assert second.n_train_labels == first.n_train_labels + first.n_labelled
+    assert first.test_errors.n_structures == first.n_labelled and first.test_errors.force_rmse > 0
+    assert sum(first.deviation_histogram.counts) == first.n_frames_explored
+    with CampaignDB.from_settings(settings) as db:
+        assert db.labels.count({"campaign": "cu-e2e", "status": "ok"}) == result.campaign.n_labels
+        assert db.labels.count({"campaign": "cu-e2e", "iteration": -1}) == 8
+        assert db.models.count({"campaign": "cu-e2e"}) == 6
+        assert db.iterations.count({"campaign": "cu-e2e"}) == 2
+        models = [ModelDoc.from_store(d) for d in db.models.query({"campaign": "cu-e2e", "iteration": 1})]
+        assert all(m.warm_started_from for m in models)  # iteration 1 continues from iteration 0
+
+
+@pytest.mark.slow
+def test_store_is_readable_from_a_new_process(campaign):
+    settings, result = campaign
+    env_code = (
+        "import os, sys; os.environ['ALMAT_DB_PATH'] = sys.argv[1];"
+        "from almat.cli import app; app(['status', 'cu-e2e', '--json'])"
+    )
+    out = subprocess.run([sys.executable, "-c", env_code, str(settings.db_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["status"] == "max_iterations" and len(status["iterations"]) == 2
+    assert status["iterations"][1]["train_labels"] == result.iterations[1].n_train_labels
+
+
+@pytest.mark.slow
+def test_final_committee_predicts_and_agrees_on_its_training_data(campaign):
+    settings, result = campaign
+    last = result.iterations[-1]
+    with CampaignDB.from_settings(settings) as db:
+        committee = Committee.from_store(db, last.model_ids)
+        train_ids = ModelDoc.from_store(db.models.query_one({"model_id": last.model_ids[0]}))
+        ids = train_ids.training_label_ids + train_ids.validation_label_ids
+        labels = load_labels(db, ids)
+    pred = committee.predict([lab.to_atoms() for lab in labels])
+    assert np.all(np.isfinite(pred.energies))
+    ref = np.concatenate([lab.forces for lab in labels])
+    mean = np.concatenate([pred.mean_forces(i) for i in range(len(labels))])
+    assert np.sqrt(np.mean((mean - ref) ** 2)) < np.sqrt(np.mean(ref**2))  # better than zero forces
+    assert pred.model_deviation.max() < last.trust_lo, pred.model_deviation.max()
+
+
+@pytest.mark.slow
+def test_same_name_is_refused_and_resume_continues(campaign):
+    settings, _ = campaign
+    with pytest.raises(CampaignExistsError, match="already exists"):
+        run_campaign(load_config(CONFIG), settings)
+    changed = {**CONFIG, "sampler": {**CONFIG["sampler"], "steps": 30}}
+    with pytest.raises(CampaignExistsError, match="different configuration"):
+        run_campaign(load_config(changed), settings, resume=True)
+    with pytest.raises(CampaignExistsError, match="max_iterations"):
+        run_campaign(load_config(CONFIG), settings, resume=True)
