@@ -119,6 +119,7 @@ def run_exploration(atoms: Atoms, calculator, trust: TrustLevels, settings: Expl
         timestep=settings.timestep_fs * units.fs,
         temperature_K=settings.temperature,
         friction=settings.friction_per_fs / units.fs,
+        fixcm=False,  # the centre of mass was zeroed above (Stationary)
         rng=rng,
     )
     traj = Trajectory(symbols=atoms.get_chemical_symbols())
