@@ -69,7 +69,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show jobflow's log"),
 ) -> None:
     """Run a campaign locally (jobflow run_locally) with a progress display."""
-    from almat.campaign import CampaignExistsError, ConfigError, load_config, run_campaign
+    from almat.campaign import CampaignConvergedError, CampaignExistsError, ConfigError, load_config, run_campaign
     from almat.oracle import CalculatorSpecError
 
     import warnings
@@ -91,6 +91,12 @@ def run(
         logger.addHandler(handler)
         try:
             result = run_campaign(config, settings, resume=resume)
+        except CampaignConvergedError as exc:
+            logger.removeHandler(handler)
+            status.stop()
+            console.print(f"[green]{exc}[/]")
+            status_cmd(config.name, as_json=False)
+            return
         except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError) as exc:
             _fail(str(exc))
         except RuntimeError as exc:
@@ -148,8 +154,8 @@ def _iteration_table(name: str, iterations: list[dict]) -> Table:
     return table
 
 
-@app.command()
-def status(
+@app.command("status")
+def status_cmd(
     campaign: Optional[str] = typer.Argument(None, help="Campaign name; all campaigns when omitted"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
 ) -> None:

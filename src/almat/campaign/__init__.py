@@ -2,10 +2,11 @@
 
 from almat.campaign.config import CampaignConfig, ConfigError, load_config
 from almat.campaign.flow import CampaignMaker, iteration_flow
-from almat.campaign.runner import CampaignExistsError, CampaignResult, build_flow, resume_state, run_campaign
+from almat.campaign.runner import CampaignConvergedError, CampaignExistsError, CampaignResult, build_flow, resume_state, run_campaign
 
 __all__ = [
     "CampaignConfig",
+    "CampaignConvergedError",
     "CampaignExistsError",
     "CampaignMaker",
     "CampaignResult",

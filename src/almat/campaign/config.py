@@ -26,6 +26,7 @@ __all__ = [
     "InitialDataSettings",
     "LearnerSettings",
     "OracleSettings",
+    "PrerelaxSettings",
     "SamplerSettings",
     "SelectionSettings",
     "StructureSource",
@@ -42,16 +43,23 @@ class _Section(BaseModel):
 
 
 class StructureSource(_Section):
-    """A start structure: a file (CIF, POSCAR, extxyz, ...) or an ``ase.build.bulk`` prototype."""
+    """A start structure: a file (CIF, POSCAR, extxyz, ...), an ``ase.build.bulk`` prototype, or a
+    pymatgen ``Structure`` (or its dict) given from Python."""
 
     file: Path | None = None
     bulk: dict[str, Any] | None = Field(None, description="kwargs of ase.build.bulk, e.g. {name: Cu, cubic: true}")
+    structure: dict[str, Any] | None = Field(None, description="Structure.as_dict(), for campaigns built in Python")
     supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
+
+    @field_validator("structure", mode="before")
+    @classmethod
+    def _structure_dict(cls, value):
+        return value.as_dict() if isinstance(value, Structure) else value
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.file is None) == (self.bulk is None):
-            raise ValueError("give exactly one of 'file' or 'bulk' for each structure")
+        if sum(x is not None for x in (self.file, self.bulk, self.structure)) != 1:
+            raise ValueError("give exactly one of 'file', 'bulk' or 'structure' for each structure")
         if any(n < 1 for n in self.supercell):
             raise ValueError(f"supercell multiples must be >= 1, got {self.supercell}")
         return self
@@ -67,6 +75,13 @@ class StructureSource(_Section):
             except Exception as exc:  # noqa: BLE001
                 raise ConfigError(f"cannot build bulk({self.bulk}): {exc}") from None
             structure = to_structure(atoms)
+        elif self.structure is not None:
+            try:
+                structure = Structure.from_dict(self.structure)
+            except Exception as exc:  # noqa: BLE001
+                raise ConfigError(f"cannot read the structure given inline: {exc}") from None
+            if not structure.is_ordered:
+                raise ConfigError("an inline structure is disordered: enumerate ordered structures first")
         else:
             path = self.file if self.file.is_absolute() or base_dir is None else base_dir / self.file
             if not path.is_file():
@@ -90,10 +105,53 @@ class CalculatorConfig(_Section):
 
 
 class OracleSettings(_Section):
+    """The oracle: an ASE calculator (``kind: ase``) or VASP through atomate2 (``kind: vasp``,
+    MPStaticSet labels and MPRelaxSet pre-relaxations)."""
+
+    kind: Literal["ase", "vasp"] = "ase"
     calculator: CalculatorConfig = Field(
         default_factory=lambda: CalculatorConfig(module="ase.calculators.emt", **{"class": "EMT"})
     )
     compute_stress: bool = True
+
+    def label_maker(self):
+        """The Maker whose ``make(structure, campaign, iteration)`` labels one structure."""
+        if self.kind == "vasp":
+            from almat.oracle.vasp import VaspStaticOracleMaker
+
+            return VaspStaticOracleMaker()
+        from almat.oracle.jobs import AseOracleMaker
+
+        return AseOracleMaker(calculator=self.calculator.spec(), compute_stress=self.compute_stress)
+
+    def relax_maker(self, prerelax: "PrerelaxSettings"):
+        """The Maker that relaxes a start structure with this oracle."""
+        if self.kind == "vasp":
+            from almat.oracle.vasp import VaspRelaxFlowMaker
+
+            return VaspRelaxFlowMaker(trajectory_stride=prerelax.trajectory_stride)
+        from almat.oracle.relax import AseRelaxMaker
+
+        return AseRelaxMaker(calculator=self.calculator.spec(), fmax=prerelax.fmax, steps=prerelax.steps,
+                             relax_cell=prerelax.relax_cell, trajectory_stride=prerelax.trajectory_stride)
+
+    @property
+    def name(self) -> str:
+        return self.label_maker().oracle_name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.label_maker().fingerprint
+
+
+class PrerelaxSettings(_Section):
+    """Relax the start structures with the oracle before the initial data (off by default)."""
+
+    enabled: bool = False
+    fmax: float = Field(0.05, gt=0, description="eV/Å (ASE oracles; VASP uses MPRelaxSet's EDIFFG)")
+    steps: int = Field(200, ge=1)
+    relax_cell: bool = True
+    trajectory_stride: int = Field(10, ge=1, description="label every n-th relaxation step (and the last)")
 
 
 class InitialDataSettings(_Section):
@@ -162,6 +220,7 @@ class CampaignConfig(_Section):
     description: str = ""
     structures: list[StructureSource] = Field(..., min_length=1)
     oracle: OracleSettings = Field(default_factory=OracleSettings)
+    prerelax: PrerelaxSettings = Field(default_factory=PrerelaxSettings)
     initial: InitialDataSettings = Field(default_factory=InitialDataSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
@@ -209,8 +268,9 @@ def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
         config = CampaignConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, where)) from None
-    try:
-        config.oracle.calculator.spec().resolve()
-    except ValueError as exc:
-        raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
+    if config.oracle.kind == "ase":
+        try:
+            config.oracle.calculator.spec().resolve()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
     return config

@@ -28,12 +28,15 @@ def iteration_flow(
     label_ids: Any,
     previous_model_ids: list[str] | None = None,
     campaign: Any = None,
+    start_structures: list | None = None,
 ) -> Flow:
     """One train -> explore -> select -> label -> decide round.
 
     ``campaign`` may be a reference to the register job's output name, which makes training wait
-    for the campaign to be registered.
+    for the campaign to be registered. ``start_structures`` (structures or references to them, e.g.
+    the pre-relaxed ones) start the MD; by default the config's structures.
     """
+    starts = config.load_structures() if start_structures is None else list(start_structures)
     cfg_dict = config.model_dump(mode="json", by_alias=True)
     learner = config.learner
     train = TrainCommitteeMaker(
@@ -48,7 +51,7 @@ def iteration_flow(
 
     s = config.sampler
     explores = []
-    for i_struct, structure in enumerate(config.load_structures()):
+    for i_struct, structure in enumerate(starts):
         for temperature in s.temperatures:
             maker = ExploreMaker(
                 name=f"explore it{iteration} s{i_struct} {temperature:g}K",
@@ -73,7 +76,8 @@ def iteration_flow(
     select.name = f"select it{iteration}"
     label = label_batch(select.output, cfg_dict, iteration)
     label.name = f"label it{iteration}"
-    dec = decide(cfg_dict, iteration, train.output, explored, select.output, label.output, label_ids)
+    dec = decide(cfg_dict, iteration, train.output, explored, select.output, label.output, label_ids,
+                 start_structures=start_structures)
     dec.name = f"decide it{iteration}"
     return Flow([train, *explores, select, label, dec], output=dec.output, name=f"{config.name} iteration {iteration}")
 
@@ -110,14 +114,44 @@ class CampaignMaker(Maker):
         register.name = "register campaign"
         jobs: list = [register]
         campaign = register.output["name"]
+        starts = None
+        if cfg.prerelax.enabled and label_ids is None:
+            relax_maker = cfg.oracle.relax_maker(cfg.prerelax)
+            starts, relax_labels = [], []
+            for i, structure in enumerate(cfg.load_structures()):
+                if cfg.oracle.kind == "vasp":
+                    relax = relax_maker.make(structure, campaign=campaign, iteration=-1)
+                    starts.append(relax.output[-1].structure)  # the last ionic step
+                    relax_labels.append(relax.output)
+                else:
+                    relax = relax_maker.make(structure, campaign=campaign, iteration=-1, start_index=i)
+                    starts.append(relax.output.structure)
+                    relax_labels.append(relax.output.labels)
+                relax.name = f"relax s{i}"
+                jobs.append(relax)
+        elif cfg.prerelax.enabled:
+            starts = _stored_relaxed(cfg) or None
         if label_ids is None:
-            init = initial_structures(cfg_dict, campaign)
+            init = initial_structures(cfg_dict, campaign, starts)
             init.name = "initial structures"
             label_init = label_batch(init.output, cfg_dict, -1)
             label_init.name = "label initial"
             jobs += [init, label_init]
-            label_ids = label_init.output
-        first = iteration_flow(cfg, start_iteration, label_ids, previous_model_ids, campaign=campaign)
+            label_ids = [label_init.output, *relax_labels] if cfg.prerelax.enabled else label_init.output
+        first = iteration_flow(cfg, start_iteration, label_ids, previous_model_ids, campaign=campaign,
+                               start_structures=starts)
         jobs.append(first)
         flow = Flow(jobs, output=first.output, name=f"campaign {cfg.name}")
         return flow
+
+
+def _stored_relaxed(cfg: CampaignConfig) -> list:
+    """The pre-relaxed start structures of a campaign being resumed (from its structures collection)."""
+    from almat.schemas import StructureDoc
+    from almat.stores import CampaignDB
+
+    with CampaignDB.from_settings() as db:
+        docs = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": cfg.name, "source": "relaxed"})]
+    docs = [d for d in docs if d.metadata.get("start_index") is not None]
+    docs.sort(key=lambda d: d.metadata["start_index"])
+    return [d.structure for d in docs]

@@ -10,7 +10,6 @@ from jobflow import Flow, Response
 
 from almat.campaign.config import CampaignConfig
 from almat.campaign.initial import perturbed_structures
-from almat.oracle import AseOracleMaker
 from almat.sampler.jobs import ExploreDoc
 from almat.schemas import (
     CampaignDoc,
@@ -70,7 +69,6 @@ def register_campaign(config: dict, resume: bool = False) -> dict:
             doc.status, doc.updated_at = CampaignStatus.running, utcnow()
             doc.config = cfg.model_dump(mode="json", by_alias=True)
         else:
-            spec = cfg.oracle.calculator.spec()
             structures = cfg.load_structures()
             elements = sorted({el.symbol for s in structures for el in s.composition.elements})
             doc = CampaignDoc(
@@ -80,8 +78,8 @@ def register_campaign(config: dict, resume: bool = False) -> dict:
                 status=CampaignStatus.running,
                 elements=elements,
                 chemsys="-".join(elements),
-                oracle=spec.name,
-                oracle_fingerprint=spec.fingerprint,
+                oracle=cfg.oracle.name,
+                oracle_fingerprint=cfg.oracle.fingerprint,
             )
         db.upsert("campaigns", [doc])
         return {"name": doc.name, "config_fingerprint": doc.config_fingerprint}
@@ -90,15 +88,19 @@ def register_campaign(config: dict, resume: bool = False) -> dict:
 
 
 @store_job
-def initial_structures(config: dict, campaign: str | None = None) -> list[StructureDoc]:
+def initial_structures(config: dict, campaign: str | None = None, structures: list | None = None) -> list[StructureDoc]:
     """Strained and rattled copies of each start structure (iteration -1).
 
+    ``structures`` are the start structures (e.g. the pre-relaxed ones); by default the config's.
     ``campaign`` (normally the register job's output) only orders this job after registration.
     """
+    from almat.schemas import to_structure
+
     cfg = _config(config)
     rng = np.random.default_rng(cfg.initial.seed)
     docs = []
-    for structure in cfg.load_structures():
+    starts = cfg.load_structures() if structures is None else [to_structure(s) for s in structures]
+    for structure in starts:
         parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
         for i, s in enumerate(
             perturbed_structures(structure, cfg.initial.n_per_structure, cfg.initial.rattle_std,
@@ -128,7 +130,7 @@ def label_batch(structures: list[StructureDoc], config: dict, iteration: int):
     cfg = _config(config)
     if not structures:
         return []
-    maker = AseOracleMaker(calculator=cfg.oracle.calculator.spec(), compute_stress=cfg.oracle.compute_stress)
+    maker = cfg.oracle.label_maker()
     jobs = []
     for i, doc in enumerate(structures):
         j = maker.make(doc, campaign=cfg.name, iteration=iteration)
@@ -174,8 +176,10 @@ def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int) 
 
 
 def _label_ids(labels: list[Any]) -> list[str]:
+    from almat.learner.jobs import flatten_labels
+
     out = []
-    for lab in labels:
+    for lab in flatten_labels(labels):
         if isinstance(lab, str):
             out.append(lab)
         else:
@@ -216,6 +220,7 @@ def decide(
     selected: list[StructureDoc],
     labels: list[LabelDoc],
     train_label_ids: list[Any],
+    start_structures: list | None = None,
 ):
     """Record the iteration and decide: converge, stop, or add the next iteration to the flow."""
     from almat.campaign.flow import iteration_flow
@@ -296,5 +301,5 @@ def decide(
     )
     if status != CampaignStatus.running:
         return doc
-    next_flow = iteration_flow(cfg, iteration + 1, all_ids, model_ids)
+    next_flow = iteration_flow(cfg, iteration + 1, all_ids, model_ids, start_structures=start_structures)
     return Response(output=doc, addition=next_flow)

@@ -17,11 +17,15 @@ from almat.stores import CampaignDB, build_job_store, check_connection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CampaignExistsError", "CampaignResult", "ResumeState", "build_flow", "resume_state", "run_campaign"]
+__all__ = ["CampaignConvergedError", "CampaignExistsError", "CampaignResult", "ResumeState", "build_flow", "resume_state", "run_campaign"]
 
 
 class CampaignExistsError(ValueError):
     """A campaign of that name is already in the store."""
+
+
+class CampaignConvergedError(CampaignExistsError):
+    """Resuming a campaign that has already converged: nothing to do."""
 
 
 @dataclass
@@ -69,7 +73,7 @@ def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
             f"{existing.get('n_iterations', 0)} iteration(s)); resume it (--resume) or choose another name"
         )
     if existing.get("status") == CampaignStatus.converged.value:
-        raise CampaignExistsError(f"campaign {config.name!r} has already converged; nothing to resume")
+        raise CampaignConvergedError(f"campaign {config.name!r} has already converged; nothing to resume")
     state = resume_state(db, config.name)
     if len(state.label_ids) < 2:
         # nothing usable yet: start over under the same name (old failed labels are kept)
@@ -94,7 +98,8 @@ def run_campaign(
     cfg = config if isinstance(config, CampaignConfig) else load_config(config)
     settings = settings or get_settings()
     check_connection(settings)
-    cfg.oracle.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
+    if cfg.oracle.kind == "ase":
+        cfg.oracle.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
     job_store = build_job_store(settings)
     db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
     try:

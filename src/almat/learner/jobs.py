@@ -17,7 +17,7 @@ from almat.stores import CampaignDB, current_db, store_job
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CommitteeDoc", "TrainCommitteeMaker", "load_labels"]
+__all__ = ["CommitteeDoc", "TrainCommitteeMaker", "flatten_labels", "load_labels"]
 
 
 class CommitteeDoc(BaseModel):
@@ -41,9 +41,20 @@ def _as_id(item: Any) -> str:
     raise TypeError(f"expected a label id or LabelDoc, got {type(item).__name__}")
 
 
+def flatten_labels(items: Any) -> list[Any]:
+    """Flatten nested lists of label ids / ``LabelDoc``s (outputs of several jobs) into one list."""
+    out: list[Any] = []
+    for item in items or []:
+        if isinstance(item, (list, tuple)):
+            out.extend(flatten_labels(item))
+        elif item is not None:
+            out.append(item)
+    return out
+
+
 def load_labels(db: CampaignDB, label_ids: list[Any], ok_only: bool = True) -> list[LabelDoc]:
-    """Labels by id (or ``LabelDoc``), in the order given; ids that are missing raise."""
-    wanted = list(dict.fromkeys(_as_id(i) for i in label_ids))
+    """Labels by id (or ``LabelDoc``, possibly in nested lists), in the order given; missing ids raise."""
+    wanted = list(dict.fromkeys(_as_id(i) for i in flatten_labels(label_ids)))
     found = {d["label_id"]: d for d in db.labels.query({"label_id": {"$in": wanted}})}
     missing = [i for i in wanted if i not in found]
     if missing:
