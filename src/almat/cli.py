@@ -205,6 +205,39 @@ def status_cmd(
         db.close()
 
 
+@app.command()
+def submit(
+    campaign_file: Path = typer.Argument(..., help="Campaign YAML file"),
+    launchpad: Optional[Path] = typer.Option(None, "--launchpad", "-l",
+                                             help="FireWorks my_launchpad.yaml (default: LAUNCHPAD_LOC or FireWorks' search)"),
+    routing: Optional[Path] = typer.Option(None, "--routing", help="YAML: job kind -> worker category"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a campaign of the same name and config"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Do every check, add nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
+) -> None:
+    """Submit a campaign to a FireWorks LaunchPad; SLURM workers (qlaunch) run its jobs."""
+    import warnings
+
+    from almat.launch.cli import SubmitError, submit_command
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("almat.launch").addHandler(logging.NullHandler())  # warnings come back in the result
+    try:
+        result = submit_command(campaign_file, launchpad, routing, resume=resume, dry_run=dry_run)
+    except SubmitError as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    for w in result["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    verb = "added" if result["submitted"] else "checked (dry run)"
+    console.print(f"[bold]{result['campaign']}[/]: {result['n_fireworks']} fireworks {verb} on "
+                  f"{result['launchpad']}; outputs go to {result['job_store']}")
+    for cat, parts in result["partitions"].items():
+        console.print(f"  category {cat}: partition(s) {', '.join(parts) or '-'}")
+
+
 @app.command("enumerate")
 def enumerate_cmd(
     structure_file: Path = typer.Argument(..., help="Disordered structure (CIF, POSCAR, ...)"),

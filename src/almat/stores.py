@@ -179,9 +179,16 @@ class CampaignDB:
         return created
 
     def upsert(self, collection: str, docs: Iterable[Any]) -> int:
-        """Insert or replace documents (pydantic docs or dicts) on the collection's unique key."""
+        """Insert or replace documents (pydantic docs or dicts) on the collection's unique key.
+
+        Structures are records of where a configuration first came from: one already stored for the
+        campaign is kept as it is (e.g. a relaxed structure stays ``relaxed`` when the initial data
+        reuse it as their unperturbed member).
+        """
         key, _ = CAMPAIGN_COLLECTIONS[collection]
         rows = [d.to_store() if hasattr(d, "to_store") else d for d in docs]
+        if collection == "structures" and rows:
+            rows = [r for r in rows if self.structures.query_one({k: r.get(k) for k in key}, properties=key) is None]
         if rows:
             getattr(self, collection).update(rows, key=key if len(key) > 1 else key[0])
         return len(rows)
@@ -220,5 +227,26 @@ def current_db() -> CampaignDB | None:
 
 
 def store_job(method=None, **job_kwargs):
-    """jobflow's ``@job`` for jobs that write to the campaign collections (the store is exposed)."""
-    return job(method, config=JobConfig(expose_store=True), **job_kwargs)
+    """jobflow's ``@job`` for jobs that write to the campaign collections (the store is exposed).
+
+    Every such job also records where it ran (host, ``SLURM_JOB_ID``, ``SLURM_JOB_PARTITION``) in its
+    JobStore document under ``metadata["almat_run"]`` (see ``almat.launch.runinfo``). Works on functions
+    and on ``Maker.make`` methods; ``output_schema`` and other ``@job`` keywords pass through.
+    """
+    import functools
+    import inspect
+
+    def decorator(func):
+        @functools.wraps(func)
+        def recorded(*args, **kwargs):
+            from almat.launch.runinfo import with_run_record
+
+            return with_run_record(func(*args, **kwargs))
+
+        # keep jobflow's function_filter working: it unwraps one level (``__wrapped__``) and must
+        # land on the function the Job holds, which is ``recorded``
+        del recorded.__wrapped__
+        recorded.__signature__ = inspect.signature(func)
+        return job(recorded, config=JobConfig(expose_store=True), **job_kwargs)
+
+    return decorator if method is None else decorator(method)
