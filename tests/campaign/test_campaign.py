@@ -19,7 +19,7 @@ CONFIG = {
     "learner": {"n_models": 3, "hyperparameters": {"num_channels": 8, "epochs": 80, "warm_start_epochs": 60,
                                                   "batch_size": 2}},
     "sampler": {"temperatures": [600], "steps": 60, "sample_every": 6, "trust_lo": 0.05, "trust_hi": 5.0},
-    "selection": {"max_select": 4},
+    "selection": {"policy": "diverse", "max_select": 4},  # max deviation, near-duplicates filtered by FPS
     # all frames must be accurate to converge; at most two iterations
     "convergence": {"conv_accuracy": 1.0, "max_iterations": 2},
 }

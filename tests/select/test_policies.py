@@ -34,5 +34,5 @@ def test_policies_satisfy_the_interface():
 
 
 def test_unknown_policy_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid: max_deviation, random"):
+    with pytest.raises(ValueError, match="valid: diverse, fps, max_deviation, random, weighted"):
         get_policy("fps-typo")

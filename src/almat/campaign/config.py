@@ -17,6 +17,7 @@ from pymatgen.core import Structure
 from almat.learner.mace import MaceHyperParameters
 from almat.oracle.calculators import CalculatorSpec
 from almat.sampler.deviation import TrustLevels
+import almat.select  # noqa: F401  (registers every built-in policy)
 from almat.select.policies import SELECTION_POLICIES
 
 __all__ = [
@@ -197,6 +198,7 @@ class SamplerSettings(_Section):
 
 class SelectionSettings(_Section):
     policy: str = "max_deviation"
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the policy")
     max_select: int = Field(10, ge=1)
     seed: int = 0
 
@@ -206,6 +208,16 @@ class SelectionSettings(_Section):
         if value not in SELECTION_POLICIES:
             raise ValueError(f"unknown selection policy {value!r}; valid: {', '.join(sorted(SELECTION_POLICIES))}")
         return value
+
+    @model_validator(mode="after")
+    def _options(self):
+        from almat.select import get_policy
+
+        try:
+            get_policy(self.policy, **self.options)  # fail at load time, not in the select job
+        except TypeError as exc:
+            raise ValueError(f"bad options for selection policy {self.policy!r}: {exc}") from None
+        return self
 
 
 class ConvergenceSettings(_Section):
@@ -235,6 +247,8 @@ class CampaignConfig(_Section):
     def fingerprint(self) -> str:
         """Hash of what defines the campaign's data (not of its stopping settings)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"convergence", "description", "base_dir"})
+        if not data["selection"].get("options"):
+            data["selection"].pop("options", None)  # keep the fingerprints of campaigns without options
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -72,7 +72,7 @@ def iteration_flow(
             explores.append(j)
 
     explored = [j.output for j in explores]
-    select = select_candidates(explored, cfg_dict, iteration)
+    select = select_candidates(explored, cfg_dict, iteration, label_ids)
     select.name = f"select it{iteration}"
     label = label_batch(select.output, cfg_dict, iteration)
     label.name = f"label it{iteration}"

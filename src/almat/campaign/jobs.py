@@ -140,13 +140,35 @@ def label_batch(structures: list[StructureDoc], config: dict, iteration: int):
 
 
 @store_job
-def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int) -> list[StructureDoc]:
-    """Pick at most ``max_select`` candidates over all trajectories with the configured policy."""
+def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int,
+                      label_ids: list[Any] | None = None) -> list[StructureDoc]:
+    """Pick at most ``max_select`` candidates over all trajectories with the configured policy.
+
+    Policies that look at descriptors (FPS, weighted acquisition) get a ``SelectionContext`` with the
+    committee's descriptors of the candidates and of the training set (``label_ids``).
+    """
+    from almat.select import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
+
     cfg = _config(config)
     candidates = [c for doc in explored for c in doc.candidates]
-    policy = get_policy(cfg.selection.policy)
+    policy = get_policy(cfg.selection.policy, **cfg.selection.options)
     rng = np.random.default_rng(cfg.selection.seed + iteration)
-    picks = policy.select(candidates, cfg.selection.max_select, rng) if candidates else []
+    picks = []
+    if candidates:
+        context = SelectionContext(iteration=iteration)
+        if policy_needs_descriptors(policy, iteration):
+            from almat.learner.committee import Committee
+            from almat.learner.jobs import load_labels
+
+            model_ids = next((d.model_ids for d in explored if d.model_ids), [])
+            db = _db()
+            try:
+                committee = Committee.from_store(db, model_ids)
+                training = [lab.to_atoms() for lab in load_labels(db, label_ids or [])]
+            finally:
+                db.close()
+            context = build_selection_context(candidates, committee, training, iteration)
+        picks = call_policy(policy, candidates, cfg.selection.max_select, rng, context)
     docs = [
         StructureDoc(
             structure=candidates[i].structure,

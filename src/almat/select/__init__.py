@@ -9,6 +9,15 @@ from almat.select.policies import (
     get_policy,
     register_policy,
 )
+from almat.select.acquisition import WeightedAcquisition, WeightSchedule  # registers "weighted"
+from almat.select.fps import (  # registers "fps" and "diverse"
+    DiversityFilter,
+    FPSSelection,
+    SelectionContext,
+    build_selection_context,
+    call_policy,
+    policy_needs_descriptors,
+)
 
 __all__ = [
     "SELECTION_POLICIES",
@@ -18,4 +27,12 @@ __all__ = [
     "SelectionPolicy",
     "get_policy",
     "register_policy",
+    "DiversityFilter",
+    "FPSSelection",
+    "SelectionContext",
+    "WeightSchedule",
+    "WeightedAcquisition",
+    "build_selection_context",
+    "call_policy",
+    "policy_needs_descriptors",
 ]

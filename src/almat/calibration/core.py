@@ -1,0 +1,315 @@
+"""Is the committee's deviation an honest error bar? Recalibration, conformal bounds, a stopping rule.
+
+Per frame, on held-out labelled structures (each iteration's newly labelled ones, which the
+committee has not seen):
+
+* predicted uncertainty ``u``: the max over atoms of the committee's force deviation (eV/Å), the
+  quantity the trust levels act on;
+* observed error ``e``: the max over atoms of ``|F_mean - F_oracle|`` (eV/Å).
+
+**Recalibration factor** ``k`` so that ``k * u`` estimates ``e``:
+
+* ``"lstsq"`` (default): least squares through the origin, ``k = sum(u e) / sum(u^2)``;
+* ``"median"``: the median of ``e / u`` over frames with ``u > 0``, robust to a few outliers.
+
+**Split-conformal bound.** The score of a frame is ``s = e / (k u)``, its error in units of its
+calibrated uncertainty. With ``n`` scores, ``q`` is the ``ceil((n + 1) c) / n`` empirical quantile
+(the finite-sample correction; ``inf`` if that exceeds 1), and for a new exchangeable frame
+``P(e <= q k u) >= c``. Because ``q k`` is the same quantile of ``e / u`` whatever ``k`` is, the
+guarantee holds even with ``k`` fitted on the same frames.
+
+**Stopping rule.** Stop when ``k u`` (or, conservatively, ``q k u``) is below the user's force
+tolerance for a fraction ``>= conv_accuracy`` of the explored frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CalibrationDoc",
+    "StopDecision",
+    "calibrate",
+    "committee_errors",
+    "conformal_quantile",
+    "convergence_check",
+    "empirical_coverage",
+    "fit_factor",
+    "plot_calibration",
+    "spearman",
+]
+
+FACTOR_METHODS = ("lstsq", "median")
+
+
+def _pair(predicted: Sequence[float], observed: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(predicted, dtype=float).ravel()
+    o = np.asarray(observed, dtype=float).ravel()
+    if p.shape != o.shape:
+        raise ValueError(f"{p.size} predicted uncertainties but {o.size} observed errors")
+    if p.size == 0:
+        raise ValueError("no frames to calibrate on")
+    if not (np.isfinite(p).all() and np.isfinite(o).all()):
+        raise ValueError("predicted uncertainties and observed errors must be finite")
+    if (p < 0).any() or (o < 0).any():
+        raise ValueError("predicted uncertainties and observed errors must be >= 0")
+    return p, o
+
+
+def _check_coverage(coverage: float) -> float:
+    coverage = float(coverage)
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be strictly between 0 and 1, got {coverage}")
+    return coverage
+
+
+def fit_factor(predicted: Sequence[float], observed: Sequence[float], method: str = "lstsq") -> float:
+    """Recalibration factor ``k`` (``observed ~ k * predicted``), see the module doc for the methods."""
+    p, o = _pair(predicted, observed)
+    if method == "lstsq":
+        denom = float(np.dot(p, p))
+        if denom == 0:
+            raise ValueError("all predicted uncertainties are 0: no factor can be fitted")
+        return float(np.dot(p, o) / denom)
+    if method == "median":
+        mask = p > 0
+        if not mask.any():
+            raise ValueError("all predicted uncertainties are 0: no factor can be fitted")
+        return float(np.median(o[mask] / p[mask]))
+    raise ValueError(f"unknown factor method {method!r}; valid: {', '.join(FACTOR_METHODS)}")
+
+
+def _scores(p: np.ndarray, o: np.ndarray, factor: float) -> np.ndarray:
+    scale = factor * p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(scale > 0, o / np.where(scale > 0, scale, 1.0), np.where(o > 0, np.inf, 0.0))
+    return s
+
+
+def conformal_quantile(predicted: Sequence[float], observed: Sequence[float], coverage: float = 0.9,
+                       factor: float = 1.0) -> float:
+    """Split-conformal quantile ``q`` of ``observed / (factor * predicted)`` at level ``coverage``.
+
+    The ``ceil((n + 1) * coverage)``-th smallest score; ``inf`` when ``n`` is too small for that
+    coverage (``ceil((n + 1) c) > n``).
+    """
+    coverage = _check_coverage(coverage)
+    if not factor > 0:
+        raise ValueError(f"the recalibration factor must be > 0, got {factor}")
+    p, o = _pair(predicted, observed)
+    s = np.sort(_scores(p, o, factor))
+    n = s.size
+    rank = math.ceil((n + 1) * coverage)
+    if rank > n:
+        return math.inf
+    return float(s[rank - 1])
+
+
+def empirical_coverage(predicted: Sequence[float], observed: Sequence[float], bound_factor: float) -> float:
+    """Fraction of frames with ``observed <= bound_factor * predicted``."""
+    p, o = _pair(predicted, observed)
+    return float(np.mean(o <= bound_factor * p))
+
+
+def spearman(predicted: Sequence[float], observed: Sequence[float]) -> float:
+    """Spearman rank correlation (``scipy.stats.spearmanr``); ``nan`` when either side is constant."""
+    from scipy.stats import spearmanr
+
+    p, o = _pair(predicted, observed)
+    if p.size < 2 or np.ptp(p) == 0 or np.ptp(o) == 0:
+        return math.nan
+    return float(spearmanr(p, o).statistic)
+
+
+class CalibrationDoc(BaseModel):
+    """One iteration's calibration of the committee deviation against oracle errors (eV/Å)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: str | None = None
+    iteration: int | None = None
+    factor: float = Field(..., description="Recalibration factor k: observed error ~ k x deviation")
+    method: str = Field("lstsq", description="How k was fitted: lstsq (through the origin) or median ratio")
+    quantile: float = Field(..., description="Split-conformal quantile q of error / (k x deviation); "
+                                             "inf when too few frames for the coverage")
+    coverage: float = Field(..., gt=0, lt=1, description="Target coverage of the bound q k u")
+    empirical_coverage: float = Field(..., description="Fraction of these frames within q k u")
+    spearman: float | None = Field(None, description="Spearman rank correlation of deviation and error "
+                                                     "(None when undefined)")
+    n_samples: int = Field(..., ge=1)
+    predicted: list[float] = Field(..., description="Per-frame max atomic force deviation (eV/Å)")
+    observed: list[float] = Field(..., description="Per-frame max atomic force error vs the oracle (eV/Å)")
+    units: str = "eV/Å"
+
+    def calibrated(self, uncertainty) -> np.ndarray:
+        """``k * u``: the recalibrated uncertainty (eV/Å)."""
+        return self.factor * np.asarray(uncertainty, dtype=float)
+
+    def upper_bound(self, uncertainty) -> np.ndarray:
+        """``q * k * u``: exceeded by the true error with probability at most ``1 - coverage``."""
+        return self.quantile * self.factor * np.asarray(uncertainty, dtype=float)
+
+
+def calibrate(predicted: Sequence[float], observed: Sequence[float], coverage: float = 0.9,
+              method: str = "lstsq", campaign: str | None = None, iteration: int | None = None) -> CalibrationDoc:
+    """Fit ``k``, the conformal ``q`` and the Spearman correlation on one held-out sample."""
+    coverage = _check_coverage(coverage)
+    p, o = _pair(predicted, observed)
+    k = fit_factor(p, o, method)
+    if not k > 0:
+        raise ValueError(f"fitted recalibration factor is {k}: the errors do not grow with the deviation")
+    q = conformal_quantile(p, o, coverage, k)
+    rho = spearman(p, o)
+    return CalibrationDoc(
+        campaign=campaign,
+        iteration=iteration,
+        factor=k,
+        method=method,
+        quantile=q,
+        coverage=coverage,
+        empirical_coverage=empirical_coverage(p, o, q * k) if math.isfinite(q) else 1.0,
+        spearman=None if math.isnan(rho) else rho,
+        n_samples=int(p.size),
+        predicted=p.tolist(),
+        observed=o.tolist(),
+    )
+
+
+def committee_errors(committee, labelled_atoms: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame (max atomic force deviation, max atomic force error of the committee mean) in eV/Å.
+
+    ``labelled_atoms`` carry the oracle forces as ``atoms.calc`` results (``LabelDoc.to_atoms()``).
+    """
+    atoms_list = list(labelled_atoms)
+    if not atoms_list:
+        return np.zeros(0), np.zeros(0)
+    pred = committee.predict(atoms_list)
+    deviation = pred.model_deviation
+    error = np.array([
+        float(np.linalg.norm(pred.mean_forces(i) - np.asarray(a.get_forces()), axis=1).max())
+        for i, a in enumerate(atoms_list)
+    ])
+    return np.asarray(deviation, dtype=float), error
+
+
+@dataclass
+class StopDecision:
+    stop: bool
+    fraction_below: float
+    n_frames: int
+    tolerance: float
+    conv_accuracy: float
+    bound: str
+    reason: str
+
+
+def convergence_check(
+    uncertainty: Sequence[float],
+    calibration: CalibrationDoc | float,
+    tolerance: float,
+    conv_accuracy: float = 0.95,
+    bound: Literal["calibrated", "conformal"] = "calibrated",
+) -> StopDecision:
+    """Stop when the calibrated uncertainty of the explored frames is below ``tolerance`` (eV/Å)
+    for a fraction ``>= conv_accuracy`` of them.
+
+    ``uncertainty``: per-frame model deviations of the explored frames (eV/Å). ``calibration``: a
+    ``CalibrationDoc`` or a bare factor ``k``. ``bound="calibrated"`` compares ``k u``;
+    ``"conformal"`` compares the upper bound ``q k u`` (needs a ``CalibrationDoc``).
+    """
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0 eV/Å, got {tolerance}")
+    if not 0.0 < conv_accuracy <= 1.0:
+        raise ValueError(f"conv_accuracy must be in (0, 1], got {conv_accuracy}")
+    u = np.asarray(uncertainty, dtype=float).ravel()
+    if isinstance(calibration, CalibrationDoc):
+        factor, quantile = calibration.factor, calibration.quantile
+    else:
+        factor, quantile = float(calibration), None
+    if bound == "calibrated":
+        values = factor * u
+    elif bound == "conformal":
+        if quantile is None:
+            raise ValueError("the conformal bound needs a CalibrationDoc (with its quantile)")
+        values = quantile * factor * u
+    else:
+        raise ValueError(f"unknown bound {bound!r}; valid: calibrated, conformal")
+    if u.size == 0:
+        return StopDecision(False, 0.0, 0, tolerance, conv_accuracy, bound, "no explored frames")
+    fraction = float(np.mean(values < tolerance))
+    stop = fraction >= conv_accuracy
+    what = "k·u" if bound == "calibrated" else "q·k·u"
+    reason = (f"{100 * fraction:.1f}% of {u.size} frames have {what} < {tolerance:g} eV/Å "
+              f"({'>=' if stop else '<'} conv_accuracy {conv_accuracy:g})")
+    return StopDecision(stop, fraction, int(u.size), float(tolerance), float(conv_accuracy), bound, reason)
+
+
+STYLE = {
+    "font.size": 12,
+    "axes.labelsize": 13,
+    "axes.titlesize": 13,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 10,
+    "savefig.dpi": 200,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def plot_calibration(doc: CalibrationDoc, path: str | Path, title: str | None = None,
+                     log: bool | None = None) -> Path:
+    """Observed error vs calibrated uncertainty ``k u``, with the ideal line and the conformal band
+    ``error <= q k u`` (shaded), written as a PNG. ``log=None`` picks log axes when the values span
+    more than two decades."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = doc.calibrated(doc.predicted)
+    y = np.asarray(doc.observed, dtype=float)
+    positive = np.concatenate([x[x > 0], y[y > 0]])
+    if log is None:
+        log = positive.size > 1 and positive.max() / positive.min() > 100
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 6.8), constrained_layout=True)
+        hi = float(max(x.max(initial=0), y.max(initial=0))) * 1.1 or 1.0
+        lo = float(positive.min()) / 1.5 if log and positive.size else 0.0
+        line = np.geomspace(max(lo, 1e-12), hi, 200) if log else np.linspace(0, hi, 200)
+        if math.isfinite(doc.quantile):
+            ax.fill_between(line, 0 if not log else lo, np.minimum(doc.quantile * line, hi * 10),
+                            color="#56B4E9", alpha=0.25, lw=0,
+                            label=f"conformal bound $q\\,k\\,\\sigma$, target {100 * doc.coverage:.0f}%\n"
+                                  f"($q$ = {doc.quantile:.2f}; {100 * doc.empirical_coverage:.0f}% of frames inside)")
+            ax.plot(line, doc.quantile * line, color="#0072B2", lw=1.2)
+        ax.plot(line, line, color="black", lw=1.0, ls="--", label="error = calibrated uncertainty")
+        ax.scatter(x, y, s=22, color="#D55E00", edgecolor="white", lw=0.4, zorder=3,
+                   label=f"held-out frames (n = {doc.n_samples})")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        else:
+            ax.set_xlim(0, hi)
+            ax.set_ylim(0, hi)
+        ax.set_xlabel(rf"calibrated uncertainty $k\,\sigma_{{F,\max}}$ (eV/Å), $k$ = {doc.factor:.2f}")
+        ax.set_ylabel("max atomic force error (eV/Å)")
+        rho = "n/a" if doc.spearman is None else f"{doc.spearman:.2f}"
+        it = f"iteration {doc.iteration}: " if doc.iteration is not None else ""
+        ax.set_title(title or f"{it}calibration, Spearman ρ = {rho}")
+        fig.legend(loc="outside lower center", frameon=False)
+        fig.savefig(path)
+        plt.close(fig)
+    return path
