@@ -266,6 +266,74 @@ def enumerate_cmd(
     console.print(f"{len(paths)} structures written to {out_dir} ({time.perf_counter() - start:.1f} s)")
 
 
+@app.command("export")
+def export_cmd(
+    out: Path = typer.Argument(..., help="Output file: .xyz/.extxyz (MACE training set), .db (ASE database) "
+                                         "or .jsonl (every label field; what `almat import` reads)"),
+    campaign: list[str] = typer.Option([], "--campaign", "-c", help="Campaign name (repeatable)"),
+    chemsys: list[str] = typer.Option([], "--chemsys", help="Chemical system, e.g. Cu-Zr (repeatable)"),
+    elements: list[str] = typer.Option([], "--elements", help="Labels containing these elements, e.g. Li-P"),
+    formula: list[str] = typer.Option([], "--formula", help="Reduced formula (repeatable)"),
+    iteration: list[int] = typer.Option([], "--iteration", help="Iteration (repeatable; -1: initial data)"),
+    source: list[str] = typer.Option([], "--source", help="Structure source: init, perturbed, md, ... (repeatable)"),
+    oracle_fingerprint: list[str] = typer.Option([], "--oracle-fingerprint", help="Oracle settings fingerprint"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="extxyz, ase-db or jsonl (default: from the suffix)"),
+    include_failed: bool = typer.Option(False, "--include-failed", help="Also failed labels (jsonl only)"),
+    allow_mixed_oracles: bool = typer.Option(False, "--allow-mixed-oracles",
+                                             help="Allow labels of several oracle settings in one file"),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file"),
+) -> None:
+    """Export labels: extxyz for MACE (REF_energy/REF_forces/REF_stress), an ASE database, or JSON lines."""
+    from almat.export import export_command
+    from almat.query import MixedOraclesError, UnknownFilterError
+
+    try:
+        res = export_command(out, fmt=fmt, force=force, campaign=campaign, chemsys=chemsys, elements=elements,
+                             formula=formula, iteration=iteration, source=source,
+                             oracle_fingerprint=oracle_fingerprint, status=None if include_failed else "ok",
+                             allow_mixed_oracles=allow_mixed_oracles, settings=_settings())
+    except (FileExistsError, MixedOraclesError, UnknownFilterError, ValueError, ConnectionError) as exc:
+        _fail(str(exc))
+    console.print(f"{res['n_labels']} labels written to {res['path']} ({res['format']})")
+
+
+@app.command("import")
+def import_cmd(
+    path: Path = typer.Argument(..., help="A .jsonl file written by `almat export`"),
+) -> None:
+    """Import labels from a JSON-lines export: validated as a whole, all or nothing."""
+    from almat.export import LabelImportError, import_command
+
+    if not path.is_file():
+        _fail(f"no file {path}")
+    try:
+        res = import_command(path, settings=_settings())
+    except (LabelImportError, ConnectionError) as exc:
+        _fail(str(exc))
+    console.print(f"{res['n_labels']} labels imported from {path} ({res['n_new']} new, "
+                  f"{res['n_replaced']} replaced)")
+
+
+@app.command("report")
+def report_cmd(
+    campaign: str = typer.Argument(..., help="Campaign name"),
+    out_dir: Path = typer.Option(Path("report"), "-o", "--out", help="Folder for report.html and the PNGs"),
+) -> None:
+    """Write a campaign report: learning curve, model deviation, parity, labels per source (PNG + HTML)."""
+    import warnings
+
+    from almat.report import report_command
+
+    warnings.filterwarnings("ignore")
+    try:
+        res = report_command(campaign, out_dir, settings=_settings())
+    except (ValueError, ConnectionError) as exc:
+        _fail(str(exc))
+    for note in res["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report written to {res['html']} ({len(res['figures'])} figures)")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -189,8 +189,16 @@ class CampaignDB:
         rows = [d.to_store() if hasattr(d, "to_store") else d for d in docs]
         if collection == "structures" and rows:
             rows = [r for r in rows if self.structures.query_one({k: r.get(k) for k in key}, properties=key) is None]
+        from almat.query.limits import assert_document_size
+
+        for row in rows:
+            assert_document_size(row)  # MongoDB's 16 MB limit, checked on the embedded store too
         if rows:
             getattr(self, collection).update(rows, key=key if len(key) > 1 else key[0])
+        if collection == "labels" and rows:
+            from almat.query import invalidate_labels
+
+            invalidate_labels(self, [r["label_id"] for r in rows])  # the embedded store's query index
         return len(rows)
 
 

@@ -246,6 +246,7 @@ def decide(
 ):
     """Record the iteration and decide: converge, stop, or add the next iteration to the flow."""
     from almat.campaign.flow import iteration_flow
+    from almat.query import query_labels, reuse_summary
 
     cfg = _config(config)
     labels = [lab if isinstance(lab, LabelDoc) else LabelDoc.model_validate(lab) for lab in labels]
@@ -289,6 +290,7 @@ def decide(
             n_selected=len(selected),
             n_labelled=len(new_ids),
             n_failed_labels=sum(1 for lab in labels if not lab.ok),
+            n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from),
             n_train_labels=len(train_ids),
             trust_lo=cfg.sampler.trust_lo,
             trust_hi=cfg.sampler.trust_hi,
@@ -305,7 +307,8 @@ def decide(
         campaign.update({
             "status": status.value,
             "n_iterations": iteration + 1,
-            "n_labels": db.labels.count({"campaign": cfg.name, "status": "ok"}),
+            "n_labels": query_labels(db, campaign=cfg.name, allow_mixed_oracles=True).count(),
+            "n_reused_labels": reuse_summary(db, cfg.name).get(cfg.name, {}).get("reused", 0),
             "stop_reason": stop_reason,
             "updated_at": utcnow(),
         })

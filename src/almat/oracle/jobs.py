@@ -4,11 +4,19 @@
 one structure and returns a ``LabelDoc``. Whatever goes wrong in the calculation (an exception, NaN or
 infinite energies, forces or stress) becomes a *failed* ``LabelDoc`` carrying the reason, so the
 campaign goes on.
+
+Labels are never paid for twice: before calling the calculator, the job looks for an ok label of the
+same configuration (``structure_hash``) by the same oracle settings (``oracle_fingerprint``) in the
+labels collection, whatever its campaign. When there is one, the job writes a label for its own
+campaign with the copied results (forces permuted to this structure's site order), ``wall_time`` 0,
+the original's ``run_dir``, and ``reused_from`` = the original label's id; the oracle is not called.
+A different oracle fingerprint always labels again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +28,11 @@ from pymatgen.core import Structure
 
 from almat.oracle.calculators import CalculatorSpec
 from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource, to_atoms
-from almat.stores import current_db, store_job
+from almat.stores import CampaignDB, current_db, store_job
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AseOracleMaker", "label_with_calculator", "record_labels"]
+__all__ = ["AseOracleMaker", "label_with_calculator", "record_labels", "reuse_label"]
 
 
 def _finite(value: Any) -> bool:
@@ -77,9 +85,11 @@ def label_with_calculator(
     )
 
 
-def record_labels(labels: list[LabelDoc], structures: list[StructureDoc] | None = None) -> None:
-    """Write labels (and their structures) to the campaign collections of the running job's store."""
-    db = current_db()
+def record_labels(labels: list[LabelDoc], structures: list[StructureDoc] | None = None,
+                  db: CampaignDB | None = None) -> None:
+    """Write labels (and their structures) to the campaign collections (default: the running job's store)."""
+    own = db is None
+    db = db if db is not None else current_db()
     if db is None:
         return
     try:
@@ -87,7 +97,61 @@ def record_labels(labels: list[LabelDoc], structures: list[StructureDoc] | None 
             db.upsert("structures", structures)
         db.upsert("labels", labels)
     finally:
-        db.close()
+        if own:
+            db.close()
+
+
+def _site_permutation(new: Structure, old: Structure, tol: float = 1e-3) -> np.ndarray | None:
+    """``perm`` with new site i == old site perm[i] (same species, within ``tol`` Å); None if no match."""
+    if len(new) != len(old) or not np.allclose(new.lattice.matrix, old.lattice.matrix, atol=1e-3):
+        return None
+    d = new.frac_coords[:, None, :] - old.frac_coords[None, :, :]
+    d -= np.round(d)
+    dist = np.linalg.norm(d @ new.lattice.matrix, axis=-1)
+    same = np.array([s.species_string for s in new])[:, None] == np.array([s.species_string for s in old])[None, :]
+    dist = np.where(same, dist, np.inf)
+    perm = dist.argmin(axis=1)
+    if not np.all(dist[np.arange(len(new)), perm] < tol) or len(set(perm.tolist())) != len(new):
+        return None
+    return perm
+
+
+def reuse_label(db: CampaignDB, structure: StructureDoc, spec: CalculatorSpec, **label_fields: Any) -> LabelDoc | None:
+    """A label for ``structure`` copied from an earlier ok label by the same oracle settings, if any.
+
+    The earlier label may belong to any campaign. When it is this campaign's own label (same label id,
+    e.g. a rerun of the job) it is returned unchanged.
+    """
+    from almat.query import find_reusable_label
+
+    previous = find_reusable_label(db, structure.structure_hash, spec.fingerprint)
+    if previous is None:
+        return None
+    fresh_id = LabelDoc(structure=structure.structure, structure_hash=structure.structure_hash, oracle=spec.name,
+                        oracle_fingerprint=spec.fingerprint, status=LabelStatus.failed, reason="probe",
+                        campaign=label_fields.get("campaign")).label_id
+    if previous.label_id == fresh_id:
+        return previous
+    perm = _site_permutation(structure.structure, previous.structure)
+    if perm is None:
+        logger.warning("label %s has the same structure hash but its sites do not match; labelling again",
+                       previous.label_id)
+        return None
+    return LabelDoc(
+        structure=structure.structure,
+        structure_hash=structure.structure_hash,
+        oracle=spec.name,
+        oracle_fingerprint=spec.fingerprint,
+        oracle_settings=previous.oracle_settings,
+        status=LabelStatus.ok,
+        energy=previous.energy,
+        forces=np.asarray(previous.forces)[perm].tolist(),
+        stress=previous.stress,
+        wall_time=0.0,
+        run_dir=previous.run_dir,
+        reused_from=previous.reused_from or previous.label_id,
+        **label_fields,
+    )
 
 
 def _as_structure_doc(structure: StructureDoc | Structure | dict, campaign, iteration) -> StructureDoc:
@@ -111,11 +175,15 @@ class AseOracleMaker(Maker):
         The calculator, as an importable spec (module, class, kwargs).
     compute_stress
         Ask the calculator for the stress too (skipped silently where it has none).
+    reuse_labels
+        Copy an existing ok label of the same configuration and oracle settings (any campaign)
+        instead of calling the calculator again.
     """
 
     name: str = "oracle"
     calculator: CalculatorSpec = field(default_factory=lambda: CalculatorSpec("ase.calculators.emt", "EMT"))
     compute_stress: bool = True
+    reuse_labels: bool = True
 
     @store_job(output_schema=LabelDoc)
     def make(
@@ -127,17 +195,34 @@ class AseOracleMaker(Maker):
         doc = _as_structure_doc(structure, campaign, iteration)
         campaign = campaign if campaign is not None else doc.campaign
         iteration = iteration if iteration is not None else doc.iteration
-        label = label_with_calculator(
-            doc.structure,
-            self.calculator,
-            compute_stress=self.compute_stress,
+        fields = dict(
             source=doc.source,
             campaign=campaign,
             iteration=iteration,
             job_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None,
         )
         doc = doc.model_copy(update={"campaign": campaign, "iteration": iteration})
-        record_labels([label], [doc])
+        db = current_db()
+        try:
+            label = None
+            if db is not None and self.reuse_labels:
+                label = reuse_label(db, doc, self.calculator, **fields)
+                if label is not None:
+                    logger.info("reused label %s for %s (no oracle call)", label.reused_from or label.label_id,
+                                doc.formula)
+            if label is None:
+                label = label_with_calculator(
+                    doc.structure,
+                    self.calculator,
+                    compute_stress=self.compute_stress,
+                    run_dir=os.getcwd(),
+                    **fields,
+                )
+            if db is not None:
+                record_labels([label], [doc], db=db)
+        finally:
+            if db is not None:
+                db.close()
         if not label.ok:
             logger.info("label failed (%s); the campaign goes on", label.reason)
         return label

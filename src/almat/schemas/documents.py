@@ -126,6 +126,11 @@ class LabelDoc(AlmatDocument):
     job_uuid: str | None = None
     run_dir: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    reused_from: str | None = Field(
+        None,
+        description="label_id of the label (same structure_hash and oracle_fingerprint, possibly of another "
+        "campaign) whose results were copied instead of calling the oracle again; None when the oracle ran",
+    )
 
     def model_post_init(self, __context: Any) -> None:
         s = self.structure
@@ -222,6 +227,7 @@ class IterationDoc(AlmatDocument):
     n_selected: int = 0
     n_labelled: int = 0
     n_failed_labels: int = 0
+    n_reused_labels: int = Field(0, description="labels copied from an earlier identical label (no oracle call)")
     n_train_labels: int = 0
     trust_lo: float
     trust_hi: float
@@ -257,6 +263,7 @@ class CampaignDoc(AlmatDocument):
     oracle_fingerprint: str = ""
     n_iterations: int = 0
     n_labels: int = 0
+    n_reused_labels: int = Field(0, description="labels reused from earlier identical labels (no oracle call)")
     stop_reason: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,564 @@
+"""Query the labels collection: filters by chemistry, campaign, oracle, source, size and date.
+
+>>> q = query_labels(db, chemsys="Cu-Zr", oracle_fingerprint=fp, natoms=(None, 64))   # doctest: +SKIP
+>>> q.count(), q.ids()[:3]                                                            # doctest: +SKIP
+>>> for atoms in query_labels(db, campaign="cu", as_="atoms"): ...                     # doctest: +SKIP
+
+- Results stream (generators reading in batches), so a query over 10^5 labels never holds them all.
+- Labels of different levels of theory are never mixed silently: when the selected labels carry more
+  than one ``oracle_fingerprint`` and the query did not pin one, reading them (or their ids) raises
+  :class:`MixedOraclesError` unless ``allow_mixed_oracles=True``. ``count()`` never raises.
+- An unknown filter name (``chemsystem=``) or an unknown field in ``raw`` is an error
+  (:class:`UnknownFilterError`), never an empty result.
+- On MongoDB the filter runs on the server with the indexes of ``CAMPAIGN_COLLECTIONS``;
+  ``explain()`` shows the winning plan. The embedded MontyStore has neither indexes nor explain();
+  there the query runs on a sidecar SQLite index (``almat.query.sqlindex``), and ``explain()`` shows
+  SQLite's query plan for it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Iterable, Iterator, Literal
+
+from almat.query.sqlindex import LabelIndex, iso_utc
+from almat.schemas import LabelDoc, LabelStatus, StructureSource, chemsys_of
+from almat.stores import CampaignDB
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "KNOWN_FILTERS",
+    "LabelQuery",
+    "MixedOraclesError",
+    "UnknownFilterError",
+    "find_reusable_label",
+    "invalidate_labels",
+    "label_index",
+    "query_labels",
+    "reuse_summary",
+]
+
+#: filter name -> what it matches
+KNOWN_FILTERS: dict[str, str] = {
+    "chemsys": "chemical system(s), e.g. 'Cu-Zr' (element order does not matter)",
+    "elements": "labels containing all these elements (maybe others too)",
+    "elements_exact": "labels made of exactly these elements",
+    "formula": "reduced formula(s), e.g. 'CuZr2'",
+    "campaign": "campaign name(s)",
+    "iteration": "iteration number(s) (-1: initial data)",
+    "source": "structure source(s): " + ", ".join(s.value for s in StructureSource),
+    "oracle": "oracle name(s), e.g. 'ase:ase.calculators.emt.EMT'",
+    "oracle_fingerprint": "oracle settings fingerprint(s)",
+    "status": "'ok' (default), 'failed', or None for both",
+    "natoms": "number of atoms: an int or an inclusive (min, max) range, either bound None",
+    "since": "created at or after this date (datetime or ISO string; naive = UTC)",
+    "until": "created before this date",
+    "structure_hash": "structure hash(es)",
+    "label_ids": "restrict to these label ids",
+    "reused": "True: only labels copied from an earlier label; False: only labels the oracle computed",
+    "raw": "an extra MongoDB filter on LabelDoc fields, ANDed with the rest",
+}
+
+_FIELDS = set(LabelDoc.model_fields) | {"_id", "last_updated"}
+_LOGICAL = {"$and", "$or", "$nor"}
+Output = Literal["docs", "atoms", "structures", "dicts"]
+
+
+class UnknownFilterError(ValueError):
+    """A filter name or raw-filter field that labels don't have."""
+
+
+class MixedOraclesError(ValueError):
+    """The selected labels come from more than one level of theory."""
+
+
+def _unknown(name: str, known: Iterable[str], what: str) -> UnknownFilterError:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UnknownFilterError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)})")
+
+
+def _check_raw(raw: Any, path: str = "raw") -> None:
+    if not isinstance(raw, dict):
+        raise UnknownFilterError(f"{path} must be a dict (a MongoDB filter), got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key in _LOGICAL:
+            if not isinstance(value, list):
+                raise UnknownFilterError(f"{path}.{key} must be a list of filters")
+            for i, sub in enumerate(value):
+                _check_raw(sub, f"{path}.{key}[{i}]")
+        elif key.startswith("$"):
+            raise UnknownFilterError(f"unsupported top-level operator {key!r} in {path}")
+        elif key.split(".", 1)[0] not in _FIELDS:
+            raise _unknown(key, _FIELDS - {"_id", "last_updated"}, f"label field in {path}")
+
+
+def _as_list(value: Any) -> list:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return [value]
+
+
+def _strings(name: str, value: Any) -> list[str]:
+    out = []
+    for v in _as_list(value):
+        v = getattr(v, "value", v)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{name} must be a non-empty string or a list of them, got {v!r}")
+        out.append(v)
+    return out
+
+
+def _elements(name: str, value: Any) -> list[str]:
+    from pymatgen.core import Element
+
+    items = []
+    for v in _strings(name, value):
+        items.extend(p for p in v.replace(",", "-").split("-") if p)
+    for el in items:
+        try:
+            Element(el)
+        except ValueError:
+            raise ValueError(f"{name}: {el!r} is not an element symbol") from None
+    return sorted(set(items))
+
+
+def _normalise(filters: dict[str, Any]) -> dict[str, Any]:
+    """Validate and normalise filter values; unknown names raise ``UnknownFilterError``."""
+    from pymatgen.core import Composition
+
+    for key in filters:
+        if key not in KNOWN_FILTERS:
+            raise _unknown(key, KNOWN_FILTERS, "filter")
+    f: dict[str, Any] = {}
+    for key, value in filters.items():
+        if value is None and key != "status":
+            continue
+        if key == "chemsys":
+            f[key] = sorted({chemsys_of(_elements(key, s)) for s in _strings(key, value)})
+        elif key == "elements":
+            f[key] = _elements(key, value)
+        elif key == "elements_exact":
+            continue  # below: exactly these elements is a chemical system
+        elif key == "formula":
+            f[key] = sorted({Composition(s).reduced_formula for s in _strings(key, value)})
+        elif key in ("campaign", "oracle", "oracle_fingerprint", "structure_hash", "label_ids"):
+            f[key] = _strings(key, value)
+        elif key == "iteration":
+            its = _as_list(value)
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in its):
+                raise ValueError(f"iteration must be an int or a list of ints, got {value!r}")
+            f[key] = its
+        elif key == "source":
+            try:
+                f[key] = [StructureSource(getattr(v, "value", v)).value for v in _as_list(value)]
+            except ValueError as exc:
+                raise ValueError(f"source: {exc}; known: {', '.join(s.value for s in StructureSource)}") from None
+        elif key == "status":
+            if value in (None, "any"):
+                continue
+            f[key] = LabelStatus(getattr(value, "value", value)).value
+        elif key == "natoms":
+            if isinstance(value, int) and not isinstance(value, bool):
+                lo = hi = value
+            elif isinstance(value, (tuple, list)) and len(value) == 2:
+                lo, hi = value
+            else:
+                raise ValueError(f"natoms must be an int or a (min, max) pair, got {value!r}")
+            f[key] = (lo, hi)
+        elif key in ("since", "until"):
+            if not isinstance(value, (datetime, str)):
+                raise ValueError(f"{key} must be a datetime or an ISO date string, got {value!r}")
+            f[key] = iso_utc(value)
+        elif key == "reused":
+            f[key] = bool(value)
+        elif key == "raw":
+            _check_raw(value)
+            f[key] = value
+    if filters.get("elements_exact") is not None:
+        exact = chemsys_of(_elements("elements_exact", filters["elements_exact"]))
+        f["chemsys"] = [exact] if "chemsys" not in f or exact in f["chemsys"] else []
+    return f
+
+
+def _mongo_criteria(f: dict[str, Any]) -> dict[str, Any]:
+    """The normalised filters as a MongoDB filter (what runs on MongoDB, and post-filters elsewhere)."""
+    c: dict[str, Any] = {}
+    one_or_in = {"chemsys": "chemsys", "formula": "formula", "campaign": "campaign", "oracle": "oracle",
+                 "oracle_fingerprint": "oracle_fingerprint", "structure_hash": "structure_hash",
+                 "label_ids": "label_id", "iteration": "iteration", "source": "source"}
+    for key, fld in one_or_in.items():
+        if key in f:
+            vals = f[key]
+            c[fld] = vals[0] if len(vals) == 1 else {"$in": list(vals)}
+    if "elements" in f:
+        c["elements"] = {"$all": f["elements"]}
+    if "status" in f:
+        c["status"] = f["status"]
+    if "natoms" in f:
+        lo, hi = f["natoms"]
+        rng = {**({"$gte": lo} if lo is not None else {}), **({"$lte": hi} if hi is not None else {})}
+        if rng:
+            c["natoms"] = rng
+    if "since" in f or "until" in f:
+        rng = {}
+        if "since" in f:
+            rng["$gte"] = datetime.fromisoformat(f["since"])
+        if "until" in f:
+            rng["$lt"] = datetime.fromisoformat(f["until"])
+        c["created_at"] = rng
+    if "reused" in f:
+        c["reused_from"] = {"$ne": None} if f["reused"] else None
+    if "raw" in f:
+        c = {"$and": [c, f["raw"]]} if c else dict(f["raw"])
+    return c
+
+
+def _sql_where(f: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The normalised filters (without ``raw``) as an SQL condition on the sidecar index."""
+    parts, params = [], []
+    cols = {"chemsys": "chemsys", "formula": "formula", "campaign": "campaign", "oracle": "oracle",
+            "oracle_fingerprint": "oracle_fingerprint", "structure_hash": "structure_hash",
+            "label_ids": "label_id", "iteration": "iteration", "source": "source"}
+    for key, col in cols.items():
+        if key in f:
+            vals = f[key]
+            if not vals:
+                parts.append("0")
+            elif len(vals) == 1:
+                parts.append(f"{col} = ?")
+                params.append(vals[0])
+            else:
+                parts.append(f"{col} IN ({','.join('?' * len(vals))})")
+                params.extend(vals)
+    if "elements" in f:
+        sub = " INTERSECT ".join("SELECT k FROM label_elements WHERE element = ?" for _ in f["elements"])
+        parts.append(f"k IN ({sub})")
+        params.extend(f["elements"])
+    if "status" in f:
+        parts.append("status = ?")
+        params.append(f["status"])
+    if "natoms" in f:
+        lo, hi = f["natoms"]
+        if lo is not None:
+            parts.append("natoms >= ?")
+            params.append(lo)
+        if hi is not None:
+            parts.append("natoms <= ?")
+            params.append(hi)
+    if "since" in f:
+        parts.append("created_at >= ?")
+        params.append(f["since"])
+    if "until" in f:
+        parts.append("created_at < ?")
+        params.append(f["until"])
+    if "reused" in f:
+        parts.append("reused_from IS NOT NULL" if f["reused"] else "reused_from IS NULL")
+    return (" AND ".join(parts) or "1"), params
+
+
+def _matches(criteria: dict[str, Any], doc: dict[str, Any]) -> bool:
+    from mongomock_ng.filtering import filter_applies
+
+    return filter_applies(criteria, doc)
+
+
+_INDEXES: dict[tuple[str, str], LabelIndex] = {}
+
+
+def label_index(db: CampaignDB) -> LabelIndex | None:
+    """The sidecar SQLite index of ``db.labels`` (embedded MontyStore only), shared per process and thread."""
+    probe = LabelIndex.for_store(db.labels)
+    if probe is None:
+        return None
+    # one open SQLite connection per process and thread (sqlite3 connections are not shared)
+    key = (str(probe.collection_file), str(probe.path), os.getpid(), threading.get_ident())
+    if key not in _INDEXES:
+        _INDEXES[key] = probe
+    return _INDEXES[key]
+
+
+def invalidate_labels(db: CampaignDB, label_ids: Iterable[str]) -> None:
+    """Tell the sidecar index that these labels were (re)written (no-op on MongoDB)."""
+    index = label_index(db)
+    if index is not None:
+        index.invalidate(label_ids)
+
+
+def _decorate_atoms(label: LabelDoc):
+    atoms = label.to_atoms()
+    atoms.info.update({
+        "label_id": label.label_id,
+        "structure_hash": label.structure_hash,
+        "campaign": label.campaign,
+        "iteration": label.iteration,
+        "source": label.source.value if label.source is not None else None,
+        "config_type": label.source.value if label.source is not None else "Default",
+        "oracle": label.oracle,
+        "oracle_fingerprint": label.oracle_fingerprint,
+        "status": label.status.value,
+    })
+    if label.reused_from:
+        atoms.info["reused_from"] = label.reused_from
+    return atoms
+
+
+def _structure(label: LabelDoc):
+    s = label.structure.copy()
+    if label.ok:
+        s.add_site_property("forces", [list(map(float, f)) for f in label.forces])
+    props = {
+        "label_id": label.label_id, "energy": label.energy, "stress": label.stress,
+        "campaign": label.campaign, "iteration": label.iteration, "oracle": label.oracle,
+        "oracle_fingerprint": label.oracle_fingerprint, "status": label.status.value,
+        "source": label.source.value if label.source is not None else None,
+    }
+    try:
+        s.properties.update(props)
+    except AttributeError:  # pragma: no cover - old pymatgen without Structure.properties
+        pass
+    return s
+
+
+@dataclass
+class LabelQuery:
+    """A query on the labels collection; build it with :func:`query_labels`."""
+
+    db: CampaignDB
+    filters: dict[str, Any] = field(default_factory=dict)
+    as_: Output = "docs"
+    allow_mixed_oracles: bool = False
+    use_index: bool = True
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.as_ not in ("docs", "atoms", "structures", "dicts"):
+            raise ValueError(f"as_ must be 'docs', 'atoms', 'structures' or 'dicts', got {self.as_!r}")
+        self._f = _normalise(self.filters)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @property
+    def criteria(self) -> dict[str, Any]:
+        """The MongoDB filter this query runs (on MongoDB) or checks every document against."""
+        return _mongo_criteria(self._f)
+
+    def _index(self) -> LabelIndex | None:
+        if not self.use_index:
+            return None
+        index = label_index(self.db)
+        if index is None:
+            return None
+        try:
+            index.sync()
+        except Exception as exc:  # noqa: BLE001 - the plain MontyStore query still works
+            logger.warning("label index unusable (%s); falling back to a full MontyStore scan", exc)
+            return None
+        return index
+
+    @property
+    def backend(self) -> str:
+        if LabelIndex.for_store(self.db.labels) is not None:
+            return "montydb+sqlite-index" if self.use_index else "montydb"
+        from maggma.stores import MongoStore
+
+        return "mongodb" if isinstance(self.db.labels, MongoStore) else type(self.db.labels).__name__
+
+    def _raw_dicts(self) -> Iterator[dict[str, Any]]:
+        """Matching documents as stored (dicts), streamed."""
+        criteria = self.criteria
+        index = self._index()
+        if index is not None:
+            where, params = _sql_where(self._f)
+            keys = [r[0] for r in index.select(where, params)]
+            for doc in index.read(keys):
+                if _matches(criteria, doc):  # exact, even if the index is stale or raw is set
+                    yield doc
+            return
+        yield from self.db.labels.query(criteria=criteria)
+
+    def _pinned_fingerprint(self) -> bool:
+        return len(self._f.get("oracle_fingerprint", [])) == 1
+
+    def _check_mixed(self) -> None:
+        if self.allow_mixed_oracles or self._pinned_fingerprint():
+            return
+        fps = self.oracle_fingerprints()
+        if len(fps) > 1:
+            detail = ", ".join(f"{fp} ({n} labels)" for fp, n in sorted(fps.items(), key=lambda x: -x[1]))
+            raise MixedOraclesError(
+                f"the selected labels come from {len(fps)} oracle settings: {detail}. Labels of different "
+                "levels of theory are not mixed silently: pass oracle_fingerprint=... to pick one, or "
+                "allow_mixed_oracles=True"
+            )
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """How many labels match (never raises on mixed oracles)."""
+        index = self._index()
+        if index is not None and "raw" not in self._f:
+            return index.count(*_sql_where(self._f))
+        if index is not None:
+            return sum(1 for _ in self._raw_dicts())
+        return self.db.labels.count(self.criteria)
+
+    def oracle_fingerprints(self) -> dict[str, int]:
+        """Number of matching labels per oracle fingerprint."""
+        index = self._index()
+        if index is not None and "raw" not in self._f:
+            return index.group_count("oracle_fingerprint", *_sql_where(self._f))
+        out: dict[str, int] = {}
+        if index is None and "raw" not in self._f:
+            for fp in self.db.labels.distinct("oracle_fingerprint", self.criteria):
+                out[fp] = self.db.labels.count({"$and": [self.criteria, {"oracle_fingerprint": fp}]})
+            return out
+        for doc in self._raw_dicts():
+            out[doc.get("oracle_fingerprint")] = out.get(doc.get("oracle_fingerprint"), 0) + 1
+        return out
+
+    def group_count(self, field_name: str) -> dict[Any, int]:
+        """Number of matching labels per value of an indexed field (source, oracle, iteration, ...)."""
+        index = self._index()
+        if index is not None and "raw" not in self._f:
+            return index.group_count(field_name, *_sql_where(self._f))
+        out: dict[Any, int] = {}
+        for doc in (self._raw_dicts() if index is not None else
+                    self.db.labels.query(self.criteria, properties=[field_name])):
+            v = doc.get(field_name)
+            out[v] = out.get(v, 0) + 1
+        return out
+
+    def iter_ids(self) -> Iterator[str]:
+        self._check_mixed()
+        index = self._index()
+        if index is not None and "raw" not in self._f:
+            for (label_id,) in index.select(*_sql_where(self._f), columns="label_id"):
+                yield label_id
+            return
+        source = self._raw_dicts() if index is not None else self.db.labels.query(self.criteria,
+                                                                                 properties=["label_id"])
+        for doc in source:
+            yield doc["label_id"]
+
+    def ids(self) -> list[str]:
+        """The matching label ids (raises ``MixedOraclesError`` on mixed oracles unless allowed)."""
+        return list(self.iter_ids())
+
+    def dicts(self) -> Iterator[dict[str, Any]]:
+        self._check_mixed()
+        yield from self._raw_dicts()
+
+    def docs(self) -> Iterator[LabelDoc]:
+        for doc in self.dicts():
+            yield LabelDoc.from_store(doc)
+
+    def atoms(self):
+        """ASE Atoms with the label as SinglePointCalculator results and provenance in ``info``."""
+        for label in self.docs():
+            yield _decorate_atoms(label)
+
+    def structures(self):
+        """pymatgen Structures with ``forces`` site properties and the label in ``properties``."""
+        for label in self.docs():
+            yield _structure(label)
+
+    def __iter__(self):
+        return {"docs": self.docs, "atoms": self.atoms, "structures": self.structures,
+                "dicts": self.dicts}[self.as_]()
+
+    def first(self):
+        return next(iter(self), None)
+
+    def explain(self) -> dict[str, Any]:
+        """How the backend answers this query, and whether it uses an index."""
+        index = self._index()
+        if index is not None:
+            where, params = _sql_where(self._f)
+            plan = index.query_plan(where, params)
+            used = []
+            for step in plan:
+                words = step.split()
+                if "INDEX" in words:
+                    used.append(words[words.index("INDEX") + 1])
+                elif "PRIMARY" in words and len(words) > 1:
+                    used.append(f"{words[1]} primary key")
+            return {
+                "backend": "montydb+sqlite-index",
+                "montydb_explain": "not supported: MontyDB has no explain() and no secondary indexes; "
+                                   "the sidecar SQLite index answers instead",
+                "plan": plan,
+                "indexes": used,
+                "uses_index": bool(used),
+                "post_filter": "raw" in self._f,
+            }
+        store = self.db.labels
+        if LabelIndex.for_store(store) is not None:
+            return {"backend": "montydb", "supported": False, "uses_index": False,
+                    "reason": "MontyDB has no explain() and no secondary indexes: every query scans"}
+        try:
+            plan = store._collection.find(self.criteria).explain()
+        except Exception as exc:  # noqa: BLE001 - mongomock, MemoryStore...
+            return {"backend": self.backend, "supported": False, "uses_index": False,
+                    "reason": f"explain() not available: {type(exc).__name__}: {exc}"}
+        winning = plan.get("queryPlanner", {}).get("winningPlan", {})
+        names: list[str] = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                if node.get("stage") == "IXSCAN" and "indexName" in node:
+                    names.append(node["indexName"])
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        walk(winning)
+        return {"backend": "mongodb", "plan": winning, "indexes": names, "uses_index": bool(names)}
+
+
+def query_labels(
+    db: CampaignDB,
+    *,
+    as_: Output = "docs",
+    allow_mixed_oracles: bool = False,
+    use_index: bool = True,
+    **filters: Any,
+) -> LabelQuery:
+    """A :class:`LabelQuery` on ``db.labels``; see :data:`KNOWN_FILTERS` for the filters.
+
+    Iterate it for ``as_`` objects (docs, atoms, structures or dicts), or call ``count()``, ``ids()``,
+    ``explain()``. ``status`` defaults to ``'ok'``.
+    """
+    filters.setdefault("status", "ok")
+    return LabelQuery(db, filters, as_=as_, allow_mixed_oracles=allow_mixed_oracles, use_index=use_index)
+
+
+def find_reusable_label(db: CampaignDB, structure_hash: str, oracle_fingerprint: str) -> LabelDoc | None:
+    """An ok label of this configuration by this oracle (any campaign): the original one if possible."""
+    q = LabelQuery(db, {"structure_hash": structure_hash, "oracle_fingerprint": oracle_fingerprint,
+                        "status": "ok"})
+    best = None
+    for doc in q.docs():
+        key = (doc.reused_from is not None, doc.created_at.replace(tzinfo=None))
+        if best is None or key < best[0]:
+            best = (key, doc)
+    return None if best is None else best[1]
+
+
+def reuse_summary(db: CampaignDB, campaign: str | list[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per campaign: ok labels, how many were reused (no oracle call), and the oracle calls paid."""
+    q = LabelQuery(db, {"campaign": campaign, "status": "ok"})
+    total = q.group_count("campaign")
+    reused = LabelQuery(db, {"campaign": campaign, "status": "ok", "reused": True}).group_count("campaign")
+    return {c: {"labels": n, "reused": reused.get(c, 0), "oracle_calls": n - reused.get(c, 0)}
+            for c, n in sorted(total.items(), key=lambda x: str(x[0]))}

@@ -1,0 +1,6 @@
+"""Campaign reports: paper-ready PNG figures and an HTML page embedding them."""
+
+from almat.report.html import report_command, write_report
+from almat.report.plots import ReportData
+
+__all__ = ["ReportData", "report_command", "write_report"]

@@ -1,0 +1,156 @@
+"""``write_report``: PNG figures and one self-contained HTML page (figures embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from almat.report.plots import (
+    ReportData,
+    deviation_data,
+    labels_by_source_data,
+    learning_curve_data,
+    load_iterations,
+    parity_data,
+    plot_deviation_histograms,
+    plot_labels_by_source,
+    plot_learning_curve,
+    plot_parity,
+)
+from almat.stores import CampaignDB
+
+__all__ = ["report_command", "write_report"]
+
+FIGURES = {
+    "learning_curve": ("learning_curve.png", "Learning curve: held-out force RMSE of the committee (committee of "
+                       "iteration i on the labels selected in iteration i, which it had not seen) and the "
+                       "fraction of explored frames below trust_lo, against the number of training labels."),
+    "deviation": ("deviation_histograms.png", "Max atomic force deviation of the committee over the explored "
+                  "frames, per iteration, with the trust levels. Frames below trust_lo count as accurate, "
+                  "between trust_lo and trust_hi as candidates, above trust_hi as failed. The first and the "
+                  "last (open) bins are drawn with finite widths on the log axis."),
+    "parity": ("parity.png", "Committee-mean against oracle force components on held-out labels."),
+    "labels_by_source": ("labels_by_source.png", "Ok labels per structure source and oracle."),
+}
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return format(value, spec)
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_labels: int = 200) -> ReportData:
+    """Write the campaign's figures (PNG) and ``report.html`` into ``out_dir``; return the plotted values."""
+    from almat.query import reuse_summary
+
+    doc = db.campaigns.query_one({"name": campaign})
+    iterations = load_iterations(db, campaign)
+    if doc is None and not iterations:
+        names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
+        raise ValueError(f"no campaign {campaign!r}" + (f"; known: {', '.join(names)}" if names else ""))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = ReportData(campaign=campaign)
+
+    data.learning_curve = learning_curve_data(iterations)
+    data.files["learning_curve"] = plot_learning_curve(data.learning_curve, out / FIGURES["learning_curve"][0],
+                                                       title=f"{campaign}: learning curve")
+    data.deviation = deviation_data(iterations)
+    data.files["deviation"] = plot_deviation_histograms(data.deviation, out / FIGURES["deviation"][0],
+                                                        title=f"{campaign}: model deviation")
+    fingerprint = (doc or {}).get("oracle_fingerprint") or None
+    data.parity, notes = parity_data(db, campaign, iterations, oracle_fingerprint=fingerprint,
+                                     max_labels=max_parity_labels)
+    data.notes.extend(notes)
+    if data.parity:
+        data.files["parity"] = plot_parity(data.parity, out / FIGURES["parity"][0],
+                                           title=f"{campaign}: forces on held-out labels")
+    else:
+        data.notes.append("no parity plot: no iteration has both a committee and labels it had not seen")
+    data.labels_by_source = labels_by_source_data(db, campaign)
+    data.files["labels_by_source"] = plot_labels_by_source(data.labels_by_source, out / FIGURES["labels_by_source"][0],
+                                                           title=f"{campaign}: labels per source")
+
+    reuse = reuse_summary(db, campaign).get(campaign, {"labels": 0, "reused": 0, "oracle_calls": 0})
+    summary = [
+        ["status", (doc or {}).get("status")], ["chemical system", (doc or {}).get("chemsys")],
+        ["oracle", (doc or {}).get("oracle")], ["oracle fingerprint", fingerprint],
+        ["iterations", len(iterations)], ["ok labels", reuse["labels"]],
+        ["labels reused from earlier labels (no oracle call)", reuse["reused"]],
+        ["oracle calls paid", reuse["oracle_calls"]], ["stop reason", (doc or {}).get("stop_reason")],
+    ]
+    it_rows = [[it.iteration, it.n_train_labels, it.n_frames_explored, it.accurate_ratio, it.candidate_ratio,
+                it.failed_ratio, it.n_labelled, it.test_errors.n_structures, it.test_errors.force_rmse,
+                it.test_errors.energy_rmse_per_atom, it.trust_lo, it.trust_hi, it.stop_reason or ""]
+               for it in iterations]
+    figures = []
+    for key, (name, caption) in FIGURES.items():
+        path = data.files.get(key)
+        if path is None:
+            continue
+        b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        figures.append(f'<figure id="{key}"><img src="data:image/png;base64,{b64}" alt="{html.escape(name)}">'
+                       f'<figcaption>{html.escape(caption)} <a href="{html.escape(name)}">{html.escape(name)}</a>'
+                       "</figcaption></figure>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>almat report: {html.escape(campaign)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
+th {{ background: #f3f3f3; }}
+figure {{ margin: 2rem 0; }} img {{ max-width: 100%; }}
+figcaption {{ font-size: 0.9rem; color: #444; }}
+</style>
+</head>
+<body>
+<h1>Campaign {html.escape(campaign)}</h1>
+{_table(["", ""], summary)}
+<h2>Iterations</h2>
+{_table(["it", "train labels", "frames explored", "accurate", "candidate", "failed", "new labels",
+         "held-out labels", "F RMSE (eV/Å)", "E RMSE (eV/atom)", "trust_lo (eV/Å)", "trust_hi (eV/Å)", "stop"],
+        it_rows)}
+<h2>Figures</h2>
+{"".join(figures)}
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+</body>
+</html>
+"""
+    page_path = out / "report.html"
+    page_path.write_text(page, encoding="utf-8")
+    data.files["html"] = page_path
+    return data
+
+
+def report_command(campaign: str, out_dir: str | Path, settings=None) -> dict[str, Any]:
+    """``almat report CAMPAIGN OUT_DIR``: returns ``{html, figures: {name: path}, notes}``."""
+    from almat.settings import get_settings
+    from almat.stores import check_connection
+
+    settings = settings or get_settings()
+    check_connection(settings)
+    db = CampaignDB.from_settings(settings).connect()
+    try:
+        data = write_report(db, campaign, out_dir)
+    finally:
+        db.close()
+    return {
+        "html": str(data.files["html"]),
+        "figures": {k: str(v) for k, v in data.files.items() if k != "html"},
+        "notes": data.notes,
+    }

@@ -1,0 +1,296 @@
+"""Campaign figures: learning curve, model-deviation histograms, force parity, labels per source.
+
+Each ``*_data`` function gathers the values from the store; each ``plot_*`` function draws exactly
+those values and writes a PNG. The values are returned with the figures (``ReportData``), so what a
+figure shows can be checked against the stored metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from almat.schemas import IterationDoc
+from almat.stores import CampaignDB
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ReportData",
+    "deviation_data",
+    "labels_by_source_data",
+    "learning_curve_data",
+    "load_iterations",
+    "parity_data",
+    "plot_deviation_histograms",
+    "plot_labels_by_source",
+    "plot_learning_curve",
+    "plot_parity",
+]
+
+#: paper-ready defaults: readable at a column width
+STYLE = {
+    "font.size": 12,
+    "axes.labelsize": 13,
+    "axes.titlesize": 13,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 10,
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+@dataclass
+class ReportData:
+    """The values each figure plots, and the files written."""
+
+    campaign: str
+    learning_curve: dict[str, list] = field(default_factory=dict)
+    deviation: list[dict[str, Any]] = field(default_factory=list)
+    parity: dict[int, dict[str, Any]] = field(default_factory=dict)
+    labels_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_iterations(db: CampaignDB, campaign: str) -> list[IterationDoc]:
+    docs = [IterationDoc.from_store(d) for d in db.iterations.query({"campaign": campaign})]
+    return sorted(docs, key=lambda d: d.iteration)
+
+
+# -- learning curve ----------------------------------------------------------------------------------
+
+
+def learning_curve_data(iterations: list[IterationDoc]) -> dict[str, list]:
+    """Per iteration: labels the committee was trained on, its held-out errors, the accurate ratio."""
+    return {
+        "iteration": [it.iteration for it in iterations],
+        "n_train_labels": [it.n_train_labels for it in iterations],
+        "n_test_structures": [it.test_errors.n_structures for it in iterations],
+        "force_rmse": [it.test_errors.force_rmse for it in iterations],
+        "energy_rmse_per_atom": [it.test_errors.energy_rmse_per_atom for it in iterations],
+        "accurate_ratio": [it.accurate_ratio for it in iterations],
+    }
+
+
+def plot_learning_curve(data: dict[str, list], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        x = np.array(data["n_train_labels"], dtype=float)
+        rmse = np.array([np.nan if v is None else v for v in data["force_rmse"]], dtype=float)
+        acc = np.array(data["accurate_ratio"], dtype=float)
+        ax.plot(x, rmse, "o-", color=COLORS[0], lw=2, ms=7, label="held-out force RMSE")
+        for xi, yi, it in zip(x, rmse, data["iteration"]):
+            if np.isfinite(yi):
+                ax.annotate(f"it {it}", (xi, yi), textcoords="offset points", xytext=(5, 6), fontsize=9,
+                            color=COLORS[0])
+        ax.set_xlabel("training labels (structures)")
+        ax.set_ylabel("force RMSE on held-out labels (eV/Å)", color=COLORS[0])
+        ax.tick_params(axis="y", colors=COLORS[0])
+        if np.isfinite(rmse).any():
+            ax.set_ylim(0, np.nanmax(rmse) * 1.25)
+        ax2 = ax.twinx()
+        ax2.spines["right"].set_visible(True)
+        ax2.plot(x, acc, "s--", color=COLORS[1], lw=2, ms=6, label="accurate ratio")
+        ax2.set_ylabel("accurate ratio (fraction of explored frames)", color=COLORS[1])
+        ax2.tick_params(axis="y", colors=COLORS[1])
+        ax2.set_ylim(0, 1.05)
+        ax2.grid(False)
+        lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", frameon=False)
+        ax.set_title(title or "learning curve")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+# -- model deviation -----------------------------------------------------------------------------------
+
+
+def deviation_data(iterations: list[IterationDoc]) -> list[dict[str, Any]]:
+    """Per iteration: the stored histogram of max force deviation and the trust levels."""
+    out = []
+    for it in iterations:
+        if it.deviation_histogram is None:
+            continue
+        out.append({
+            "iteration": it.iteration,
+            "bin_edges": list(it.deviation_histogram.bin_edges),
+            "counts": list(it.deviation_histogram.counts),
+            "trust_lo": it.trust_lo,
+            "trust_hi": it.trust_hi,
+        })
+    return out
+
+
+def _plot_edges(edges: list[float]) -> np.ndarray:
+    """Edges for a log axis: a 0 first edge and a huge last edge (open bins) are drawn finite."""
+    e = np.array(edges, dtype=float)
+    if e[0] <= 0:
+        e[0] = e[1] / 2
+    if len(e) > 2 and e[-1] > 10 * e[-2]:
+        e[-1] = e[-2] * 2
+    return e
+
+
+def plot_deviation_histograms(data: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    n = max(len(data), 1)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(n, 1, figsize=(6.4, 1.9 * n + 1.2), sharex=True, squeeze=False)
+        for ax, d in zip(axes[:, 0], data):
+            edges = _plot_edges(d["bin_edges"])
+            ax.stairs(d["counts"], edges, fill=True, color=COLORS[0], alpha=0.75)
+            ax.axvline(d["trust_lo"], color=COLORS[2], lw=2, ls="--", label=f"trust_lo = {d['trust_lo']:g} eV/Å")
+            ax.axvline(d["trust_hi"], color=COLORS[1], lw=2, ls="-.", label=f"trust_hi = {d['trust_hi']:g} eV/Å")
+            ax.set_xscale("log")
+            ax.set_ylim(0, max(max(d["counts"], default=0), 1) * 1.5)  # room for the legend and the title
+            ax.set_ylabel("frames")
+            ax.text(0.01, 0.92, f"iteration {d['iteration']}  ({sum(d['counts'])} frames)", transform=ax.transAxes,
+                    va="top", fontsize=11)
+            ax.legend(loc="upper right", frameon=False)
+        if not data:
+            axes[0, 0].text(0.5, 0.5, "no explored frames recorded", ha="center", transform=axes[0, 0].transAxes)
+        axes[-1, 0].set_xlabel("max atomic force deviation of the committee (eV/Å)")
+        fig.suptitle(title or "model deviation of explored frames")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+# -- parity --------------------------------------------------------------------------------------------
+
+
+def parity_data(db: CampaignDB, campaign: str, iterations: list[IterationDoc], oracle_fingerprint: str | None = None,
+                max_labels: int = 200) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """Committee-mean vs oracle force components on labels each committee had not seen.
+
+    The labels selected and computed in iteration ``i`` are predicted by the committee of iteration
+    ``i`` (``IterationDoc.model_ids``), which was trained before they existed.
+    """
+    from almat.query import query_labels
+
+    out: dict[int, dict[str, Any]] = {}
+    notes: list[str] = []
+    for it in iterations:
+        if not it.model_ids:
+            continue
+        q = query_labels(db, campaign=campaign, iteration=it.iteration, oracle_fingerprint=oracle_fingerprint,
+                         allow_mixed_oracles=oracle_fingerprint is None)
+        labels = [lab for _, lab in zip(range(max_labels), q.docs())]
+        if not labels:
+            continue
+        try:
+            from almat.learner.committee import Committee
+
+            committee = Committee.from_store(db, it.model_ids)
+        except Exception as exc:  # noqa: BLE001 - a report without parity beats no report
+            notes.append(f"iteration {it.iteration}: no parity plot, committee not loadable ({exc})")
+            continue
+        pred = committee.predict([lab.to_atoms() for lab in labels])
+        ref = np.concatenate([np.asarray(lab.forces, dtype=float).ravel() for lab in labels])
+        mean = np.concatenate([pred.mean_forces(i).ravel() for i in range(len(labels))])
+        out[it.iteration] = {
+            "label_ids": [lab.label_id for lab in labels],
+            "model_ids": list(it.model_ids),
+            "oracle_forces": ref,
+            "committee_forces": mean,
+            "rmse": float(np.sqrt(np.mean((mean - ref) ** 2))),
+        }
+    return out, notes
+
+
+def plot_parity(data: dict[int, dict[str, Any]], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.4, 5.2))
+        lo, hi = np.inf, -np.inf
+        for k, (it, d) in enumerate(sorted(data.items())):
+            x, y = d["oracle_forces"], d["committee_forces"]
+            ax.scatter(x, y, s=10, alpha=0.6, color=COLORS[k % len(COLORS)], edgecolors="none",
+                       label=f"it {it}: {len(d['label_ids'])} labels, RMSE {d['rmse']:.3f} eV/Å")
+            lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+        if np.isfinite(lo):
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.3", lw=1)
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.legend(loc="upper left", frameon=False, markerscale=2)
+        else:
+            ax.text(0.5, 0.5, "no held-out labels with a committee", ha="center", transform=ax.transAxes)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel("oracle force component (eV/Å)")
+        ax.set_ylabel("committee mean force component (eV/Å)")
+        ax.set_title(title or "forces on held-out labels")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+# -- labels per source and oracle ------------------------------------------------------------------------
+
+
+def labels_by_source_data(db: CampaignDB, campaign: str) -> dict[str, dict[str, int]]:
+    """``{"oracle [fingerprint]": {source: n ok labels}}`` for the campaign (one entry per oracle setting)."""
+    from almat.query import query_labels
+
+    out: dict[str, dict[str, int]] = {}
+    fingerprints = query_labels(db, campaign=campaign, allow_mixed_oracles=True).group_count("oracle_fingerprint")
+    for fp in sorted(f for f in fingerprints if f is not None):
+        q = query_labels(db, campaign=campaign, oracle_fingerprint=fp)
+        oracle = next(iter(q.group_count("oracle")), None)
+        counts = q.group_count("source")
+        out[f"{oracle} [{fp}]"] = {str(k if k is not None else "unknown"): int(v)
+                                   for k, v in sorted(counts.items(), key=str)}
+    return out
+
+
+def plot_labels_by_source(data: dict[str, dict[str, int]], path: Path, title: str = "") -> Path:
+    plt = _pyplot()
+    sources = sorted({s for counts in data.values() for s in counts})
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        width = 0.8 / max(len(data), 1)
+        x = np.arange(len(sources))
+        for k, (oracle, counts) in enumerate(sorted(data.items())):
+            heights = [counts.get(s, 0) for s in sources]
+            bars = ax.bar(x + (k - (len(data) - 1) / 2) * width, heights, width, label=oracle,
+                          color=COLORS[k % len(COLORS)])
+            ax.bar_label(bars, fontsize=10, padding=2)
+        ax.set_xticks(x, sources)
+        ax.set_xlabel("structure source")
+        ax.set_ylabel("ok labels")
+        if data:
+            ax.legend(title="oracle [settings fingerprint]", frameon=False, loc="upper center",
+                      bbox_to_anchor=(0.5, -0.2))
+            ax.set_ylim(0, max(max(c.values(), default=0) for c in data.values()) * 1.15 + 0.5)
+        else:
+            ax.text(0.5, 0.5, "no labels", ha="center", transform=ax.transAxes)
+        ax.set_title(title or "labels per source and oracle")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path

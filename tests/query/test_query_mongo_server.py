@@ -1,0 +1,33 @@
+"""Index use of the label queries on a real MongoDB server (when ``ALMAT_TEST_MONGO_URI`` is set)."""
+
+import os
+import uuid
+
+import pytest
+from almat_query_testutils import cu_structures, cuau_structures, label_all
+
+from almat.query import query_labels
+from almat.settings import AlmatSettings
+from almat.stores import CampaignDB
+
+URI = os.environ.get("ALMAT_TEST_MONGO_URI")
+pytestmark = [pytest.mark.mongo, pytest.mark.skipif(not URI, reason="ALMAT_TEST_MONGO_URI not set")]
+
+
+def test_typical_queries_use_indexes_on_mongodb():
+    settings = AlmatSettings(mongo_uri=URI, database=f"almat_test_{uuid.uuid4().hex[:8]}")
+    db = CampaignDB.from_settings(settings).connect()
+    try:
+        cu = label_all(cu_structures(3), campaign="a", iteration=0)
+        cuau = label_all(cuau_structures(3), campaign="b", iteration=1)
+        db.upsert("labels", cu + cuau)
+        fp = cu[0].oracle_fingerprint
+        for kw in (dict(chemsys="Cu"), dict(elements="Au"), dict(campaign="b"),
+                   dict(oracle_fingerprint=fp, chemsys="Au-Cu")):
+            q = query_labels(db, **kw)
+            plan = q.explain()
+            assert plan["backend"] == "mongodb" and plan["uses_index"], (kw, plan)
+        assert sorted(query_labels(db, chemsys="Au-Cu").ids()) == sorted(lab.label_id for lab in cuau)
+    finally:
+        db.labels._collection.database.client.drop_database(settings.database)
+        db.close()

@@ -1,0 +1,148 @@
+"""Campaign report: PNG figures + HTML; the plotted values are the stored metrics."""
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from almat.campaign.jobs import DEVIATION_BINS
+from almat.oracle import CalculatorSpec, label_with_calculator
+from almat.report import report_command, write_report
+from almat.schemas import (
+    CampaignDoc,
+    DeviationHistogram,
+    IterationDoc,
+    ModelDoc,
+    StructureSource,
+    TestErrors,
+    to_structure,
+)
+
+EMT = CalculatorSpec("ase.calculators.emt", "EMT")
+EMT2 = CalculatorSpec("ase.calculators.emt", "EMT", {"asap_cutoff": True})
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cu(n, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        out.append(to_structure(atoms))
+    return out
+
+
+def _campaign(db, name="rep", model_ids=None):
+    db.upsert("campaigns", [CampaignDoc(name=name, config={}, config_fingerprint="x", chemsys="Cu",
+                                        elements=["Cu"], oracle=EMT.name, oracle_fingerprint=EMT.fingerprint)])
+    rng = np.random.default_rng(0)
+    its = []
+    for i in range(3):
+        counts = rng.integers(0, 40, len(DEVIATION_BINS) - 1).tolist()
+        its.append(IterationDoc(
+            campaign=name, iteration=i, n_frames_explored=sum(counts), accurate_ratio=0.3 + 0.25 * i,
+            candidate_ratio=0.5 - 0.2 * i, failed_ratio=0.2 - 0.05 * i, n_train_labels=8 + 4 * i, n_labelled=4,
+            trust_lo=0.05, trust_hi=0.3 + 0.1 * i,
+            test_errors=TestErrors(n_structures=4, force_rmse=0.2 / (i + 1), energy_rmse_per_atom=0.01 / (i + 1)),
+            deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=counts),
+            model_ids=(model_ids or {}).get(i, [f"missing-{i}-a", f"missing-{i}-b"]),
+        ))
+    db.upsert("iterations", its)
+    sources = [StructureSource.init, StructureSource.perturbed, StructureSource.md]
+    labels = [label_with_calculator(s, EMT, campaign=name, iteration=-1 if k < 4 else k % 3,
+                                    source=sources[0] if k < 2 else sources[1] if k < 4 else sources[2])
+              for k, s in enumerate(_cu(10, 1))]
+    labels += [label_with_calculator(s, EMT2, campaign=name, iteration=0, source=StructureSource.md)
+               for s in _cu(2, 2)]
+    db.upsert("labels", labels)
+    return its, labels
+
+
+class _Checker(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>"
+        self.stack.pop()
+
+
+def test_report_files_and_plotted_values(db, tmp_path):
+    its, labels = _campaign(db)
+    data = write_report(db, "rep", tmp_path / "out")
+    for key in ("learning_curve", "deviation", "labels_by_source"):
+        assert data.files[key].read_bytes()[:8] == PNG_MAGIC and data.files[key].stat().st_size > 10_000
+    assert "parity" not in data.files and any("committee not loadable" in n for n in data.notes)
+
+    page = data.files["html"].read_text()
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.stack == [] and len(checker.images) == 3
+    assert all(src.startswith("data:image/png;base64,") for src in checker.images)
+    import base64
+
+    assert base64.b64decode(checker.images[0].split(",", 1)[1]) == data.files["learning_curve"].read_bytes()
+
+    # the plotted values are the stored metrics (read back from the store)
+    stored = sorted((IterationDoc.from_store(d) for d in db.iterations.query({"campaign": "rep"})),
+                    key=lambda d: d.iteration)
+    lc = data.learning_curve
+    assert lc["iteration"] == [0, 1, 2]
+    assert lc["n_train_labels"] == [it.n_train_labels for it in stored] == [8, 12, 16]
+    assert lc["force_rmse"] == [it.test_errors.force_rmse for it in stored]
+    assert lc["accurate_ratio"] == [it.accurate_ratio for it in stored]
+    assert [d["counts"] for d in data.deviation] == [it.deviation_histogram.counts for it in stored]
+    assert [(d["trust_lo"], d["trust_hi"]) for d in data.deviation] == [(it.trust_lo, it.trust_hi) for it in stored]
+    expected = {}
+    for lab in labels:
+        key = f"{lab.oracle} [{lab.oracle_fingerprint}]"
+        expected.setdefault(key, {}).setdefault(lab.source.value, 0)
+        expected[key][lab.source.value] += 1
+    assert data.labels_by_source == expected
+    assert data.labels_by_source[f"{EMT.name} [{EMT.fingerprint}]"] == {"init": 2, "perturbed": 2, "md": 6}
+    assert data.labels_by_source[f"{EMT2.name} [{EMT2.fingerprint}]"] == {"md": 2}
+
+
+def test_report_command_and_unknown_campaign(db, settings, tmp_path):
+    _campaign(db, name="cmd")
+    out = report_command("cmd", tmp_path / "r", settings=settings)
+    assert out["html"].endswith("report.html") and set(out["figures"]) == {"learning_curve", "deviation",
+                                                                            "labels_by_source"}
+    with pytest.raises(ValueError, match="no campaign 'nope'; known: cmd"):
+        report_command("nope", tmp_path / "r2", settings=settings)
+
+
+@pytest.mark.slow
+def test_parity_uses_the_committee_that_had_not_seen_the_labels(db, tmp_path, tiny_committee):
+    from almat.learner.committee import save_model
+
+    committee, results = tiny_committee
+    ids = []
+    for k, r in enumerate(results):
+        doc = ModelDoc(campaign="par", iteration=0, committee_index=k, weights_blob_id=save_model(db.data, r.model),
+                       elements=["Cu"])
+        db.upsert("models", [doc])
+        ids.append(doc.model_id)
+    its, labels = _campaign(db, name="par", model_ids={0: ids})
+    data = write_report(db, "par", tmp_path / "par")
+    assert set(data.parity) == {0}  # iterations 1 and 2 have no loadable committee
+    held_out = [lab for lab in labels if lab.iteration == 0 and lab.oracle_fingerprint == EMT.fingerprint]
+    p = data.parity[0]
+    assert sorted(p["label_ids"]) == sorted(lab.label_id for lab in held_out)
+    order = [next(lab for lab in held_out if lab.label_id == i) for i in p["label_ids"]]
+    np.testing.assert_array_equal(p["oracle_forces"], np.concatenate([np.ravel(lab.forces) for lab in order]))
+    pred = committee.predict([lab.to_atoms() for lab in order])
+    np.testing.assert_allclose(p["committee_forces"],
+                               np.concatenate([pred.mean_forces(i).ravel() for i in range(len(order))]), atol=1e-6)
+    assert p["rmse"] == pytest.approx(np.sqrt(np.mean((p["committee_forces"] - p["oracle_forces"]) ** 2)))
+    assert data.files["parity"].read_bytes()[:8] == PNG_MAGIC
