@@ -257,8 +257,8 @@ def decide(
     ratio = {k: (v / n_frames if n_frames else 0.0) for k, v in counts.items()}
     hist, _ = np.histogram(deviations, bins=DEVIATION_BINS) if deviations.size else (np.zeros(len(DEVIATION_BINS) - 1), None)
     n_candidates = sum(len(doc.candidates) for doc in explored)
-    train_ids = _label_ids(train_label_ids)
-    new_ids = _label_ids(labels)
+    train_ids = list(dict.fromkeys(_label_ids(train_label_ids)))  # one id can arrive from two jobs
+    new_ids = list(dict.fromkeys(_label_ids(labels)))
     all_ids = list(dict.fromkeys(train_ids + new_ids))
 
     db = _db()
