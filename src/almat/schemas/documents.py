@@ -75,8 +75,8 @@ class LabelStatus(str, Enum):
     failed = "failed"
 
 
-class StructureDoc(AlmatDocument):
-    """A configuration that a campaign produced or used."""
+class _ConfigurationDoc(AlmatDocument):
+    """A document about one configuration; identity and composition fields are derived from it."""
 
     structure: Structure
     structure_hash: str = ""
@@ -84,12 +84,6 @@ class StructureDoc(AlmatDocument):
     chemsys: str = ""
     elements: list[str] = Field(default_factory=list)
     natoms: int = 0
-    source: StructureSource
-    campaign: str | None = None
-    iteration: int | None = Field(None, description="Iteration that produced it; -1 for initial data.")
-    parent: str | None = Field(None, description="structure_hash of the structure this one came from")
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=utcnow)
 
     def model_post_init(self, __context: Any) -> None:
         s = self.structure
@@ -101,16 +95,21 @@ class StructureDoc(AlmatDocument):
         self.natoms = self.natoms or len(s)
 
 
-class LabelDoc(AlmatDocument):
+class StructureDoc(_ConfigurationDoc):
+    """A configuration that a campaign produced or used."""
+
+    source: StructureSource
+    campaign: str | None = None
+    iteration: int | None = Field(None, description="Iteration that produced it; -1 for initial data.")
+    parent: str | None = Field(None, description="structure_hash of the structure this one came from")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LabelDoc(_ConfigurationDoc):
     """An oracle's answer for one configuration: energy, forces, stress, or why it failed."""
 
     label_id: str = ""
-    structure: Structure
-    structure_hash: str = ""
-    formula: str = ""
-    chemsys: str = ""
-    elements: list[str] = Field(default_factory=list)
-    natoms: int = 0
     source: StructureSource | None = None
     campaign: str | None = None
     iteration: int | None = None
@@ -133,13 +132,7 @@ class LabelDoc(AlmatDocument):
     )
 
     def model_post_init(self, __context: Any) -> None:
-        s = self.structure
-        elements = sorted({el.symbol for el in s.composition.elements})
-        self.structure_hash = self.structure_hash or structure_hash(s)
-        self.formula = self.formula or s.composition.reduced_formula
-        self.elements = self.elements or elements
-        self.chemsys = self.chemsys or chemsys_of(elements)
-        self.natoms = self.natoms or len(s)
+        super().model_post_init(__context)
         if not self.label_id:
             # deterministic: a rerun of the same label job overwrites, never duplicates
             key = f"{self.campaign}|{self.structure_hash}|{self.oracle_fingerprint}"
