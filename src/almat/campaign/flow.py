@@ -87,8 +87,9 @@ class CampaignMaker(Maker):
     """Build a whole active-learning campaign as one dynamic Flow.
 
     ``make()`` starts from scratch (initial data, then iteration 0). To continue a campaign that has
-    labels and models already, pass ``start_iteration``, ``label_ids`` and ``previous_model_ids``
-    (``almat.campaign.runner.resume_state`` reads them from the store).
+    labels and models already, pass ``start_iteration``, ``label_ids``, ``previous_model_ids`` and,
+    for a pre-relaxed campaign, ``start_structures`` (``almat.campaign.runner.resume_state`` reads
+    them from the store).
     """
 
     name: str = "campaign"
@@ -107,6 +108,7 @@ class CampaignMaker(Maker):
         start_iteration: int = 0,
         label_ids: list[str] | None = None,
         previous_model_ids: list[str] | None = None,
+        start_structures: list | None = None,
     ) -> Flow:
         cfg = self.campaign_config
         cfg_dict = cfg.model_dump(mode="json", by_alias=True)
@@ -129,8 +131,8 @@ class CampaignMaker(Maker):
                     relax_labels.append(relax.output.labels)
                 relax.name = f"relax s{i}"
                 jobs.append(relax)
-        elif cfg.prerelax.enabled:
-            starts = _stored_relaxed(cfg) or None
+        elif start_structures:
+            starts = list(start_structures)  # e.g. the stored pre-relaxed starts of a resumed campaign
         if label_ids is None:
             init = initial_structures(cfg_dict, campaign, starts)
             init.name = "initial structures"
@@ -144,14 +146,3 @@ class CampaignMaker(Maker):
         flow = Flow(jobs, output=first.output, name=f"campaign {cfg.name}")
         return flow
 
-
-def _stored_relaxed(cfg: CampaignConfig) -> list:
-    """The pre-relaxed start structures of a campaign being resumed (from its structures collection)."""
-    from almat.schemas import StructureDoc
-    from almat.stores import CampaignDB
-
-    with CampaignDB.from_settings() as db:
-        docs = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": cfg.name, "source": "relaxed"})]
-    docs = [d for d in docs if d.metadata.get("start_index") is not None]
-    docs.sort(key=lambda d: d.metadata["start_index"])
-    return [d.structure for d in docs]

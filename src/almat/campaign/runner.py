@@ -17,7 +17,8 @@ from almat.stores import CampaignDB, build_job_store, check_connection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CampaignConvergedError", "CampaignExistsError", "CampaignResult", "ResumeState", "build_flow", "resume_state", "run_campaign"]
+__all__ = ["CampaignConvergedError", "CampaignExistsError", "CampaignResult", "ResumeState", "build_flow",
+           "relaxed_starts", "resume_state", "run_campaign"]
 
 
 class CampaignExistsError(ValueError):
@@ -33,6 +34,7 @@ class ResumeState:
     start_iteration: int
     label_ids: list[str]
     previous_model_ids: list[str]
+    start_structures: list | None = None  # the pre-relaxed starts, when the campaign has them
 
 
 @dataclass
@@ -51,7 +53,16 @@ def resume_state(db: CampaignDB, name: str) -> ResumeState:
     if iterations:
         last = db.iterations.query_one({"campaign": name, "iteration": iterations[-1]})
         model_ids = list(last.get("model_ids", []))
-    return ResumeState(start, label_ids, model_ids)
+    return ResumeState(start, label_ids, model_ids, relaxed_starts(db, name) or None)
+
+
+def relaxed_starts(db: CampaignDB, name: str) -> list:
+    """The pre-relaxed start structures of a campaign, in the order of its config."""
+    from almat.schemas import StructureDoc
+
+    docs = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": name, "source": "relaxed"})]
+    docs = [d for d in docs if d.metadata.get("start_index") is not None]
+    return [d.structure for d in sorted(docs, key=lambda d: d.metadata["start_index"])]
 
 
 def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
@@ -85,7 +96,8 @@ def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
         )
     logger.info("resuming %s at iteration %d with %d labels", config.name, state.start_iteration,
                 len(state.label_ids))
-    return maker.make(state.start_iteration, state.label_ids, state.previous_model_ids or None)
+    return maker.make(state.start_iteration, state.label_ids, state.previous_model_ids or None,
+                      start_structures=state.start_structures if config.prerelax.enabled else None)
 
 
 def run_campaign(
