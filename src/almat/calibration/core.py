@@ -250,21 +250,6 @@ def convergence_check(
     return StopDecision(stop, fraction, int(u.size), float(tolerance), float(conv_accuracy), bound, reason)
 
 
-STYLE = {
-    "font.size": 12,
-    "axes.labelsize": 13,
-    "axes.titlesize": 13,
-    "xtick.labelsize": 11,
-    "ytick.labelsize": 11,
-    "legend.fontsize": 10,
-    "savefig.dpi": 200,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
-
-
 def plot_calibration(doc: CalibrationDoc, path: str | Path, title: str | None = None,
                      log: bool | None = None) -> Path:
     """Observed error vs calibrated uncertainty ``k u``, with the ideal line and the conformal band
@@ -282,6 +267,8 @@ def plot_calibration(doc: CalibrationDoc, path: str | Path, title: str | None = 
     positive = np.concatenate([x[x > 0], y[y > 0]])
     if log is None:
         log = positive.size > 1 and positive.max() / positive.min() > 100
+    from almat.report.plots import STYLE
+
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.0, 6.8), constrained_layout=True)
         hi = float(max(x.max(initial=0), y.max(initial=0))) * 1.1 or 1.0

@@ -87,26 +87,14 @@ def atomic_descriptors(
     """
     from mace.tools.torch_geometric import DataLoader
 
-    from almat.learner.mace import atoms_to_dataset
+    from almat.learner.mace import model_inputs
 
     model = descriptor_model(model_or_committee, member)
     atoms_list = _as_atoms(frames)
     if not atoms_list:
         return []
-    zs = [int(z) for z in model.atomic_numbers.tolist()]
-    unknown = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()} - set(zs))
-    if unknown:
-        from ase.data import chemical_symbols
-
-        raise ValueError(f"the model was not trained on {', '.join(chemical_symbols[z] for z in unknown)}")
     columns = torch.as_tensor(invariant_indices(model, num_layers))
-    dtype = next(model.parameters()).dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        data = atoms_to_dataset(atoms_list, zs, float(model.r_max), with_labels=False)
-    finally:
-        torch.set_default_dtype(previous)
+    data = model_inputs([model], atoms_list)
     if next(model.parameters()).device != torch.device(device):
         model.to(device)
     out: list[np.ndarray] = []

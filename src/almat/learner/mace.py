@@ -28,6 +28,7 @@ __all__ = [
     "atoms_to_dataset",
     "build_model",
     "model_from_bytes",
+    "model_inputs",
     "model_to_bytes",
     "predict",
     "train_mace",
@@ -322,11 +323,11 @@ def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
     return model
 
 
-def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,
-            device: str = "cpu") -> tuple[np.ndarray, list[np.ndarray]]:
-    """Energies ``[n_models, n_frames]`` and per-frame forces ``[n_models, n_atoms, 3]``."""
-    if not models:
-        raise ValueError("no models to predict with")
+def model_inputs(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms]):
+    """Unlabelled ``AtomicData`` for ``models`` (their elements, largest cutoff and dtype).
+
+    Elements the models were not trained on raise a ``ValueError`` naming them.
+    """
     zs = [int(z) for z in models[0].atomic_numbers.tolist()]
     unknown = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()} - set(zs))
     if unknown:
@@ -334,13 +335,20 @@ def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batc
 
         raise ValueError(f"the models were not trained on {', '.join(chemical_symbols[z] for z in unknown)}")
     r_max = max(float(m.r_max) for m in models)
-    dtype = next(models[0].parameters()).dtype
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(next(models[0].parameters()).dtype)
     try:
-        data = atoms_to_dataset(atoms_list, zs, r_max, with_labels=False)
+        return atoms_to_dataset(atoms_list, zs, r_max, with_labels=False)
     finally:
         torch.set_default_dtype(previous)
+
+
+def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,
+            device: str = "cpu") -> tuple[np.ndarray, list[np.ndarray]]:
+    """Energies ``[n_models, n_frames]`` and per-frame forces ``[n_models, n_atoms, 3]``."""
+    if not models:
+        raise ValueError("no models to predict with")
+    data = model_inputs(models, atoms_list)
     batches = list(_loader(data, batch_size, shuffle=False))  # collate once, reuse for every model
     energies = np.zeros((len(models), len(atoms_list)))
     forces = [np.zeros((len(models), len(a), 3)) for a in atoms_list]
