@@ -51,6 +51,8 @@ CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "models": (["model_id"], ["model_id", "campaign", "iteration", "elements"]),
     "iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
+    "pool_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
+    "nft_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
 }
 
 

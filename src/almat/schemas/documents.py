@@ -130,6 +130,14 @@ class LabelDoc(_ConfigurationDoc):
         description="label_id of the label (same structure_hash and oracle_fingerprint, possibly of another "
         "campaign) whose results were copied instead of calling the oracle again; None when the oracle ran",
     )
+    force_weights: list[float] | None = Field(
+        None,
+        description="Per-atom weights of the force loss in training (nearsighted force training: 1 on a "
+        "chunk's central atoms, 0 on the rest); None = every atom weighs 1",
+    )
+    energy_weight: float | None = Field(
+        None, ge=0, description="Weight of this label's energy in the loss (0 for NFT chunks); None = 1"
+    )
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -141,6 +149,8 @@ class LabelDoc(_ConfigurationDoc):
             raise ValueError("a failed label needs a reason")
         if self.status == LabelStatus.ok and (self.energy is None or self.forces is None):
             raise ValueError("an ok label needs an energy and forces")
+        if self.force_weights is not None and len(self.force_weights) != len(self.structure):
+            raise ValueError(f"force_weights has {len(self.force_weights)} entries for {len(self.structure)} atoms")
 
     @property
     def ok(self) -> bool:
@@ -160,6 +170,10 @@ class LabelDoc(_ConfigurationDoc):
                 results["stress"] = np.array(self.stress)
             atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info["label_id"] = self.label_id
+        if self.force_weights is not None:
+            atoms.arrays["force_weights"] = np.asarray(self.force_weights, dtype=float)
+        if self.energy_weight is not None:
+            atoms.info["energy_weight"] = float(self.energy_weight)
         return atoms
 
 
