@@ -124,13 +124,16 @@ def sibling_store(store: Store, collection_name: str) -> Store:
 
 @dataclass
 class CampaignDB:
-    """The campaign collections: structures, labels, models, iterations, campaigns."""
+    """The campaign collections: structures, labels, models, iterations, campaigns, and the
+    per-iteration records of pool-based (``pool_iterations``) and NFT (``nft_iterations``) campaigns."""
 
     structures: Store
     labels: Store
     models: Store
     iterations: Store
     campaigns: Store
+    pool_iterations: Store
+    nft_iterations: Store
     data: Store
 
     @classmethod
