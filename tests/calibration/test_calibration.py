@@ -173,3 +173,36 @@ def test_calibration_plot(held_out, tmp_path):
     wide = calibrate(np.geomspace(1e-3, 1, 8), np.geomspace(2e-3, 2, 8), 0.9)
     assert wide.quantile == math.inf
     assert plot_calibration(wide, tmp_path / "wide.png").exists()
+
+
+# --- the held-out sample ---------------------------------------------------------------------------
+
+def test_stratified_sample_spans_the_deviation_range_and_respects_eligibility():
+    from almat.calibration import stratified_sample
+
+    rng = np.random.default_rng(0)
+    u = np.concatenate([rng.uniform(0.0, 0.02, 80), rng.uniform(0.1, 0.5, 20)])  # mostly confident frames
+    eligible = np.ones(u.size, dtype=bool)
+    eligible[[0, 1, 2]] = False
+    picks = stratified_sample(u, 5, rng, eligible)
+    assert len(picks) == len(set(picks)) == 5 and not {0, 1, 2} & set(picks)
+    # one pick per fifth of the sorted frames: the confident 80 % must provide 4 of the 5
+    assert sum(u[picks] < 0.05) == 4 and sum(u[picks] >= 0.1) == 1
+    assert stratified_sample(u[:3], 5, rng) == [0, 1, 2]
+    assert stratified_sample(u, 0, rng) == []
+    assert stratified_sample(u[:3], 2, rng, [False, False, False]) == []
+    with pytest.raises(ValueError, match="eligibility"):
+        stratified_sample(u, 2, rng, [True])
+
+
+def test_stratified_sample_gives_every_frame_the_same_chance():
+    """Representative of the explored frames (what the conformal bound assumes)."""
+    from almat.calibration import stratified_sample
+
+    rng = np.random.default_rng(1)
+    u = rng.lognormal(-3, 1, 60)
+    hits = np.zeros(u.size)
+    for _ in range(3000):
+        hits[stratified_sample(u, 6, rng)] += 1
+    freq = hits / 3000
+    np.testing.assert_allclose(freq, 0.1, atol=0.025)  # 6 of 60 frames each time

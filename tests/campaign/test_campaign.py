@@ -20,8 +20,10 @@ CONFIG = {
                                                   "batch_size": 2}},
     "sampler": {"temperatures": [600], "steps": 60, "sample_every": 6, "trust_lo": 0.05, "trust_hi": 5.0},
     "selection": {"policy": "diverse", "max_select": 4},  # max deviation, near-duplicates filtered by FPS
-    # all frames must be accurate to converge; at most two iterations
-    "convergence": {"conv_accuracy": 1.0, "max_iterations": 2},
+    # calibrated stopping (the default rule): 4 held-out frames per iteration; every explored frame's
+    # calibrated uncertainty must be below 0.05 eV/Å to converge; at most two iterations
+    "convergence": {"rule": "calibrated", "force_tolerance": 0.05, "calibration_samples": 4,
+                    "conv_accuracy": 1.0, "max_iterations": 2},
 }
 
 
@@ -55,6 +57,44 @@ def test_two_iterations_run_and_are_recorded(campaign):
         assert db.iterations.count({"campaign": "cu-e2e"}) == 2
         models = [ModelDoc.from_store(d) for d in db.models.query({"campaign": "cu-e2e", "iteration": 1})]
         assert all(m.warm_started_from for m in models)  # iteration 1 continues from iteration 0
+
+
+@pytest.mark.slow
+def test_calibration_is_held_out_recorded_and_cumulative(campaign):
+    settings, result = campaign
+    first, second = result.iterations
+    assert first.stop_rule == second.stop_rule == "calibrated"
+    assert len(first.calibration_label_ids) == 4 and len(second.calibration_label_ids) == 4
+    assert not set(first.calibration_label_ids) & set(second.calibration_label_ids)
+    # iteration 1 re-scores iteration 0's held-out frames with its own committee
+    assert first.calibration.n_samples == 4 and second.calibration.n_samples == 8
+    for it in (first, second):
+        cal = it.calibration
+        assert cal.iteration == it.iteration and cal.factor > 0 and len(cal.predicted) == cal.n_samples
+        assert 0.0 <= it.calibrated_fraction <= 1.0
+    assert second.stop_reason and ("k·u" in second.stop_reason or "max_iterations" in second.stop_reason)
+    held_out = set(first.calibration_label_ids + second.calibration_label_ids)
+    with CampaignDB.from_settings(settings) as db:
+        # the held-out frames are labelled, but no committee ever trained or validated on them
+        assert db.labels.count({"label_id": {"$in": sorted(held_out)}, "status": "ok"}) == 8
+        for m in db.models.query({"campaign": "cu-e2e"}):
+            assert not held_out & set(m["training_label_ids"] + m["validation_label_ids"])
+        roles = [d["metadata"].get("role") for d in db.structures.query({"campaign": "cu-e2e", "source": "md"})]
+        assert roles.count("calibration") == 8
+        from almat.campaign.runner import resume_state
+
+        state = resume_state(db, "cu-e2e")
+        assert not held_out & set(state.label_ids)
+        assert len(state.label_ids) == second.n_train_labels + second.n_labelled
+    # the recorded calibration is what the committee says about the stored labels
+    from almat.calibration import committee_errors
+
+    with CampaignDB.from_settings(settings) as db:
+        committee = Committee.from_store(db, first.model_ids)
+        labels = load_labels(db, first.calibration_label_ids)
+    u, e = committee_errors(committee, [lab.to_atoms() for lab in labels])
+    np.testing.assert_allclose(sorted(u), sorted(first.calibration.predicted), rtol=1e-5)
+    np.testing.assert_allclose(sorted(e), sorted(first.calibration.observed), rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -73,3 +73,18 @@ def test_invalid_yaml_and_name(tmp_path):
         load_config(f)
     with pytest.raises(ConfigError, match="name"):
         load_config({**BASE, "name": "has space"})
+
+
+def test_convergence_rule_settings_are_checked():
+    base = {"name": "x", "structures": [{"bulk": {"name": "Cu"}}]}
+    cfg = load_config(base)
+    assert cfg.convergence.rule == "calibrated" and cfg.convergence.calibration_samples >= 2
+    with pytest.raises(ConfigError, match="convergence.calibration_coverage"):
+        load_config({**base, "convergence": {"calibration_coverage": 1.0}})
+    with pytest.raises(ConfigError, match="calibration_samples >= 2"):
+        load_config({**base, "convergence": {"calibration_samples": 0}})
+    # DP-GEN's accurate-ratio rule can do without held-out labels
+    cfg = load_config({**base, "convergence": {"rule": "accurate_ratio", "calibration_samples": 0}})
+    assert cfg.convergence.rule == "accurate_ratio"
+    with pytest.raises(ConfigError, match="convergence.rule"):
+        load_config({**base, "convergence": {"rule": "conformal"}})

@@ -112,6 +112,7 @@ def test_every_job_of_the_campaign_flow_is_routed(tmp_path):
         "register campaign": "local", "initial structures": "local", "label initial": "local",
         "train it0": "gpu", "explore it0 s0 600K": "gpu", "explore it0 s0 900K": "gpu",
         "select it0": "local", "label it0": "local", "decide it0": "local",
+        "calibration sample it0": "local", "label calibration it0": "local",
     }
     # defaults: gpu for the learner and the sampler, cpu for everything else
     flow = CampaignMaker.from_config(load_config(CONFIG)).make()
@@ -317,12 +318,12 @@ def _worker_files(folder, categories=("cpu", "gpu"), partition=True):
 def test_submit_adds_a_routed_workflow(tmp_path, mock_launchpad, job_store):
     _worker_files(tmp_path)
     result = submit_campaign(CONFIG, mock_launchpad, job_store=job_store)
-    assert result.submitted and result.name_checked and result.n_fireworks == 9
+    assert result.submitted and result.name_checked and result.n_fireworks == 11  # 9 jobs + the held-out calibration sample and its labels
     assert result.launchpad == "mongo.example.org:27017"
     assert result.categories["train it0"] == "gpu" and result.categories["decide it0"] == "cpu"
     assert result.partitions == {"cpu": ["part-cpu"], "gpu": ["part-gpu"]}
     assert not result.warnings
-    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 9
+    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 11
 
 
 def test_submit_refuses_an_existing_campaign(tmp_path, mock_launchpad, job_store):

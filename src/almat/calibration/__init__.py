@@ -11,6 +11,7 @@ from almat.calibration.core import (
     fit_factor,
     plot_calibration,
     spearman,
+    stratified_sample,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "fit_factor",
     "plot_calibration",
     "spearman",
+    "stratified_sample",
 ]

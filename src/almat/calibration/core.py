@@ -43,6 +43,7 @@ __all__ = [
     "fit_factor",
     "plot_calibration",
     "spearman",
+    "stratified_sample",
 ]
 
 FACTOR_METHODS = ("lstsq", "median")
@@ -60,6 +61,31 @@ def _pair(predicted: Sequence[float], observed: Sequence[float]) -> tuple[np.nda
     if (p < 0).any() or (o < 0).any():
         raise ValueError("predicted uncertainties and observed errors must be >= 0")
     return p, o
+
+
+def stratified_sample(uncertainty: Sequence[float], n: int, rng: np.random.Generator,
+                      eligible: Sequence[bool] | None = None) -> list[int]:
+    """Indices of ``n`` held-out frames spread over the whole range of uncertainty.
+
+    The eligible frames are sorted by uncertainty and cut into ``n`` strata of equal size; one
+    frame is drawn at random from each. Every eligible frame has (up to rounding) the same chance
+    ``n / N``, so the sample stays representative of the explored frames (what the conformal bound
+    assumes), while the low-uncertainty frames, where an overconfident committee hides its errors,
+    are never left out. Fewer than ``n`` eligible frames: all of them.
+    """
+    u = np.asarray(uncertainty, dtype=float).ravel()
+    mask = np.ones(u.size, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).ravel()
+    if mask.size != u.size:
+        raise ValueError(f"{u.size} uncertainties but {mask.size} eligibility flags")
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    candidates = np.flatnonzero(mask & np.isfinite(u))
+    if n == 0 or candidates.size == 0:
+        return []
+    if candidates.size <= n:
+        return sorted(int(i) for i in candidates)
+    ordered = candidates[np.argsort(u[candidates], kind="stable")]
+    return sorted(int(rng.choice(stratum)) for stratum in np.array_split(ordered, n))
 
 
 def _check_coverage(coverage: float) -> float:

@@ -221,8 +221,41 @@ class SelectionSettings(_Section):
 
 
 class ConvergenceSettings(_Section):
-    conv_accuracy: float = Field(0.95, gt=0, le=1, description="Stop when the accurate ratio reaches this")
+    """When a campaign stops.
+
+    ``rule: calibrated`` (default): every iteration labels ``calibration_samples`` held-out explored
+    frames, spread over the whole range of model deviation (low-uncertainty frames included: that is
+    where a miscalibrated committee lies); on them it fits the recalibration factor ``k`` (error ~ k x
+    deviation), the split-conformal quantile ``q`` at ``calibration_coverage`` and the Spearman
+    correlation. The campaign converges when the calibrated uncertainty (``k u``, or ``q k u`` with
+    ``bound: conformal``) of the explored frames is below ``force_tolerance`` for a fraction
+    ``>= conv_accuracy`` of them.
+
+    ``rule: accurate_ratio``: DP-GEN's rule, stop when the fraction of frames below ``trust_lo``
+    reaches ``conv_accuracy`` (the calibration is still recorded when ``calibration_samples > 0``).
+
+    Either way the campaign stops at ``max_iterations``.
+    """
+
+    rule: Literal["calibrated", "accurate_ratio"] = "calibrated"
+    conv_accuracy: float = Field(0.95, gt=0, le=1, description="Fraction of explored frames that must pass the rule")
     max_iterations: int = Field(10, ge=1)
+    force_tolerance: float = Field(0.15, gt=0, description="eV/Å: target max atomic force error per frame")
+    calibration_coverage: float = Field(0.9, gt=0, lt=1, description="Coverage of the conformal bound q k u")
+    calibration_samples: int = Field(8, ge=0, description="Held-out explored frames labelled per iteration")
+    calibration_method: Literal["lstsq", "median"] = "lstsq"
+    bound: Literal["calibrated", "conformal"] = Field(
+        "calibrated", description="Compare k u (calibrated) or its conformal upper bound q k u with the tolerance")
+    cumulative_calibration: bool = Field(
+        True, description="Calibrate on the held-out frames of all iterations so far (re-scored by the current "
+        "committee), not only this iteration's")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _needs_samples(self):
+        if self.rule == "calibrated" and self.calibration_samples < 2:
+            raise ValueError("rule 'calibrated' needs calibration_samples >= 2 held-out frames per iteration")
+        return self
 
 
 class CampaignConfig(_Section):

@@ -4,6 +4,7 @@
 
     register -> initial structures -> label (one oracle job each)
         -> iteration 0: train -> explore (per start structure x temperature) -> select -> label -> decide
+                        (and, from the explored frames: calibration sample -> label held-out -> decide)
         -> iteration 1 (added by decide with Response(addition=...)) ... until converged
 """
 
@@ -15,7 +16,14 @@ from typing import Any
 from jobflow import Flow, Maker
 
 from almat.campaign.config import CampaignConfig
-from almat.campaign.jobs import decide, initial_structures, label_batch, register_campaign, select_candidates
+from almat.campaign.jobs import (
+    calibration_sample,
+    decide,
+    initial_structures,
+    label_batch,
+    register_campaign,
+    select_candidates,
+)
 from almat.learner.jobs import TrainCommitteeMaker
 from almat.sampler.jobs import ExploreMaker
 
@@ -76,10 +84,19 @@ def iteration_flow(
     select.name = f"select it{iteration}"
     label = label_batch(select.output, cfg_dict, iteration)
     label.name = f"label it{iteration}"
+    jobs = [train, *explores, select, label]
+    calibration_labels = None
+    if config.convergence.calibration_samples > 0:
+        held_out = calibration_sample(explored, select.output, cfg_dict, iteration, label_ids)
+        held_out.name = f"calibration sample it{iteration}"
+        label_held_out = label_batch(held_out.output, cfg_dict, iteration, purpose="calibration")
+        label_held_out.name = f"label calibration it{iteration}"
+        jobs += [held_out, label_held_out]
+        calibration_labels = label_held_out.output
     dec = decide(cfg_dict, iteration, train.output, explored, select.output, label.output, label_ids,
-                 start_structures=start_structures)
+                 start_structures=start_structures, calibration_labels=calibration_labels)
     dec.name = f"decide it{iteration}"
-    return Flow([train, *explores, select, label, dec], output=dec.output, name=f"{config.name} iteration {iteration}")
+    return Flow([*jobs, dec], output=dec.output, name=f"{config.name} iteration {iteration}")
 
 
 @dataclass

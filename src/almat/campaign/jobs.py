@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEVIATION_BINS",
+    "calibration_sample",
     "decide",
     "initial_structures",
     "label_batch",
@@ -125,18 +126,22 @@ def initial_structures(config: dict, campaign: str | None = None, structures: li
 
 
 @store_job
-def label_batch(structures: list[StructureDoc], config: dict, iteration: int):
-    """Replace itself by one oracle job per structure; its output becomes the list of ``LabelDoc``s."""
+def label_batch(structures: list[StructureDoc], config: dict, iteration: int, purpose: str = "training"):
+    """Replace itself by one oracle job per structure; its output becomes the list of ``LabelDoc``s.
+
+    ``purpose`` (``training`` or ``calibration``) only names the jobs.
+    """
     cfg = _config(config)
     if not structures:
         return []
     maker = cfg.oracle.label_maker()
+    tag = "" if purpose == "training" else f" {purpose}"
     jobs = []
     for i, doc in enumerate(structures):
         j = maker.make(doc, campaign=cfg.name, iteration=iteration)
-        j.name = f"oracle it{iteration} #{i}"
+        j.name = f"oracle{tag} it{iteration} #{i}"
         jobs.append(j)
-    return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label it{iteration}"))
+    return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label{tag} it{iteration}"))
 
 
 @store_job
@@ -197,6 +202,113 @@ def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int,
     return docs
 
 
+@store_job
+def calibration_sample(explored: list[ExploreDoc], selected: list[StructureDoc], config: dict,
+                       iteration: int, label_ids: list[Any] | None = None) -> list[StructureDoc]:
+    """Held-out explored frames for calibrating the committee's uncertainty (never trained on).
+
+    ``convergence.calibration_samples`` frames, stratified over the whole range of model deviation
+    (``almat.calibration.stratified_sample``), so the low-uncertainty frames are sampled too. Frames
+    beyond ``trust_hi`` (the committee is lost there, and they may be unphysical) and the frames
+    selected for training are left out, and so are frames identical to a training label
+    (``label_ids``; e.g. the start structure at step 0).
+    """
+    from almat.calibration import stratified_sample
+    from almat.schemas import to_structure
+    from almat.stores import get_blob
+
+    cfg = _config(config)
+    n = cfg.convergence.calibration_samples
+    if n == 0 or not explored:
+        return []
+    from almat.learner.jobs import _as_id, flatten_labels
+    from almat.schemas import structure_hash
+
+    taken = {(d.metadata.get("trajectory_blob_id"), d.metadata.get("step")) for d in selected}
+    frames, deviation, eligible = [], [], []
+    db = _db()
+    try:
+        train_ids = list(dict.fromkeys(_as_id(i) for i in flatten_labels(label_ids or [])))
+        trained = {d["structure_hash"] for d in db.labels.query({"label_id": {"$in": train_ids}},
+                                                                 properties=["structure_hash"])}
+        trained |= {d.structure_hash for d in selected}
+        for doc in explored:
+            if not doc.trajectory_blob_id:
+                continue
+            traj = get_blob(db.data, doc.trajectory_blob_id)
+            for i, step in enumerate(traj["steps"]):
+                frames.append((doc, traj, i))
+                deviation.append(traj["model_deviation"][i])
+                eligible.append(traj["frame_class"][i] != "failed" and (doc.trajectory_blob_id, step) not in taken)
+        rng = np.random.default_rng(cfg.convergence.seed + 7919 * (iteration + 1))
+
+        def structure_of(k: int):
+            from ase import Atoms
+
+            doc, traj, i = frames[k]
+            atoms = Atoms(traj["symbols"], positions=traj["positions"][i], cell=traj["cells"][i], pbc=True)
+            return to_structure(atoms)
+
+        picks = stratified_sample(deviation, n, rng, eligible)
+        while any(structure_hash(structure_of(k)) in trained for k in picks):  # rare: step 0 = a start
+            for k in picks:
+                if structure_hash(structure_of(k)) in trained:
+                    eligible[k] = False
+            picks = stratified_sample(deviation, n, rng, eligible)
+        docs = []
+        for k in picks:
+            doc, traj, i = frames[k]
+            docs.append(StructureDoc(
+                structure=structure_of(k),
+                source=StructureSource.md,
+                campaign=cfg.name,
+                iteration=iteration,
+                parent=doc.start_structure_hash,
+                metadata={
+                    "role": "calibration",
+                    "model_deviation": traj["model_deviation"][i],
+                    "temperature": traj["temperature"][i],
+                    "step": traj["steps"][i],
+                    "trajectory_blob_id": doc.trajectory_blob_id,
+                },
+            ))
+        if docs:
+            db.upsert("structures", docs)
+    finally:
+        db.close()
+    logger.info("iteration %d: %d held-out calibration frames of %d eligible", iteration, len(docs), sum(eligible))
+    return docs
+
+
+def previous_calibration_ids(db: CampaignDB, campaign: str, before: int | None = None) -> list[str]:
+    """Label ids of the held-out calibration frames of a campaign's iterations (before ``before``)."""
+    query: dict[str, Any] = {"campaign": campaign}
+    if before is not None:
+        query["iteration"] = {"$lt": before}
+    ids: list[str] = []
+    for d in db.iterations.query(query, properties=["calibration_label_ids"]):
+        ids.extend(d.get("calibration_label_ids") or [])
+    return list(dict.fromkeys(ids))
+
+
+def _calibrate(db: CampaignDB, cfg: CampaignConfig, iteration: int, committee, label_ids: list[str]):
+    """(CalibrationDoc or None, note) on the given held-out labels, scored by ``committee``."""
+    from almat.calibration import calibrate, committee_errors
+    from almat.learner.jobs import load_labels
+
+    labels = load_labels(db, label_ids) if label_ids else []
+    if len(labels) < 2:
+        return None, f"{len(labels)} held-out calibration label(s): not enough to calibrate"
+    u, e = committee_errors(committee, [lab.to_atoms() for lab in labels])
+    conv = cfg.convergence
+    try:
+        doc = calibrate(u, e, coverage=conv.calibration_coverage, method=conv.calibration_method,
+                        campaign=cfg.name, iteration=iteration)
+    except ValueError as exc:
+        return None, f"calibration failed: {exc}"
+    return doc, None
+
+
 def _label_ids(labels: list[Any]) -> list[str]:
     from almat.learner.jobs import flatten_labels
 
@@ -211,13 +323,10 @@ def _label_ids(labels: list[Any]) -> list[str]:
     return out
 
 
-def _test_errors(db: CampaignDB, model_ids: list[str], labels: list[LabelDoc]) -> TestErrors:
+def _test_errors(committee, labels: list[LabelDoc]) -> TestErrors:
     ok = [lab for lab in labels if lab.ok]
     if not ok:
         return TestErrors()
-    from almat.learner.committee import Committee
-
-    committee = Committee.from_store(db, model_ids)
     pred = committee.predict([lab.to_atoms() for lab in ok])
     de, df = [], []
     for i, lab in enumerate(ok):
@@ -243,8 +352,15 @@ def decide(
     labels: list[LabelDoc],
     train_label_ids: list[Any],
     start_structures: list | None = None,
+    calibration_labels: list[Any] | None = None,
 ):
-    """Record the iteration and decide: converge, stop, or add the next iteration to the flow."""
+    """Record the iteration and decide: converge, stop, or add the next iteration to the flow.
+
+    With ``convergence.rule: calibrated`` the committee is calibrated on the held-out labels
+    (``calibration_labels``, plus those of earlier iterations when ``cumulative_calibration``) and
+    the campaign converges when the calibrated uncertainty of the explored frames is below
+    ``force_tolerance`` for a fraction ``>= conv_accuracy`` of them.
+    """
     from almat.campaign.flow import iteration_flow
     from almat.query import query_labels, reuse_summary
 
@@ -261,14 +377,35 @@ def decide(
     new_ids = list(dict.fromkeys(_label_ids(labels)))
     all_ids = list(dict.fromkeys(train_ids + new_ids))
 
+    conv = cfg.convergence
+    cal_ids = list(dict.fromkeys(_label_ids(calibration_labels or [])))
     db = _db()
     try:
-        test_errors = _test_errors(db, model_ids, labels)
-        converged = n_frames > 0 and ratio["accurate"] >= cfg.convergence.conv_accuracy
+        from almat.calibration import convergence_check
+        from almat.learner.committee import Committee
+
+        committee_models = Committee.from_store(db, model_ids)
+        test_errors = _test_errors(committee_models, labels)
+        scored_ids = cal_ids
+        if conv.cumulative_calibration:
+            scored_ids = list(dict.fromkeys(previous_calibration_ids(db, cfg.name, before=iteration) + cal_ids))
+        scored_ids = [i for i in scored_ids if i not in set(all_ids)]  # held out means never trained on
+        calibration, calibration_note = (None, None)
+        if scored_ids or conv.rule == "calibrated":
+            calibration, calibration_note = _calibrate(db, cfg, iteration, committee_models, scored_ids)
+        decision = None
+        if calibration is not None and n_frames:
+            decision = convergence_check(deviations, calibration, conv.force_tolerance, conv.conv_accuracy,
+                                         bound=conv.bound)
+        if conv.rule == "calibrated":
+            converged = decision is not None and decision.stop
+            converged_reason = decision.reason if decision is not None else ""
+        else:
+            converged = n_frames > 0 and ratio["accurate"] >= conv.conv_accuracy
+            converged_reason = f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy {conv.conv_accuracy}"
         stop_reason = None
         if converged:
-            stop_reason = (f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy "
-                           f"{cfg.convergence.conv_accuracy}")
+            stop_reason = converged_reason
             status = CampaignStatus.converged
         elif iteration + 1 >= cfg.convergence.max_iterations:
             stop_reason = f"max_iterations ({cfg.convergence.max_iterations}) reached"
@@ -300,6 +437,10 @@ def decide(
             trajectory_blob_ids=[d.trajectory_blob_id for d in explored if d.trajectory_blob_id],
             exploded_trajectories=sum(1 for d in explored if d.exploded),
             converged=converged,
+            stop_rule=conv.rule,
+            calibration=calibration,
+            calibration_label_ids=cal_ids,
+            calibrated_fraction=None if decision is None else decision.fraction_below,
             stop_reason=stop_reason,
         )
         db.upsert("iterations", [doc])
@@ -316,6 +457,14 @@ def decide(
             db.upsert("campaigns", [CampaignDoc.from_store(campaign)])
     finally:
         db.close()
+    if calibration is not None:
+        logger.info(
+            "iteration %d: calibration on %d held-out frames: k = %.2f, q(%.0f%%) = %.2f, Spearman %s; "
+            "%s", iteration, calibration.n_samples, calibration.factor, 100 * calibration.coverage,
+            calibration.quantile, "n/a" if calibration.spearman is None else f"{calibration.spearman:.2f}",
+            decision.reason if decision is not None else "no explored frames")
+    elif calibration_note:
+        logger.warning("iteration %d: %s", iteration, calibration_note)
     f_rmse = test_errors.force_rmse
     logger.info(
         "iteration %d: %d frames, accurate %.1f%%, candidate %.1f%%, failed %.1f%%; labelled %d; "

@@ -45,8 +45,13 @@ class CampaignResult:
 
 
 def resume_state(db: CampaignDB, name: str) -> ResumeState:
-    """Where a stored campaign stands: next iteration, its ok labels, its last committee."""
-    label_ids = [d["label_id"] for d in db.labels.query({"campaign": name, "status": "ok"}, properties=["label_id"])]
+    """Where a stored campaign stands: next iteration, its ok training labels (not the held-out
+    calibration labels), its last committee."""
+    from almat.campaign.jobs import previous_calibration_ids
+
+    held_out = set(previous_calibration_ids(db, name))  # calibration labels are never trained on
+    label_ids = [d["label_id"] for d in db.labels.query({"campaign": name, "status": "ok"}, properties=["label_id"])
+                 if d["label_id"] not in held_out]
     iterations = sorted(d["iteration"] for d in db.iterations.query({"campaign": name}, properties=["iteration"]))
     start = iterations[-1] + 1 if iterations else 0
     model_ids = []

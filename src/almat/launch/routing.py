@@ -12,8 +12,9 @@ explore       ``explore itN sK TK``                      gpu
 oracle        ``oracle itN #i``, ``vasp ...`` (DFT)      cpu
 register      ``register campaign``                      cpu
 initial       ``initial structures``                     cpu
-label         ``label initial``, ``label itN`` (batch)   cpu
-select        ``select itN``                             cpu
+label         ``label initial``, ``label itN``,          cpu
+              ``label calibration itN`` (batches)
+select        ``select itN``, ``calibration sample itN`` cpu
 decide        ``decide itN``                             cpu
 default       anything else (jobflow's ``store_inputs``)  cpu
 ============  =========================================  ===============
@@ -41,10 +42,10 @@ __all__ = ["JOB_KINDS", "Routing", "RoutingError", "apply_routing", "job_kind", 
 JOB_KINDS: dict[str, tuple[str, ...]] = {
     "register": ("register campaign",),
     "initial": ("initial structures",),
-    "label": ("label initial", "label it"),
+    "label": ("label initial", "label it", "label calibration it"),
     "train": ("train it",),
     "explore": ("explore it",),
-    "select": ("select it",),
+    "select": ("select it", "calibration sample it"),
     "oracle": ("oracle", "vasp"),
     "decide": ("decide it",),
 }

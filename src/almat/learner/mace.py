@@ -4,6 +4,16 @@ The training loop is small and explicit rather than a call to ``mace_run_train``
 straight from ``LabelDoc``s (no files lying around), each committee member gets its own seed (weight
 initialisation, train/validation split and batch order), and the loop reports progress and keeps the
 best state by validation loss.
+
+Per-atom force weights and per-configuration energy weights (nearsighted force training, see
+``docs/nft.md``): a labelled ``Atoms`` may carry ``atoms.arrays["force_weights"]`` (one weight per atom)
+and ``atoms.info["energy_weight"]`` (``LabelDoc.to_atoms`` puts them there). When any configuration of
+a training set has them, every ``AtomicData`` of the set gets a per-node tensor ``ATOM_FORCE_WEIGHT_KEY``
+(batched along the nodes) and its per-graph ``energy_weight``, and the loss, the validation metrics and
+the model's E0s / scale / shift use only the weighted labels: the force term is the weighted mean of the
+squared force errors over the weighted atoms, the energy term the weighted mean over the weighted
+configurations. A label with weight 0 therefore has no influence at all on the trained model. Without
+any weights the training is exactly what it was.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ATOM_FORCE_WEIGHT_KEY",
     "MaceHyperParameters",
     "TrainResult",
     "atoms_to_dataset",
@@ -94,19 +105,51 @@ def _z_table(zs: Iterable[int]):
     return AtomicNumberTable(sorted({int(z) for z in zs}))
 
 
+#: per-node tensor of force weights on the ``AtomicData`` of a weighted training set
+ATOM_FORCE_WEIGHT_KEY = "atom_force_weight"
+
+
+def _has_weights(atoms: Atoms) -> bool:
+    return "force_weights" in atoms.arrays or atoms.info.get("energy_weight") is not None
+
+
+def _label_weights(atoms: Atoms, index: int) -> tuple[np.ndarray, float]:
+    """(per-atom force weights, energy weight) of one labelled configuration; defaults 1."""
+    fw = atoms.arrays.get("force_weights")
+    fw = np.ones(len(atoms)) if fw is None else np.asarray(fw, dtype=float).reshape(-1)
+    if fw.shape != (len(atoms),):
+        raise ValueError(f"configuration {index}: force_weights has {fw.size} entries for {len(atoms)} atoms")
+    if not np.all(np.isfinite(fw)) or np.any(fw < 0):
+        raise ValueError(f"configuration {index}: force_weights must be finite and >= 0")
+    ew = atoms.info.get("energy_weight")
+    ew = 1.0 if ew is None else float(ew)
+    if not math.isfinite(ew) or ew < 0:
+        raise ValueError(f"configuration {index}: energy_weight must be finite and >= 0, got {ew}")
+    return fw, ew
+
+
 def atoms_to_dataset(atoms_list: Sequence[Atoms], zs: Sequence[int], r_max: float, with_labels: bool = True):
-    """MACE ``AtomicData`` for a list of Atoms; labels read from ``atoms.calc`` results."""
+    """MACE ``AtomicData`` for a list of Atoms; labels read from ``atoms.calc`` results.
+
+    With labels, when any configuration carries ``force_weights`` / ``energy_weight`` (see the module
+    doc), every item gets the per-node ``ATOM_FORCE_WEIGHT_KEY`` tensor (1 where a configuration has no
+    weights) and its ``energy_weight``; otherwise the items are exactly as without weights.
+    """
     from mace.data import AtomicData
     from mace.data.utils import Configuration
 
     z_table = _z_table(zs)
+    weighted = with_labels and any(_has_weights(a) for a in atoms_list)
     dataset = []
-    for atoms in atoms_list:
+    for index, atoms in enumerate(atoms_list):
         properties, weights = {}, {}
+        force_weights = None
         if with_labels:
             properties["energy"] = float(atoms.get_potential_energy())
             properties["forces"] = np.asarray(atoms.get_forces(), dtype=float)
             weights = {"energy": 1.0, "forces": 1.0}
+            if weighted:
+                force_weights, weights["energy"] = _label_weights(atoms, index)
         config = Configuration(
             atomic_numbers=atoms.get_atomic_numbers(),
             positions=atoms.get_positions(),
@@ -115,7 +158,11 @@ def atoms_to_dataset(atoms_list: Sequence[Atoms], zs: Sequence[int], r_max: floa
             cell=np.array(atoms.get_cell()),
             pbc=tuple(bool(p) for p in atoms.get_pbc()),
         )
-        dataset.append(AtomicData.from_config(config, z_table=z_table, cutoff=r_max))
+        data = AtomicData.from_config(config, z_table=z_table, cutoff=r_max)
+        if force_weights is not None:
+            # a node-level tensor: mace's torch_geometric batching concatenates it along the nodes
+            data[ATOM_FORCE_WEIGHT_KEY] = torch.tensor(force_weights, dtype=torch.get_default_dtype())
+        dataset.append(data)
     return dataset
 
 
@@ -142,13 +189,17 @@ def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.
             self.properties = {"energy": float(data.energy)}
             self.atomic_numbers = np.array([z_table.zs[i] for i in data.node_attrs.argmax(dim=1).tolist()])
 
-    e0s = compute_average_E0s([_C(d) for d in train_set], z_table)
-    atomic_energies = np.array([e0s[z] for z in z_table.zs])
     loader = _loader(train_set, batch_size=max(1, len(train_set)), shuffle=False)
     avg_num_neighbors = modules.compute_avg_num_neighbors(loader)
-    mean, rms = modules.compute_mean_rms_energy_forces(loader, atomic_energies)
-    scale = float(np.atleast_1d(rms)[0]) or 1.0
-    shift = float(np.atleast_1d(mean)[0])
+    if train_set and train_set[0][ATOM_FORCE_WEIGHT_KEY] is not None:
+        # weighted labels: E0s, shift and scale from the weighted energies and forces only
+        atomic_energies, shift, scale = _weighted_statistics(train_set, z_table, _C)
+    else:
+        e0s = compute_average_E0s([_C(d) for d in train_set], z_table)
+        atomic_energies = np.array([e0s[z] for z in z_table.zs])
+        mean, rms = modules.compute_mean_rms_energy_forces(loader, atomic_energies)
+        scale = float(np.atleast_1d(rms)[0]) or 1.0
+        shift = float(np.atleast_1d(mean)[0])
     if not math.isfinite(scale) or scale < 1e-3:
         scale = 1.0
     return modules.ScaleShiftMACE(
@@ -174,29 +225,81 @@ def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.
     )
 
 
+def _weighted_statistics(train_set, z_table, config_cls) -> tuple[np.ndarray, float, float]:
+    """E0s (least squares on the energy-weighted configurations), the weighted mean interaction
+    energy per atom (shift) and the weighted force RMS (scale) of a weighted training set."""
+    from mace.data.utils import compute_average_E0s
+
+    e_set = [d for d in train_set if float(d.energy_weight) > 0]
+    if e_set:
+        e0s = compute_average_E0s([config_cls(d) for d in e_set], z_table)
+        atomic_energies = np.array([e0s[z] for z in z_table.zs])
+        e_w = np.array([float(d.energy_weight) for d in e_set])
+        per_atom = np.array([
+            (float(d.energy) - float(d.node_attrs.detach().cpu().numpy().sum(axis=0) @ atomic_energies))
+            / int(d.num_nodes) for d in e_set
+        ])
+        shift = float(np.sum(e_w * per_atom) / np.sum(e_w))
+    else:
+        atomic_energies, shift = np.zeros(len(z_table)), 0.0
+    f_sq = sum(float(torch.sum(d[ATOM_FORCE_WEIGHT_KEY][:, None] * torch.square(d.forces))) for d in train_set)
+    f_w = sum(3.0 * float(torch.sum(d[ATOM_FORCE_WEIGHT_KEY])) for d in train_set)
+    scale = math.sqrt(f_sq / f_w) if f_w > 0 else 1.0
+    return atomic_energies, shift, scale or 1.0
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum(w v) / sum(w); 0 (keeping the graph) when every weight is 0."""
+    total = torch.sum(weights)
+    if float(total) <= 0:
+        return torch.sum(values * weights)  # == 0, and still differentiable
+    return torch.sum(values * weights) / total
+
+
 def _loss(batch, out, hp: MaceHyperParameters) -> torch.Tensor:
     natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
-    e_term = torch.mean(torch.square((batch.energy - out["energy"]) / natoms))
-    f_term = torch.mean(torch.square(batch.forces - out["forces"]))
+    node_w = batch[ATOM_FORCE_WEIGHT_KEY]
+    if node_w is None:
+        e_term = torch.mean(torch.square((batch.energy - out["energy"]) / natoms))
+        f_term = torch.mean(torch.square(batch.forces - out["forces"]))
+    else:
+        # weighted means over the weighted configurations / atoms (masked ones count for nothing)
+        e_term = _weighted_mean(torch.square((batch.energy - out["energy"]) / natoms), batch.energy_weight)
+        f_sq = torch.mean(torch.square(batch.forces - out["forces"]), dim=1)  # per atom, over x y z
+        f_term = _weighted_mean(f_sq, node_w)
     return hp.energy_weight * e_term + hp.forces_weight * f_term
 
 
 def _evaluate(model, loader, device) -> dict[str, float]:
-    e_sq, f_sq, n_graphs, n_force = 0.0, 0.0, 0, 0
+    """Energy RMSE per atom, force RMSE and max force error; with weights (see the module doc),
+    weighted over the weighted configurations and atoms only (masked atoms never count)."""
+    e_sq, f_sq, n_graphs, n_force = 0.0, 0.0, 0.0, 0.0
     f_max = 0.0
     for batch in loader:
         batch = batch.to(device)
         out = model(batch.to_dict(), training=False, compute_force=True)
         natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
-        e_sq += float(torch.sum(torch.square((batch.energy - out["energy"].detach()) / natoms)))
+        de = torch.square((batch.energy - out["energy"].detach()) / natoms)
         df = batch.forces - out["forces"].detach()
-        f_sq += float(torch.sum(torch.square(df)))
-        f_max = max(f_max, float(torch.linalg.vector_norm(df, dim=1).max()))
-        n_graphs += int(batch.num_graphs)
-        n_force += int(df.numel())
+        node_w = batch[ATOM_FORCE_WEIGHT_KEY]
+        if node_w is None:
+            e_sq += float(torch.sum(de))
+            f_sq += float(torch.sum(torch.square(df)))
+            f_max = max(f_max, float(torch.linalg.vector_norm(df, dim=1).max()))
+            n_graphs += int(batch.num_graphs)
+            n_force += int(df.numel())
+        else:
+            e_w = batch.energy_weight
+            e_sq += float(torch.sum(e_w * de))
+            n_graphs += float(torch.sum(e_w))
+            f_sq += float(torch.sum(node_w[:, None] * torch.square(df)))
+            n_force += 3.0 * float(torch.sum(node_w))
+            norms = torch.linalg.vector_norm(df, dim=1)[node_w > 0]
+            if norms.numel():
+                f_max = max(f_max, float(norms.max()))
     return {
-        "energy_rmse_per_atom": math.sqrt(e_sq / max(n_graphs, 1)),
-        "force_rmse": math.sqrt(f_sq / max(n_force, 1)),
+        "energy_rmse_per_atom": math.sqrt(e_sq / n_graphs) if n_graphs > 0 else 0.0,
+        "force_rmse": math.sqrt(f_sq / n_force) if n_force > 0 else 0.0,
         "max_force_error": f_max,
     }
 

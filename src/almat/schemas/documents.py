@@ -16,6 +16,7 @@ from monty.json import jsanitize
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
+from almat.calibration.core import CalibrationDoc
 from almat.schemas.structure import chemsys_of, structure_hash
 
 __all__ = [
@@ -244,6 +245,13 @@ class IterationDoc(AlmatDocument):
     trajectory_blob_ids: list[str] = Field(default_factory=list)
     exploded_trajectories: int = 0
     converged: bool = False
+    stop_rule: str = Field("accurate_ratio", description="The stopping rule in force: calibrated or accurate_ratio")
+    calibration: CalibrationDoc | None = Field(
+        None, description="Committee deviation against oracle errors on held-out explored frames")
+    calibration_label_ids: list[str] = Field(
+        default_factory=list, description="This iteration's held-out calibration labels (never trained on)")
+    calibrated_fraction: float | None = Field(
+        None, description="Fraction of explored frames whose calibrated uncertainty is below force_tolerance")
     stop_reason: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
