@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from almat.calibration import calibrate
 from almat.campaign.jobs import DEVIATION_BINS
 from almat.oracle import CalculatorSpec, label_with_calculator
 from almat.report import report_command, write_report
@@ -48,6 +49,11 @@ def _campaign(db, name="rep", model_ids=None):
             test_errors=TestErrors(n_structures=4, force_rmse=0.2 / (i + 1), energy_rmse_per_atom=0.01 / (i + 1)),
             deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=counts),
             model_ids=(model_ids or {}).get(i, [f"missing-{i}-a", f"missing-{i}-b"]),
+            # iterations 1 and 2 calibrated on 12 held-out frames (error about 3x the deviation)
+            calibration=None if i == 0 else calibrate(
+                u := rng.uniform(0.01, 0.2, 12), 3.0 * u * rng.lognormal(0, 0.3, 12), 0.9, iteration=i),
+            calibrated_fraction=None if i == 0 else 0.5 + 0.4 * (i - 1),
+            stop_rule="calibrated",
         ))
     db.upsert("iterations", its)
     sources = [StructureSource.init, StructureSource.perturbed, StructureSource.md]
@@ -79,7 +85,7 @@ class _Checker(HTMLParser):
 def test_report_files_and_plotted_values(db, tmp_path):
     its, labels = _campaign(db)
     data = write_report(db, "rep", tmp_path / "out")
-    for key in ("learning_curve", "deviation", "labels_by_source"):
+    for key in ("learning_curve", "deviation", "labels_by_source", "calibration", "calibration_trend"):
         assert data.files[key].read_bytes()[:8] == PNG_MAGIC and data.files[key].stat().st_size > 10_000
     assert "parity" not in data.files and any("committee not loadable" in n for n in data.notes)
 
@@ -87,7 +93,8 @@ def test_report_files_and_plotted_values(db, tmp_path):
     checker = _Checker()
     checker.feed(page)
     checker.close()
-    assert checker.stack == [] and len(checker.images) == 3
+    assert checker.stack == [] and len(checker.images) == 5
+    assert "<h2>Calibration</h2>" in page
     assert all(src.startswith("data:image/png;base64,") for src in checker.images)
     import base64
 
@@ -101,6 +108,13 @@ def test_report_files_and_plotted_values(db, tmp_path):
     assert lc["n_train_labels"] == [it.n_train_labels for it in stored] == [8, 12, 16]
     assert lc["force_rmse"] == [it.test_errors.force_rmse for it in stored]
     assert lc["accurate_ratio"] == [it.accurate_ratio for it in stored]
+    cal = data.calibration
+    assert cal["iteration"] == [1, 2]
+    assert cal["factor"] == [it.calibration.factor for it in stored[1:]]
+    assert cal["quantile"] == [it.calibration.quantile for it in stored[1:]]
+    assert cal["spearman"] == [it.calibration.spearman for it in stored[1:]]
+    assert cal["calibrated_fraction"] == [0.5, 0.9]
+    assert all(2.0 < k < 4.5 for k in cal["factor"])  # the factor of 3 put in, recovered
     assert [d["counts"] for d in data.deviation] == [it.deviation_histogram.counts for it in stored]
     assert [(d["trust_lo"], d["trust_hi"]) for d in data.deviation] == [(it.trust_lo, it.trust_hi) for it in stored]
     expected = {}
@@ -116,8 +130,8 @@ def test_report_files_and_plotted_values(db, tmp_path):
 def test_report_command_and_unknown_campaign(db, settings, tmp_path):
     _campaign(db, name="cmd")
     out = report_command("cmd", tmp_path / "r", settings=settings)
-    assert out["html"].endswith("report.html") and set(out["figures"]) == {"learning_curve", "deviation",
-                                                                            "labels_by_source"}
+    assert out["html"].endswith("report.html") and set(out["figures"]) == {
+        "learning_curve", "deviation", "labels_by_source", "calibration", "calibration_trend"}
     with pytest.raises(ValueError, match="no campaign 'nope'; known: cmd"):
         report_command("nope", tmp_path / "r2", settings=settings)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from almat.report.plots import (
     ReportData,
+    calibration_data,
+    plot_calibration_trend,
     deviation_data,
     labels_by_source_data,
     learning_curve_data,
@@ -33,6 +35,13 @@ FIGURES = {
                   "last (open) bins are drawn with finite widths on the log axis."),
     "parity": ("parity.png", "Committee-mean against oracle force components on held-out labels."),
     "labels_by_source": ("labels_by_source.png", "Ok labels per structure source and oracle."),
+    "calibration": ("calibration.png", "Calibration of the last calibrated iteration: true max atomic force "
+                    "error against the calibrated committee deviation k·σ on held-out explored frames (labelled "
+                    "by the oracle, never trained on), with the split-conformal band q·k·σ and its coverage."),
+    "calibration_trend": ("calibration_trend.png", "Per iteration: the recalibration factor k (true error / "
+                          "committee deviation) and the conformal multiplier q·k; the Spearman rank correlation "
+                          "of deviation and error, and the fraction of explored frames whose calibrated "
+                          "uncertainty is below the force tolerance (the calibrated stopping rule)."),
 }
 
 
@@ -82,6 +91,20 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
     data.files["labels_by_source"] = plot_labels_by_source(data.labels_by_source, out / FIGURES["labels_by_source"][0],
                                                            title=f"{campaign}: labels per source")
 
+    data.calibration = calibration_data(iterations)
+    if data.calibration["iteration"]:
+        from almat.calibration import plot_calibration
+
+        last = [it for it in iterations if it.calibration is not None][-1]
+        data.files["calibration"] = plot_calibration(last.calibration, out / FIGURES["calibration"][0],
+                                                     title=f"{campaign}, iteration {last.iteration}: calibration")
+        conv = ((doc or {}).get("config") or {}).get("convergence") or {}
+        data.files["calibration_trend"] = plot_calibration_trend(
+            data.calibration, out / FIGURES["calibration_trend"][0], conv_accuracy=conv.get("conv_accuracy"),
+            title=f"{campaign}: calibration per iteration")
+    else:
+        data.notes.append("no calibration plots: no iteration labelled held-out frames (calibration_samples: 0)")
+
     reuse = reuse_summary(db, campaign).get(campaign, {"labels": 0, "reused": 0, "oracle_calls": 0})
     summary = [
         ["status", (doc or {}).get("status")], ["chemical system", (doc or {}).get("chemsys")],
@@ -94,6 +117,12 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
                 it.failed_ratio, it.n_labelled, it.test_errors.n_structures, it.test_errors.force_rmse,
                 it.test_errors.energy_rmse_per_atom, it.trust_lo, it.trust_hi, it.stop_reason or ""]
                for it in iterations]
+    cal = data.calibration
+    cal_rows = [[cal["iteration"][i], cal["n_samples"][i], cal["factor"][i], cal["quantile"][i],
+                 cal["coverage"][i], cal["empirical_coverage"][i], cal["spearman"][i], cal["calibrated_fraction"][i]]
+                for i in range(len(cal.get("iteration", [])))]
+    cal_table = (_table(["it", "held-out frames", "k", "q", "target coverage", "coverage on these frames",
+                         "Spearman ρ", "frames below tolerance"], cal_rows)) if cal_rows else ""
     figures = []
     for key, (name, caption) in FIGURES.items():
         path = data.files.get(key)
@@ -125,6 +154,7 @@ figcaption {{ font-size: 0.9rem; color: #444; }}
 {_table(["it", "train labels", "frames explored", "accurate", "candidate", "failed", "new labels",
          "held-out labels", "F RMSE (eV/Å)", "E RMSE (eV/atom)", "trust_lo (eV/Å)", "trust_hi (eV/Å)", "stop"],
         it_rows)}
+{f"<h2>Calibration</h2>{cal_table}" if cal_table else ""}
 <h2>Figures</h2>
 {"".join(figures)}
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}

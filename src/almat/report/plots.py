@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ReportData",
+    "calibration_data",
+    "plot_calibration_trend",
     "deviation_data",
     "labels_by_source_data",
     "learning_curve_data",
@@ -59,6 +61,7 @@ class ReportData:
     deviation: list[dict[str, Any]] = field(default_factory=list)
     parity: dict[int, dict[str, Any]] = field(default_factory=dict)
     labels_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    calibration: dict[str, list] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -290,6 +293,63 @@ def plot_labels_by_source(data: dict[str, dict[str, int]], path: Path, title: st
         else:
             ax.text(0.5, 0.5, "no labels", ha="center", transform=ax.transAxes)
         ax.set_title(title or "labels per source and oracle")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+# -- calibration ---------------------------------------------------------------------------------------
+
+
+def calibration_data(iterations: list[IterationDoc]) -> dict[str, list]:
+    """Per calibrated iteration: the recalibration factor k, the conformal quantile q (target and
+    achieved coverage), the Spearman correlation, and the fraction of explored frames below tolerance."""
+    its = [it for it in iterations if it.calibration is not None]
+    return {
+        "iteration": [it.iteration for it in its],
+        "n_samples": [it.calibration.n_samples for it in its],
+        "factor": [it.calibration.factor for it in its],
+        "quantile": [it.calibration.quantile for it in its],
+        "coverage": [it.calibration.coverage for it in its],
+        "empirical_coverage": [it.calibration.empirical_coverage for it in its],
+        "spearman": [it.calibration.spearman for it in its],
+        "calibrated_fraction": [it.calibrated_fraction for it in its],
+        "stop_rule": [it.stop_rule for it in its],
+    }
+
+
+def plot_calibration_trend(data: dict[str, list], path: Path, conv_accuracy: float | None = None,
+                           title: str = "") -> Path:
+    """Left: k and the conformal multiplier q k per iteration (how much the committee underestimates
+    its error). Right: Spearman ρ and the fraction of explored frames below the force tolerance."""
+    plt = _pyplot()
+    it = np.array(data["iteration"], dtype=float)
+    k = np.array(data["factor"], dtype=float)
+    qk = np.array([q * f if np.isfinite(q) else np.nan for q, f in zip(data["quantile"], data["factor"])])
+    rho = np.array([np.nan if v is None else v for v in data["spearman"]], dtype=float)
+    frac = np.array([np.nan if v is None else v for v in data["calibrated_fraction"]], dtype=float)
+    with plt.rc_context(STYLE):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.2))
+        ax1.plot(it, k, "o-", color=COLORS[0], lw=2, ms=7, label="recalibration factor $k$")
+        if np.isfinite(qk).any():
+            cov = data["coverage"][0] if data["coverage"] else 0.9
+            ax1.plot(it, qk, "s--", color=COLORS[1], lw=2, ms=6, label=f"conformal $q\\,k$ ({100 * cov:.0f}%)")
+        ax1.axhline(1.0, color="black", lw=1, ls=":", label="calibrated committee ($k$ = 1)")
+        ax1.set_xlabel("iteration")
+        ax1.set_ylabel("true error / committee deviation")
+        ax1.set_ylim(0, max(np.nanmax(np.concatenate([k, qk, [1.0]])) * 1.2, 1.2))
+        ax1.legend(frameon=False)
+        ax2.plot(it, rho, "o-", color=COLORS[2], lw=2, ms=7, label="Spearman ρ (deviation vs error)")
+        ax2.plot(it, frac, "s--", color=COLORS[3], lw=2, ms=6, label="explored frames below tolerance")
+        if conv_accuracy is not None:
+            ax2.axhline(conv_accuracy, color=COLORS[3], lw=1, ls=":", label=f"conv_accuracy {conv_accuracy:g}")
+        ax2.set_xlabel("iteration")
+        ax2.set_ylim(-0.05, 1.05)
+        ax2.legend(frameon=False, loc="lower right")
+        for ax in (ax1, ax2):
+            ax.set_xticks(it)
+        fig.suptitle(title or "calibration per iteration")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
