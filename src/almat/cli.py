@@ -130,6 +130,11 @@ def _iteration_rows(iterations: list[dict]) -> list[dict]:
             "failed_labels": it.get("n_failed_labels", 0),
             "test_force_rmse": test.get("force_rmse"),
             "test_structures": test.get("n_structures", 0),
+            "calibration_factor": (it.get("calibration") or {}).get("factor"),
+            "calibration_spearman": (it.get("calibration") or {}).get("spearman"),
+            "calibration_samples": (it.get("calibration") or {}).get("n_samples", 0),
+            "below_tolerance_pct": None if it.get("calibrated_fraction") is None
+            else round(100 * it["calibrated_fraction"], 2),
             "converged": it.get("converged", False),
             "stop_reason": it.get("stop_reason"),
         })
@@ -140,7 +145,8 @@ def _iteration_table(name: str, iterations: list[dict]) -> Table:
     table = Table(title=f"campaign {name}")
     for col, justify in [("it", "right"), ("frames", "right"), ("accurate %", "right"),
                          ("candidate %", "right"), ("failed %", "right"), ("train labels", "right"),
-                         ("new labels", "right"), ("test F RMSE (eV/Å)", "right"), ("", "left")]:
+                         ("new labels", "right"), ("test F RMSE (eV/Å)", "right"), ("k", "right"),
+                         ("below tol %", "right"), ("", "left")]:
         table.add_column(col, justify=justify)
     for r in _iteration_rows(iterations):
         rmse = r["test_force_rmse"]
@@ -149,6 +155,8 @@ def _iteration_table(name: str, iterations: list[dict]) -> Table:
             f"{r['candidate_pct']:.1f}", f"{r['failed_pct']:.1f}", str(r["train_labels"]),
             str(r["new_labels"]) + (f" (+{r['failed_labels']} failed)" if r["failed_labels"] else ""),
             "-" if rmse is None else f"{rmse:.3f}",
+            "-" if r["calibration_factor"] is None else f"{r['calibration_factor']:.2f}",
+            "-" if r["below_tolerance_pct"] is None else f"{r['below_tolerance_pct']:.1f}",
             "converged" if r["converged"] else (r["stop_reason"] or ""),
         )
     return table
