@@ -76,6 +76,10 @@ def run(
 
     warnings.filterwarnings("ignore")  # e3nn/torch warnings drown the progress display
     settings = _settings()
+    kind = _campaign_kind(campaign_file)
+    if kind in ("pool", "nft"):
+        _run_other_kind(kind, campaign_file, settings, resume, verbose)
+        return
     try:
         config = load_config(campaign_file)
     except ConfigError as exc:
@@ -109,6 +113,66 @@ def run(
         f"[bold green]{c.status.value}[/] after {c.n_iterations} iteration(s), {c.n_labels} labels, "
         f"{result.wall_time:.0f} s: {c.stop_reason}"
     )
+
+
+def _campaign_kind(path: Path) -> str:
+    """The ``kind`` of a campaign file: ``md`` (the default), ``pool`` or ``nft``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+    except yaml.YAMLError:
+        return "md"  # load_config reports the YAML error
+    kind = data.get("kind", "md") if isinstance(data, dict) else "md"
+    if kind not in ("md", "pool", "nft"):
+        _fail(f"{path}: kind: {kind!r} is not a campaign kind; valid: md, pool, nft")
+    return kind
+
+
+def _run_other_kind(kind: str, campaign_file: Path, settings, resume: bool, verbose: bool) -> None:
+    """Run a pool-based or an NFT campaign with the same progress display as the MD campaign."""
+    from almat.campaign import CampaignExistsError, ConfigError
+    from almat.oracle import CalculatorSpecError
+
+    if kind == "pool":
+        from almat.pool import load_pool_config as load, run_pool_campaign as run_it
+    else:
+        from almat.nft import load_nft_config as load, run_nft_campaign as run_it
+    try:
+        config = load(campaign_file)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    if resume:
+        err_console.print(f"[yellow]--resume is not supported for {kind} campaigns yet; the name must be new[/]")
+    console.print(f"[bold]{kind} campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
+    logger = logging.getLogger("almat")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for name in ("jobflow", "maggma"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    with console.status("[bold cyan]starting", spinner="dots") as status:
+        handler = _ProgressHandler(status)
+        logger.addHandler(handler)
+        try:
+            result = run_it(config, settings)
+        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError,
+                ValueError) as exc:
+            _fail(str(exc))
+        finally:
+            logger.removeHandler(handler)
+    table = Table(title=f"{kind} campaign {config.name}")
+    records = [r.model_dump(mode="json") for r in result.iterations]
+    columns = [c for c in ("iteration", "n_labels", "n_train_labels", "n_new_labels", "test_force_rmse",
+                           "max_uncertainty", "n_chunks", "stop_reason") if any(c in r for r in records)]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "stop_reason" else "right")
+    for r in records:
+        table.add_row(*["-" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
+                        for c in columns])
+    console.print(table)
+    c = result.campaign
+    console.print(f"[bold green]{c.status.value}[/] after {len(records)} iteration(s), {result.wall_time:.0f} s: "
+                  f"{c.stop_reason}")
 
 
 def _pct(x) -> str:

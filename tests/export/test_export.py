@@ -175,3 +175,31 @@ def test_commands(db, labels, tmp_path, settings):
     with pytest.raises(FileExistsError):
         export_command(out, settings=settings)
     assert export_command(tmp_path / "t.xyz", chemsys="Au-Cu", settings=settings)["n_labels"] == 3
+
+
+def test_nft_chunk_weights_are_exported(db, tmp_path, caplog):
+    """A chunk's loss weights travel with it: MACE reads config_energy_weight; force_weights are arrays."""
+    from mace.data.utils import KeySpecification, load_from_xyz
+
+    s = _structures(1, 3)[0]
+    weights = [1.0 if i < 2 else 0.0 for i in range(len(s))]
+    chunk = label_with_calculator(s, EMT, campaign="nft", iteration=0, source=StructureSource.nft_chunk)
+    chunk = LabelDoc.model_validate({**chunk.model_dump(), "force_weights": weights, "energy_weight": 0.0})
+    db.upsert("labels", [chunk])
+    out = tmp_path / "chunks.xyz"
+    with caplog.at_level("WARNING", logger="almat.export.io"):
+        assert export_labels(db, out, campaign="nft").n_labels == 1
+    assert "per-atom force weights" in caplog.text
+    atoms = ase.io.read(out)
+    np.testing.assert_array_equal(atoms.arrays["force_weights"], weights)
+    assert atoms.info["config_type"] == "nft-chunk"
+    _, (cfg,) = load_from_xyz(str(out), KeySpecification.from_defaults())
+    assert cfg.property_weights["energy"] == 0.0 and cfg.property_weights["forces"] == 1.0
+    # the lossless format keeps them too
+    back = tmp_path / "chunks.jsonl"
+    export_labels(db, back, campaign="nft")
+    from almat.export import read_jsonl
+
+    (again,) = read_jsonl(back)
+    assert again.force_weights == weights and again.energy_weight == 0.0
+    assert again.to_atoms().arrays["force_weights"].tolist() == weights

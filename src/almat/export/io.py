@@ -8,6 +8,11 @@ Formats (chosen by ``fmt`` or the file suffix):
   (the structure source, so ``--config_type_weights`` can weight e.g. ``md`` frames), plus provenance
   in info (``label_id``, ``campaign``, ``iteration``, ``structure_hash``, ``oracle``,
   ``oracle_fingerprint``). Only ok labels. No ``energy``/``forces`` keys, which MACE warns about.
+  Nearsighted-force-training chunks (``config_type`` ``nft-chunk``) carry their loss weights:
+  ``config_energy_weight`` (info, 0: MACE's CLI honours it) and the per-atom ``force_weights``
+  (arrays, 1 on the chunk's central atoms). MACE's CLI has no per-atom force weights, so it would fit
+  the chunks' surface forces too: train on such labels with almat, or drop them
+  (``config_type`` ``nft-chunk``); the writer logs a warning when it writes them.
 - ``ase-db`` (``.db``): an ASE database; results as calculator results, provenance as key-value pairs.
 - ``jsonl`` (``.jsonl``): every ``LabelDoc`` field, one label per line, between a header line and an
   end line holding the count. This is the lossless format :func:`import_labels` reads back.
@@ -19,6 +24,7 @@ end, so an interrupted export never leaves a half-written file under the final n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -55,6 +61,8 @@ JSONL_KIND = "almat-labels"
 JSONL_VERSION = 1
 
 #: the keys MACE's CLI reads by default (mace-torch 0.3.16 DefaultKeys)
+logger = logging.getLogger(__name__)
+
 MACE_ENERGY_KEY, MACE_FORCES_KEY, MACE_STRESS_KEY = "REF_energy", "REF_forces", "REF_stress"
 
 
@@ -129,6 +137,10 @@ def label_to_mace_atoms(label: LabelDoc):
         atoms.info[MACE_STRESS_KEY] = _voigt(label.stress)
     atoms.info["config_type"] = label.source.value if label.source is not None else "Default"
     atoms.info.update(_provenance(label))
+    if label.energy_weight is not None:
+        atoms.info["config_energy_weight"] = float(label.energy_weight)  # MACE's per-config key
+    if label.force_weights is not None:
+        atoms.arrays["force_weights"] = np.asarray(label.force_weights, dtype=float)
     return atoms
 
 
@@ -136,12 +148,16 @@ def write_extxyz(labels: Iterable[LabelDoc], path: str | Path, force: bool = Fal
     """Write the ok labels as extended XYZ for MACE; returns how many frames were written."""
     from ase.io.extxyz import write_extxyz as _write
 
-    n = 0
+    n = masked = 0
     with _atomic_output(Path(path), force) as tmp, open(tmp, "w") as fh:
         for label in labels:
             if label.ok:
                 _write(fh, [label_to_mace_atoms(label)])
                 n += 1
+                masked += label.force_weights is not None and min(label.force_weights) < 1
+    if masked:
+        logger.warning("%d of %d frames are NFT chunks with per-atom force weights (arrays 'force_weights'); "
+                       "MACE's CLI ignores them and would fit the masked forces too", masked, n)
     return n
 
 
@@ -163,7 +179,12 @@ def write_ase_db(labels: Iterable[LabelDoc], path: str | Path, force: bool = Fal
                 atoms.calc = SinglePointCalculator(atoms, **results)
                 kvp = _provenance(label)
                 kvp["config_type"] = label.source.value if label.source is not None else "Default"
-                con.write(atoms, key_value_pairs=kvp, data={"oracle_settings": label.oracle_settings})
+                data: dict[str, Any] = {"oracle_settings": label.oracle_settings}
+                if label.energy_weight is not None:
+                    kvp["energy_weight"] = float(label.energy_weight)
+                if label.force_weights is not None:
+                    data["force_weights"] = np.asarray(label.force_weights, dtype=float)
+                con.write(atoms, key_value_pairs=kvp, data=data)
                 n += 1
     return n
 

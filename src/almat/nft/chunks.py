@@ -291,7 +291,8 @@ def cut_chunk(
     idx, pos, new_pos = idx[order], pos[order], new_pos[order]
 
     if mode == "periodic":
-        keep = _drop_seam_clashes(new_pos, pos, lengths, centre_pos, cutoff, min_distance_factor, n_central=len(centres))
+        keep = _drop_seam_clashes(new_pos, pos, lengths, centre_pos, cutoff, min_distance_factor,
+                                  n_central=len(centres))
         idx, pos, new_pos = idx[keep], pos[keep], new_pos[keep]
 
     atoms = Atoms(
@@ -352,7 +353,8 @@ def cut_chunks(
 ) -> tuple[float, list[int], ChunkGroups, list[Chunk]]:
     """Threshold, uncertain atoms, their grouping and the chunks: the whole selection of one iteration.
 
-    ``merge_distance`` defaults to ``cutoff``.
+    ``merge_distance`` defaults to ``cutoff / 2``: a chunk with two central atoms that far apart is about
+    1.3 x a single one, while merging atoms up to ``cutoff`` apart would give chunks of ~2x the atoms.
     """
     check_target_size(target, cutoff)
     if len(uncertainty) != len(target):
@@ -360,8 +362,8 @@ def cut_chunks(
     if mode == "periodic":
         cell = list(cell) if cell is not None else [2 * cutoff + 1.0] * 3
     threshold, uncertain = select_uncertain_atoms(uncertainty, percentile)
-    groups = group_centres(target, uncertain, max_chunks, cutoff if merge_distance is None else merge_distance,
-                           mode=mode, cutoff=cutoff, cell=cell)
+    merge = 0.5 * cutoff if merge_distance is None else merge_distance
+    groups = group_centres(target, uncertain, max_chunks, merge, mode=mode, cutoff=cutoff, cell=cell)
     chunks = [cut_chunk(target, g, cutoff, mode=mode, vacuum=vacuum, cell=cell,
                         min_distance_factor=min_distance_factor) for g in groups.groups]
     return threshold, uncertain, groups, chunks

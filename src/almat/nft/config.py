@@ -77,7 +77,7 @@ class NftChunkSettings(_Section):
     max_chunks: int = Field(4, ge=1, description="chunks cut (and labelled) per iteration")
     merge_distance: float | None = Field(
         None, ge=0, description="Å: an uncertain atom this close to a chunk's first central atom joins that "
-        "chunk (default: cutoff)"
+        "chunk (default: cutoff / 2)"
     )
     vacuum: float = Field(6.0, gt=0, description="cluster: Å between the cluster and its periodic images")
     cell: list[float] | None = Field(

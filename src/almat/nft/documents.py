@@ -70,7 +70,8 @@ class NftIterationDoc(AlmatDocument):
     mode: str
     uncertain_atoms: list[int] = Field(default_factory=list, description="atoms at or above the threshold")
     central_atoms: list[int] = Field(default_factory=list, description="uncertain atoms that got a chunk")
-    skipped_atoms: list[int] = Field(default_factory=list, description="uncertain atoms left over (max_chunks)")
+    skipped_atoms: list[int] = Field(default_factory=list, description="uncertain atoms without a chunk this time "
+                                       "(max_chunks reached, or their chunk was labelled before)")
     chunks: list[NftChunkRecord] = Field(default_factory=list)
     chunk_label_ids: list[str] = Field(default_factory=list)
     n_chunks: int = 0

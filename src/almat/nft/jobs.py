@@ -234,6 +234,11 @@ def nft_select_chunks(config: dict, iteration: int, committee: Any, history: lis
         else:  # record what would have been picked, cut nothing
             threshold, uncertain = select_uncertain_atoms(u, c.percentile)
             groups, chunks = None, []
+        # a chunk labelled in an earlier iteration (same structure hash) would add nothing: its central
+        # atoms count as skipped this time
+        earlier = {d["structure_hash"] for d in db.structures.query(
+            {"campaign": cfg.name, "source": StructureSource.nft_chunk.value}, properties=["structure_hash"])}
+        central, skipped = (list(groups.central_atoms), list(groups.skipped)) if groups is not None else ([], [])
         structures, records, weights = [], [], []
         for chunk in chunks:
             sdoc = StructureDoc(
@@ -245,6 +250,12 @@ def nft_select_chunks(config: dict, iteration: int, committee: Any, history: lis
                 metadata={"mode": chunk.mode, "cutoff": chunk.cutoff, "central_atoms": chunk.central_target,
                           "central_atoms_chunk": chunk.central_chunk},
             )
+            if sdoc.structure_hash in earlier:
+                central = [i for i in central if i not in chunk.central_target]
+                skipped += chunk.central_target
+                logger.info("NFT iteration %d: the chunk around atom(s) %s was labelled before; skipped",
+                            iteration, chunk.central_target)
+                continue
             structures.append(sdoc)
             weights.append(chunk.force_weights.tolist())
             records.append(NftChunkRecord(structure_hash=sdoc.structure_hash, natoms=len(chunk.atoms),
@@ -271,8 +282,8 @@ def nft_select_chunks(config: dict, iteration: int, committee: Any, history: lis
         mean_uncertainty=float(u.mean()),
         threshold=float(threshold),
         uncertain_atoms=list(uncertain),
-        central_atoms=groups.central_atoms if groups is not None else [],
-        skipped_atoms=groups.skipped if groups is not None else [],
+        central_atoms=central,
+        skipped_atoms=skipped,
         chunks=records,
         structures=structures,
         force_weights=weights,
