@@ -64,3 +64,33 @@ def test_enumerate_command_writes_one_file_per_structure(tmp_path):
     assert Structure.from_file(files[0]).composition.reduced_formula == "Li6PS5Cl"
     bad = runner.invoke(app, ["enumerate", str(cif), "--primitive", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "0.5 (6/12)" in bad.output
+
+
+def test_run_and_status_of_an_nft_campaign(tmp_path):
+    """`almat run` dispatches on the file's kind; `almat status` reads that kind's records."""
+    import yaml
+
+    cu = {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}
+    cfg = {
+        "kind": "nft", "name": "cli-nft",
+        "target": {"bulk": cu, "supercell": [3, 3, 3], "rattle_std": 0.1, "seed": 0},
+        "structures": [{"bulk": cu, "supercell": [2, 2, 2]}],
+        "initial": {"n_per_structure": 4, "rattle_std": 0.05},
+        "learner": {"n_models": 2, "hyperparameters": {"num_channels": 8, "r_max": 4.0, "radial_mlp": [16],
+                                                      "epochs": 4, "batch_size": 4, "eval_every": 4}},
+        "chunks": {"mode": "cluster", "cutoff": 4.5, "percentile": 95, "max_chunks": 2, "vacuum": 5.0},
+        "convergence": {"stop_delta": 0.001, "max_iterations": 1},
+    }
+    path = tmp_path / "nft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = runner.invoke(app, ["run", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "nft campaign cli-nft" in out.output and "max_iterations" in out.output
+    data = json.loads(runner.invoke(app, ["status", "cli-nft", "--json"]).output)
+    assert data["kind"] == "nft" and data["status"] == "max_iterations"
+    (row,) = data["iterations"]
+    assert row["iteration"] == 0 and row["max_uncertainty"] > 0 and row["n_chunks"] == 0  # the last labels nothing
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: grid\nname: x\n")
+    out = runner.invoke(app, ["run", str(bad)])
+    assert out.exit_code == 1 and "valid: md, pool, nft" in out.output

@@ -160,19 +160,46 @@ def _run_other_kind(kind: str, campaign_file: Path, settings, resume: bool, verb
             _fail(str(exc))
         finally:
             logger.removeHandler(handler)
-    table = Table(title=f"{kind} campaign {config.name}")
     records = [r.model_dump(mode="json") for r in result.iterations]
-    columns = [c for c in ("iteration", "n_labels", "n_train_labels", "n_new_labels", "test_force_rmse",
-                           "max_uncertainty", "n_chunks", "stop_reason") if any(c in r for r in records)]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "stop_reason" else "right")
-    for r in records:
-        table.add_row(*["-" if r.get(c) is None else (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
-                        for c in columns])
-    console.print(table)
+    console.print(_records_table(kind, config.name, records))
     c = result.campaign
     console.print(f"[bold green]{c.status.value}[/] after {len(records)} iteration(s), {result.wall_time:.0f} s: "
                   f"{c.stop_reason}")
+
+
+#: per campaign kind: (collection of its per-iteration records, columns of the status table)
+RECORD_COLUMNS = {
+    "pool": ("pool_iterations", [("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"),
+                                 ("n_new_labels", "new"), ("n_unlabelled", "unlabelled"),
+                                 ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")]),
+    "nft": ("nft_iterations", [("iteration", "it"), ("n_train_labels", "train labels"),
+                               ("max_uncertainty", "max σ_atom (eV/Å)"), ("threshold", "threshold (eV/Å)"),
+                               ("n_chunks", "chunks"), ("target_force_rmse", "target F RMSE (eV/Å)"),
+                               ("stop_reason", "")]),
+}
+
+
+def _record_rows(kind: str, records: list[dict]) -> list[dict]:
+    _, columns = RECORD_COLUMNS[kind]
+    rows = []
+    for r in records:
+        row = {key: r.get(key) for key, _ in columns}
+        if kind == "nft":
+            row["n_chunks"] = len(r.get("chunks") or [])
+        rows.append(row)
+    return rows
+
+
+def _records_table(kind: str, name: str, records: list[dict]) -> Table:
+    """Per-iteration table of a pool-based or NFT campaign."""
+    _, columns = RECORD_COLUMNS[kind]
+    table = Table(title=f"{kind} campaign {name}")
+    for key, title in columns:
+        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition") else "right")
+    for row in _record_rows(kind, records):
+        table.add_row(*["-" if row[k] is None else (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]))
+                        for k, _ in columns])
+    return table
 
 
 def _pct(x) -> str:
@@ -264,6 +291,19 @@ def status_cmd(
             names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
             _fail(f"no campaign {campaign!r} in {settings.describe()}"
                   + (f"; known: {', '.join(names)}" if names else ""))
+        kind = (doc.get("config") or {}).get("kind", "md")
+        if kind in RECORD_COLUMNS:
+            records = sorted(getattr(db, RECORD_COLUMNS[kind][0]).query({"campaign": campaign}),
+                             key=lambda d: d["iteration"])
+            if as_json:
+                out = {"name": campaign, "kind": kind, "status": doc.get("status"),
+                       "stop_reason": doc.get("stop_reason"), "iterations": _record_rows(kind, records)}
+                sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
+                return
+            console.print(_records_table(kind, campaign, records))
+            console.print(f"status: [bold]{doc.get('status')}[/]"
+                          + (f"  ({doc.get('stop_reason')})" if doc.get("stop_reason") else ""))
+            return
         iterations = sorted(db.iterations.query({"campaign": campaign}), key=lambda d: d["iteration"])
         if as_json:
             out = {"name": campaign, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
