@@ -49,6 +49,10 @@ def holdout_errors(db: CampaignDB, campaign: str, n_frames: int = 20, steps: int
     doc = db.campaigns.query_one({"name": campaign})
     if doc is None:
         raise KeyError(f"no campaign {campaign!r}")
+    kind = (doc.get("config") or {}).get("kind", "md")
+    if kind != "md":
+        raise ValueError(f"campaign {campaign!r} is a {kind} campaign; holdout_errors evaluates MD campaigns "
+                         f"(a {kind} campaign records its own test errors per iteration: almat status {campaign})")
     config = CampaignConfig.model_validate(doc["config"])
     iterations = sorted(db.iterations.query({"campaign": campaign}), key=lambda d: d["iteration"])
     if not iterations:
