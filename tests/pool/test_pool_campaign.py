@@ -120,6 +120,7 @@ def test_pool_campaign_records(campaigns):
             assert len(r.model_ids) == 2
             assert all(db.models.query_one({"model_id": m}) for m in r.model_ids)
             assert r.test_errors.n_structures == 8 and np.isfinite(r.test_errors.force_rmse)
+            assert r.test_force_rmse == r.test_errors.force_rmse and r.n_new_labels == len(r.new_indices)
             assert np.isfinite(r.test_errors.energy_rmse_per_atom) and r.n_train_labels == r.n_labels
         pool = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": "cu-pool-committee"})]
         assert len(pool) == 40 and all(d.source.value == "pool" for d in pool)

@@ -66,5 +66,6 @@ __all__ = [
     "plot_method_comparison",
     "pool_iteration_flow",
     "run_pool_campaign",
+    "run_pool_loop",
     "test_errors",
 ]

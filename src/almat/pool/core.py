@@ -225,7 +225,8 @@ def acquire(
     ``frames`` is the whole pool (indexed like ``state``); ``committee`` (an
     ``almat.learner.Committee``) scores the candidates: its max force deviation per frame, and
     its descriptors for FPS and weighted acquisition (seeded by ``training_frames``, by default
-    the labelled ones). A budget larger than the remaining pool is capped, with a warning.
+    the labelled ones). ``iteration`` is that of the committee that picks (it sets the weighted
+    acquisition's ``w``). A budget larger than the remaining pool is capped, with a warning.
     """
     from almat.select import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
 
@@ -460,7 +461,7 @@ def run_pool_loop(
                                    target_force_rmse)
         acquired = Acquired([], [], 0)
         if stop is None:
-            acquired = acquire(frames, state, policy, n_next, committee, iteration + 1, rng,
+            acquired = acquire(frames, state, policy, n_next, committee, iteration, rng,
                                training_frames=train)
             if not acquired.indices:
                 stop = f"acquisition {acquisition!r} picked nothing new"

@@ -40,6 +40,13 @@ class PoolIterationDoc(AlmatDocument):
     test_label_ids: list[str] = Field(default_factory=list)
     model_ids: list[str] = Field(default_factory=list)
     test_errors: TestErrors = Field(default_factory=TestErrors)
+    test_force_rmse: float | None = Field(None, description="= test_errors.force_rmse (eV/Å), for tables")
+    n_new_labels: int = Field(0, description="= len(new_indices)")
     stop_reason: str | None = None
     wall_time: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+    def model_post_init(self, __context) -> None:
+        if self.test_force_rmse is None:
+            self.test_force_rmse = self.test_errors.force_rmse
+        self.n_new_labels = self.n_new_labels or len(self.new_indices)

@@ -13,7 +13,7 @@ from jobflow import Flow, Response
 from almat.pool.config import PoolCampaignConfig
 from almat.pool.core import PoolState, acquire, decide_stop, test_errors
 from almat.pool.documents import PoolIterationDoc
-from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, utcnow
+from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, to_structure, utcnow
 from almat.stores import CampaignDB, current_db, store_job
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,6 @@ def setup_pool(config: dict) -> dict:
             for key in ("pool_origin", "temperature", "perturbation"):
                 if atoms.info.get(key) is not None:
                     meta[key] = atoms.info[key]
-            from almat.schemas import to_structure
-
             docs.append(StructureDoc(structure=to_structure(atoms), source=StructureSource.pool, campaign=cfg.name,
                                      iteration=None, metadata=meta))
         db.upsert("structures", docs)
@@ -179,7 +177,7 @@ def pool_step(
             training = [lab.to_atoms() for lab in load_labels(db, label_ids)]
             seed = cfg.acquisition.seed if cfg.acquisition.seed is not None else cfg.seed
             rng = np.random.default_rng([seed, iteration + 1])
-            picked = acquire(frames, pool_state, cfg.acquisition.name, n_next, com, iteration + 1, rng,
+            picked = acquire(frames, pool_state, cfg.acquisition.name, n_next, com, iteration, rng,
                              cfg.acquisition.options, training_frames=training)
             acquired_idx = picked.indices
             acquired_dev = [None if not math.isfinite(d) else float(d) for d in picked.model_deviation]
