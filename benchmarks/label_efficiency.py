@@ -325,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=None, help="target held-out force RMSE (eV/Å)")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=None, help="runs in parallel (default 2)")
+    parser.add_argument("--common-frames", type=int, default=None,
+                        help="frames of the common condition (300 K) in the pool: the pool's redundancy "
+                             "(default 80; the rare conditions keep their counts)")
     parser.add_argument("--out", type=Path, default=Path("benchmark_results/label_efficiency"))
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -342,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs is not None:
         settings.jobs = args.jobs
     settings.target = args.target
+    if args.common_frames is not None:
+        if args.common_frames < 1:
+            parser.error("--common-frames must be >= 1")
+        first = settings.pool.conditions[0]
+        settings.pool.conditions[0] = (*first[:4], args.common_frames)
     import logging
     import warnings
 

@@ -31,7 +31,9 @@ __all__ = [
     "SamplerSettings",
     "SelectionSettings",
     "StructureSource",
+    "format_validation_error",
     "load_config",
+    "validate_campaign_file",
 ]
 
 
@@ -170,6 +172,20 @@ class LearnerSettings(_Section):
     seed: int = 0
     hyperparameters: MaceHyperParameters = Field(default_factory=MaceHyperParameters)
 
+    def train_job(self, label_ids: Any, campaign: Any, iteration: int, previous_model_ids: Any = None):
+        """The ``train it<iteration>`` job of a campaign: this committee, trained on ``label_ids``."""
+        from almat.learner.jobs import TrainCommitteeMaker
+
+        job = TrainCommitteeMaker(
+            name=f"train it{iteration}",
+            n_models=self.n_models,
+            hyperparameters=self.hyperparameters.model_dump(),
+            base_seed=self.seed,
+            warm_start=self.warm_start,
+        ).make(label_ids, campaign=campaign, iteration=iteration, previous_model_ids=previous_model_ids)
+        job.name = f"train it{iteration}"
+        return job
+
 
 class SamplerSettings(_Section):
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
@@ -285,19 +301,26 @@ class CampaignConfig(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming every bad key: ``source: a.b: message; c: unknown key``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
     return f"{source}: " + "; ".join(parts)
 
 
-def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
-    """A validated ``CampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
+def validate_campaign_file(source: str | Path | dict[str, Any], model: type[BaseModel], what: str = "campaign config"):
+    """A validated ``model`` (a campaign config class) from a YAML file or a dict.
+
+    Relative structure paths start at the YAML's folder (``base_dir``); an ASE oracle's calculator
+    must be importable. Every error is one ``ConfigError`` line naming the key.
+    """
+    if isinstance(source, model):
+        return source
     if isinstance(source, dict):
-        data, where, base = dict(source), "campaign config", None
+        data, where, base = dict(source), what, None
     else:
         path = Path(source)
         if not path.is_file():
@@ -312,12 +335,18 @@ def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
     if base is not None and "base_dir" not in data:
         data["base_dir"] = base
     try:
-        config = CampaignConfig.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, where)) from None
-    if config.oracle.kind == "ase":
+        raise ConfigError(format_validation_error(exc, where)) from None
+    oracle = getattr(config, "oracle", None)
+    if oracle is not None and oracle.kind == "ase":
         try:
-            config.oracle.calculator.spec().resolve()
+            oracle.calculator.spec().resolve()
         except ValueError as exc:
             raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
     return config
+
+
+def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
+    """A validated ``CampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
+    return validate_campaign_file(source, CampaignConfig)

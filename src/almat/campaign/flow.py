@@ -24,7 +24,6 @@ from almat.campaign.jobs import (
     register_campaign,
     select_candidates,
 )
-from almat.learner.jobs import TrainCommitteeMaker
 from almat.sampler.jobs import ExploreMaker
 
 __all__ = ["CampaignMaker", "iteration_flow"]
@@ -47,15 +46,8 @@ def iteration_flow(
     starts = config.load_structures() if start_structures is None else list(start_structures)
     cfg_dict = config.model_dump(mode="json", by_alias=True)
     learner = config.learner
-    train = TrainCommitteeMaker(
-        name=f"train it{iteration}",
-        n_models=learner.n_models,
-        hyperparameters=learner.hyperparameters.model_dump(),
-        base_seed=learner.seed,
-        warm_start=learner.warm_start,
-    ).make(label_ids, campaign=campaign if campaign is not None else config.name, iteration=iteration,
-           previous_model_ids=previous_model_ids)
-    train.name = f"train it{iteration}"
+    train = learner.train_job(label_ids, campaign if campaign is not None else config.name, iteration,
+                              previous_model_ids)
 
     s = config.sampler
     explores = []

@@ -33,6 +33,7 @@ __all__ = [
     "decide",
     "initial_structures",
     "label_batch",
+    "new_campaign_doc",
     "register_campaign",
     "select_candidates",
 ]
@@ -50,6 +51,22 @@ def _db() -> CampaignDB:
 
 def _config(config: dict | CampaignConfig) -> CampaignConfig:
     return config if isinstance(config, CampaignConfig) else CampaignConfig.model_validate(config)
+
+
+def new_campaign_doc(cfg, elements) -> CampaignDoc:
+    """A running ``CampaignDoc`` for any campaign config (MD, pool, NFT): name, config and its
+    fingerprint, chemistry, oracle."""
+    elements = sorted(set(elements))
+    return CampaignDoc(
+        name=cfg.name,
+        config=cfg.model_dump(mode="json", by_alias=True),
+        config_fingerprint=cfg.fingerprint(),
+        status=CampaignStatus.running,
+        elements=elements,
+        chemsys="-".join(elements),
+        oracle=cfg.oracle.name,
+        oracle_fingerprint=cfg.oracle.fingerprint,
+    )
 
 
 @store_job
@@ -70,18 +87,7 @@ def register_campaign(config: dict, resume: bool = False) -> dict:
             doc.status, doc.updated_at = CampaignStatus.running, utcnow()
             doc.config = cfg.model_dump(mode="json", by_alias=True)
         else:
-            structures = cfg.load_structures()
-            elements = sorted({el.symbol for s in structures for el in s.composition.elements})
-            doc = CampaignDoc(
-                name=cfg.name,
-                config=cfg.model_dump(mode="json", by_alias=True),
-                config_fingerprint=cfg.fingerprint(),
-                status=CampaignStatus.running,
-                elements=elements,
-                chemsys="-".join(elements),
-                oracle=cfg.oracle.name,
-                oracle_fingerprint=cfg.oracle.fingerprint,
-            )
+            doc = new_campaign_doc(cfg, [el.symbol for s in cfg.load_structures() for el in s.composition.elements])
         db.upsert("campaigns", [doc])
         return {"name": doc.name, "config_fingerprint": doc.config_fingerprint}
     finally:

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from jobflow import run_locally
 
@@ -18,7 +19,8 @@ from almat.stores import CampaignDB, build_job_store, check_connection
 logger = logging.getLogger(__name__)
 
 __all__ = ["CampaignConvergedError", "CampaignExistsError", "CampaignResult", "ResumeState", "build_flow",
-           "relaxed_starts", "resume_state", "run_campaign"]
+           "load_iterations", "open_store", "refuse_existing", "relaxed_starts", "resume_state", "run_campaign",
+           "run_to_end"]
 
 
 class CampaignExistsError(ValueError):
@@ -105,6 +107,57 @@ def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
                       start_structures=state.start_structures if config.prerelax.enabled else None)
 
 
+def open_store(settings: AlmatSettings, config) -> tuple:
+    """Check the server and the oracle before any job runs; the ``JobStore`` and its ``CampaignDB``."""
+    check_connection(settings)
+    if config.oracle.kind == "ase":
+        config.oracle.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
+    job_store = build_job_store(settings)
+    return job_store, CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
+
+
+def refuse_existing(db: CampaignDB, name: str) -> None:
+    """Campaigns without resume (pool, NFT) need a new name."""
+    existing = db.campaigns.query_one({"name": name})
+    if existing is not None:
+        raise CampaignExistsError(
+            f"campaign {name!r} already exists (status {existing.get('status')}); choose another name"
+        )
+
+
+def run_to_end(flow, name: str, settings: AlmatSettings, job_store,
+               load_records: Callable[[CampaignDB, str], list], what: str = "campaign",
+               hint: str = "see the log above") -> tuple[CampaignDoc, list]:
+    """Run a campaign's flow with ``jobflow.run_locally``; the stored campaign and its per-iteration
+    records (``load_records(db, name)``, each with a ``stop_reason``). A campaign whose last record
+    has no stop reason did not finish: it is marked failed and a ``RuntimeError`` says so."""
+    root = Path(settings.run_dir) / name
+    root.mkdir(parents=True, exist_ok=True)
+    responses = run_locally(flow, store=job_store, create_folders=True, root_dir=root, log=False)
+    db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
+    try:
+        raw = db.campaigns.query_one({"name": name})
+        records = load_records(db, name)
+        campaign = CampaignDoc.from_store(raw) if raw else None
+        finished = bool(records) and records[-1].stop_reason is not None
+        if campaign is not None and not finished:
+            campaign.status = CampaignStatus.failed
+            campaign.stop_reason = f"a job failed; {hint}"
+            db.upsert("campaigns", [campaign])
+    finally:
+        db.close()
+    if campaign is None or not finished:
+        n_ok = sum(1 for r in responses.values() for resp in r.values() if resp is not None)
+        raise RuntimeError(f"{what} {name} did not finish ({n_ok} jobs completed); {hint}")
+    return campaign, records
+
+
+def load_iterations(db: CampaignDB, name: str) -> list[IterationDoc]:
+    """The ``IterationDoc``s of an MD campaign, in order."""
+    docs = sorted(db.iterations.query({"campaign": name}), key=lambda d: d["iteration"])
+    return [IterationDoc.from_store(d) for d in docs]
+
+
 def run_campaign(
     config: CampaignConfig | str | Path | dict,
     settings: AlmatSettings | None = None,
@@ -114,34 +167,11 @@ def run_campaign(
     start = time.perf_counter()
     cfg = config if isinstance(config, CampaignConfig) else load_config(config)
     settings = settings or get_settings()
-    check_connection(settings)
-    if cfg.oracle.kind == "ase":
-        cfg.oracle.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
-    job_store = build_job_store(settings)
-    db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
+    job_store, db = open_store(settings, cfg)
     try:
         flow = build_flow(cfg, db, resume=resume)
     finally:
         db.close()
-    root = Path(settings.run_dir) / cfg.name
-    root.mkdir(parents=True, exist_ok=True)
-    responses = run_locally(flow, store=job_store, create_folders=True, root_dir=root, log=False)
-    db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
-    try:
-        raw = db.campaigns.query_one({"name": cfg.name})
-        iterations = [IterationDoc.from_store(d) for d in
-                      sorted(db.iterations.query({"campaign": cfg.name}), key=lambda d: d["iteration"])]
-        campaign = CampaignDoc.from_store(raw) if raw else None
-        finished = bool(iterations) and iterations[-1].stop_reason is not None
-        if campaign is not None and not finished:
-            campaign.status = CampaignStatus.failed
-            campaign.stop_reason = "a job failed; see the log, fix, and resume"
-            db.upsert("campaigns", [campaign])
-    finally:
-        db.close()
-    if campaign is None or not finished:
-        n_ok = sum(1 for r in responses.values() for resp in r.values() if resp is not None)
-        raise RuntimeError(
-            f"campaign {cfg.name} did not finish ({n_ok} jobs completed); see the log above, then resume it"
-        )
+    campaign, iterations = run_to_end(flow, cfg.name, settings, job_store, load_iterations,
+                                      hint="see the log above, then resume it")
     return CampaignResult(campaign, iterations, time.perf_counter() - start)

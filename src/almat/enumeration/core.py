@@ -34,7 +34,6 @@ icet builds all labelings of one supercell shape in memory before it yields the 
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import shutil

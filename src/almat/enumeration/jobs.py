@@ -9,7 +9,7 @@ from jobflow import Maker
 from pymatgen.core import Structure
 
 from almat.enumeration.core import enumerate_derivatives, set_occupancy
-from almat.schemas import StructureDoc, StructureSource, structure_hash
+from almat.schemas import StructureDoc, StructureSource
 from almat.stores import current_db, store_job
 
 logger = logging.getLogger(__name__)

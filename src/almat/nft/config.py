@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymatgen.core import Structure
 
 from almat.campaign.config import (
@@ -21,6 +20,7 @@ from almat.campaign.config import (
     LearnerSettings,
     OracleSettings,
     StructureSource,
+    validate_campaign_file,
 )
 
 __all__ = [
@@ -169,40 +169,6 @@ class NftCampaignConfig(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
-    return f"{source}: " + "; ".join(parts)
-
-
 def load_nft_config(source: str | Path | dict[str, Any] | NftCampaignConfig) -> NftCampaignConfig:
     """A validated ``NftCampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
-    if isinstance(source, NftCampaignConfig):
-        return source
-    if isinstance(source, dict):
-        data, where, base = dict(source), "NFT campaign config", None
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"campaign file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        where, base = str(path), path.parent.resolve()
-    if base is not None and "base_dir" not in data:
-        data["base_dir"] = base
-    try:
-        config = NftCampaignConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, where)) from None
-    try:
-        config.oracle.calculator.spec().resolve()
-    except ValueError as exc:
-        raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
-    return config
+    return validate_campaign_file(source, NftCampaignConfig, "NFT campaign config")

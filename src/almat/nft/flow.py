@@ -14,7 +14,6 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
-from almat.learner.jobs import TrainCommitteeMaker
 from almat.nft.config import NftCampaignConfig
 from almat.nft.jobs import (
     nft_decide,
@@ -43,15 +42,8 @@ def nft_iteration_flow(
     """
     cfg_dict = config.model_dump(mode="json", by_alias=True)
     learner = config.learner
-    train = TrainCommitteeMaker(
-        name=f"train it{iteration}",
-        n_models=learner.n_models,
-        hyperparameters=learner.hyperparameters.model_dump(),
-        base_seed=learner.seed,
-        warm_start=learner.warm_start,
-    ).make(label_ids, campaign=campaign if campaign is not None else config.name, iteration=iteration,
-           previous_model_ids=previous_model_ids)
-    train.name = f"train it{iteration}"
+    train = learner.train_job(label_ids, campaign if campaign is not None else config.name, iteration,
+                              previous_model_ids)
     select = nft_select_chunks(cfg_dict, iteration, train.output, list(history or []))
     select.name = f"nft chunks it{iteration}"
     label = nft_label_chunks(select.output, cfg_dict, iteration)

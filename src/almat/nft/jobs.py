@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from jobflow import CURRENT_JOB, Flow, Maker, Response
 
+from almat.campaign.jobs import new_campaign_doc
 from almat.nft.config import NftCampaignConfig
 from almat.nft.documents import NftChunkRecord, NftIterationDoc, NftSelection
 from almat.oracle.calculators import CalculatorSpec
@@ -72,18 +73,8 @@ def register_nft_campaign(config: dict) -> dict:
         if existing is not None and (existing.get("config_fingerprint") != cfg.fingerprint()
                                      or existing.get("status") != CampaignStatus.created.value):
             raise ValueError(f"campaign {cfg.name!r} already exists; choose another name")
-        elements = sorted({el.symbol for s in [*cfg.load_structures(), target.structure]
-                           for el in s.composition.elements})
-        doc = CampaignDoc(
-            name=cfg.name,
-            config=cfg.model_dump(mode="json", by_alias=True),
-            config_fingerprint=cfg.fingerprint(),
-            status=CampaignStatus.running,
-            elements=elements,
-            chemsys="-".join(elements),
-            oracle=cfg.oracle.name,
-            oracle_fingerprint=cfg.oracle.fingerprint,
-        )
+        doc = new_campaign_doc(cfg, [el.symbol for s in [*cfg.load_structures(), target.structure]
+                                     for el in s.composition.elements])
         db.upsert("campaigns", [doc])
         db.upsert("structures", [target])
     finally:

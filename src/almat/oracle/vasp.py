@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 from ase.units import GPa
-from jobflow import CURRENT_JOB, Flow, Maker, OnMissing, job
+from jobflow import Flow, Maker, OnMissing, job
 from monty.json import jsanitize
 from pymatgen.core import Structure
 from pymatgen.io.vasp.sets import MPRelaxSet, MPStaticSet, VaspInputSet

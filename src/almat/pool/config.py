@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymatgen.core import Structure
 
-from almat.campaign.config import ConfigError, LearnerSettings, OracleSettings
+from almat.campaign.config import ConfigError, LearnerSettings, OracleSettings, validate_campaign_file
 
 logger = logging.getLogger(__name__)
 
@@ -307,39 +306,6 @@ def load_pool(sources: list[PoolSource], base_dir: Path | None = None, db=None) 
     return frames
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
-    return f"{source}: " + "; ".join(parts)
-
-
 def load_pool_config(source: str | Path | dict[str, Any]) -> PoolCampaignConfig:
     """A validated ``PoolCampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
-    if isinstance(source, dict):
-        data, where, base = dict(source), "pool campaign config", None
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"campaign file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        where, base = str(path), path.parent.resolve()
-    if base is not None and "base_dir" not in data:
-        data["base_dir"] = base
-    try:
-        config = PoolCampaignConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, where)) from None
-    if config.oracle.kind == "ase":
-        try:
-            config.oracle.calculator.spec().resolve()
-        except ValueError as exc:
-            raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
-    return config
+    return validate_campaign_file(source, PoolCampaignConfig, "pool campaign config")

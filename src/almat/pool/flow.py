@@ -15,7 +15,6 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
-from almat.learner.jobs import TrainCommitteeMaker
 from almat.pool.config import PoolCampaignConfig
 from almat.pool.jobs import label_pool, pool_step, setup_pool
 
@@ -37,15 +36,7 @@ def pool_iteration_flow(
     label = label_pool(new_indices, cfg_dict, -1 if iteration == 0 else iteration, campaign)
     label.name = f"label pool it{iteration}"
     learner = config.learner
-    train = TrainCommitteeMaker(
-        name=f"train it{iteration}",
-        n_models=learner.n_models,
-        hyperparameters=learner.hyperparameters.model_dump(),
-        base_seed=learner.seed,
-        warm_start=learner.warm_start,
-    ).make([previous_label_ids, label.output], campaign=config.name, iteration=iteration,
-           previous_model_ids=previous_model_ids)
-    train.name = f"train it{iteration}"
+    train = learner.train_job([previous_label_ids, label.output], config.name, iteration, previous_model_ids)
     step = pool_step(cfg_dict, iteration, state, new_indices, label.output, previous_label_ids, train.output,
                      test_labels)
     step.name = f"pool step it{iteration}"

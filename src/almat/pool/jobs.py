@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from jobflow import Flow, Response
 
+from almat.campaign.jobs import new_campaign_doc
 from almat.pool.config import PoolCampaignConfig
 from almat.pool.core import PoolState, acquire, decide_stop, test_errors
 from almat.pool.documents import PoolIterationDoc
@@ -78,17 +79,7 @@ def setup_pool(config: dict) -> dict:
             docs.append(StructureDoc(structure=to_structure(atoms), source=StructureSource.pool, campaign=cfg.name,
                                      iteration=None, metadata=meta))
         db.upsert("structures", docs)
-        elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
-        doc = CampaignDoc(
-            name=cfg.name,
-            config=cfg.model_dump(mode="json", by_alias=True),
-            config_fingerprint=cfg.fingerprint(),
-            status=CampaignStatus.running,
-            elements=elements,
-            chemsys="-".join(elements),
-            oracle=cfg.oracle.name,
-            oracle_fingerprint=cfg.oracle.fingerprint,
-        )
+        doc = new_campaign_doc(cfg, [s for a in frames for s in a.get_chemical_symbols()])
         db.upsert("campaigns", [doc])
     finally:
         db.close()

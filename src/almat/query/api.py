@@ -24,7 +24,6 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from typing import Any, Iterable, Iterator, Literal
 
 from almat.query.sqlindex import LabelIndex, iso_utc
