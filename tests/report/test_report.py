@@ -160,3 +160,46 @@ def test_parity_uses_the_committee_that_had_not_seen_the_labels(db, tmp_path, ti
                                np.concatenate([pred.mean_forces(i).ravel() for i in range(len(order))]), atol=1e-6)
     assert p["rmse"] == pytest.approx(np.sqrt(np.mean((p["committee_forces"] - p["oracle_forces"]) ** 2)))
     assert data.files["parity"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_pool_and_nft_campaigns_get_their_own_report(db, tmp_path):
+    from almat.nft import NftIterationDoc
+    from almat.pool import PoolIterationDoc
+
+    rng = np.random.default_rng(3)
+    db.upsert("campaigns", [
+        CampaignDoc(name="p", config={"kind": "pool", "target_force_rmse": 0.05}, config_fingerprint="p",
+                    status="max_iterations"),
+        CampaignDoc(name="n", config={"kind": "nft", "convergence": {"stop_delta": 0.03}}, config_fingerprint="n",
+                    status="converged"),
+    ])
+    db.upsert("pool_iterations", [
+        PoolIterationDoc(campaign="p", iteration=i, acquisition="committee", pool_size=40, n_labels=6 + 4 * i,
+                         test_errors=TestErrors(n_structures=8, force_rmse=0.2 / (i + 1)),
+                         stop_reason="max_iterations (3)" if i == 2 else None)
+        for i in range(3)])
+    nft = []
+    for i in range(3):
+        u = rng.lognormal(-3 - 0.5 * i, 0.5, 100)
+        nft.append(NftIterationDoc(campaign="n", iteration=i, target_hash="t", n_target_atoms=100,
+                                   atomic_uncertainties=u.tolist(), max_uncertainty=float(u.max()),
+                                   mean_uncertainty=float(u.mean()), coefficient=1.0, percentile=95,
+                                   threshold=float(np.percentile(u, 95)), cutoff=4.5, mode="cluster",
+                                   target_force_rmse=0.1 / (i + 1), target_max_force_error=0.3 / (i + 1),
+                                   stop="stop_delta" if i == 2 else None,
+                                   stop_reason="max atomic uncertainty below stop_delta" if i == 2 else None))
+    db.upsert("nft_iterations", nft)
+
+    pool = write_report(db, "p", tmp_path / "p")
+    assert pool.files["learning_curve"].read_bytes()[:8] == PNG_MAGIC
+    page = pool.files["html"].read_text()
+    checker = _Checker()
+    checker.feed(page)
+    assert checker.stack == [] and len(checker.images) == 1
+    assert "<td>committee</td>" in page and "<td>0.1</td>" in page and "max_iterations (3)" in page
+
+    nft_report = write_report(db, "n", tmp_path / "n")
+    assert nft_report.files["nft_progress"].read_bytes()[:8] == PNG_MAGIC
+    page = nft_report.files["html"].read_text()
+    assert f"<td>{nft[1].max_uncertainty:.4g}</td>" in page and "below stop_delta" in page
+    assert "learning_curve" not in nft_report.files  # the MD figures are not drawn for an NFT campaign

@@ -59,16 +59,102 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _figure(key: str, path: Path, caption: str) -> str:
+    name = Path(path).name
+    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f'<figure id="{key}"><img src="data:image/png;base64,{b64}" alt="{html.escape(name)}">'
+            f'<figcaption>{html.escape(caption)} <a href="{html.escape(name)}">{html.escape(name)}</a>'
+            "</figcaption></figure>")
+
+
+def _page(campaign: str, body: str) -> str:
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>almat report: {html.escape(campaign)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
+th {{ background: #f3f3f3; }}
+figure {{ margin: 2rem 0; }} img {{ max-width: 100%; }}
+figcaption {{ font-size: 0.9rem; color: #444; }}
+</style>
+</head>
+<body>
+<h1>Campaign {html.escape(campaign)}</h1>
+{body}
+</body>
+</html>
+"""
+
+
+def _write_records_report(db: CampaignDB, doc: dict, kind: str, out: Path) -> ReportData:
+    """Pool-based and NFT campaigns: their per-iteration records and their progress figure."""
+    campaign = doc["name"]
+    data = ReportData(campaign=campaign)
+    config = doc.get("config") or {}
+    if kind == "pool":
+        from almat.pool import load_pool_iterations, plot_learning_curve
+
+        records = load_pool_iterations(db, campaign)
+        header = ["it", "acquisition", "labels", "new", "unlabelled", "test F RMSE (eV/Å)",
+                  "test E RMSE (eV/atom)", "stop"]
+        rows = [[r.iteration, r.acquisition, r.n_labels, r.n_new_labels, r.n_unlabelled, r.test_errors.force_rmse,
+                 r.test_errors.energy_rmse_per_atom, r.stop_reason or ""] for r in records]
+        key, caption = "learning_curve", ("Learning curve: committee-mean force RMSE on the held-out part of the "
+                                          "pool against the number of training labels (oracle calls).")
+        if records:
+            data.files[key] = plot_learning_curve(records, out / "learning_curve.png", db=db,
+                                                  target=config.get("target_force_rmse"),
+                                                  title=f"{campaign}: learning curve")
+    else:
+        from almat.nft import nft_iterations
+        from almat.nft.plots import plot_nft_progress
+
+        records = nft_iterations(db, campaign)
+        header = ["it", "train labels", "max σ_atom (eV/Å)", "mean σ_atom (eV/Å)", "threshold (eV/Å)", "chunks",
+                  "target F RMSE (eV/Å)", "stop"]
+        rows = [[r.iteration, r.n_train_labels, r.max_uncertainty, r.mean_uncertainty, r.threshold, r.n_chunks,
+                 r.target_force_rmse, r.stop_reason or ""] for r in records]
+        key, caption = "nft_progress", ("Atomic force uncertainty of the target per iteration (box: quartiles, "
+                                        "whiskers: 5-95 %), the selection threshold and stop_delta; the "
+                                        "committee's force errors on the target when the oracle evaluated it.")
+        if records:
+            data.files[key] = plot_nft_progress(records, out / "nft_progress.png",
+                                                stop_delta=(config.get("convergence") or {}).get("stop_delta"))
+    if not records:
+        data.notes.append(f"no {kind} iteration recorded yet")
+    summary = [["kind", kind], ["status", doc.get("status")], ["chemical system", doc.get("chemsys")],
+               ["oracle", doc.get("oracle")], ["iterations", len(records)], ["stop reason", doc.get("stop_reason")]]
+    figures = _figure(key, data.files[key], caption) if key in data.files else ""
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
+    body = (f"{_table(['', ''], summary)}<h2>Iterations</h2>{_table(header, rows)}<h2>Figures</h2>{figures}"
+            + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""))
+    page_path = out / "report.html"
+    page_path.write_text(_page(campaign, body), encoding="utf-8")
+    data.files["html"] = page_path
+    return data
+
+
 def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_labels: int = 200) -> ReportData:
-    """Write the campaign's figures (PNG) and ``report.html`` into ``out_dir``; return the plotted values."""
+    """Write the campaign's figures (PNG) and ``report.html`` into ``out_dir``; return the plotted values.
+
+    MD campaigns get the full report; pool-based and NFT campaigns their records and progress figure.
+    """
     from almat.query import reuse_summary
 
     doc = db.campaigns.query_one({"name": campaign})
+    out = Path(out_dir)
+    kind = ((doc or {}).get("config") or {}).get("kind", "md")
+    if kind in ("pool", "nft"):
+        out.mkdir(parents=True, exist_ok=True)
+        return _write_records_report(db, doc, kind, out)
     iterations = load_iterations(db, campaign)
     if doc is None and not iterations:
         names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
         raise ValueError(f"no campaign {campaign!r}" + (f"; known: {', '.join(names)}" if names else ""))
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = ReportData(campaign=campaign)
 
@@ -123,44 +209,15 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
                 for i in range(len(cal.get("iteration", [])))]
     cal_table = (_table(["it", "held-out frames", "k", "q", "target coverage", "coverage on these frames",
                          "Spearman ρ", "frames below tolerance"], cal_rows)) if cal_rows else ""
-    figures = []
-    for key, (name, caption) in FIGURES.items():
-        path = data.files.get(key)
-        if path is None:
-            continue
-        b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        figures.append(f'<figure id="{key}"><img src="data:image/png;base64,{b64}" alt="{html.escape(name)}">'
-                       f'<figcaption>{html.escape(caption)} <a href="{html.escape(name)}">{html.escape(name)}</a>'
-                       "</figcaption></figure>")
+    figures = [_figure(key, data.files[key], caption) for key, (_, caption) in FIGURES.items() if key in data.files]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>almat report: {html.escape(campaign)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
-th {{ background: #f3f3f3; }}
-figure {{ margin: 2rem 0; }} img {{ max-width: 100%; }}
-figcaption {{ font-size: 0.9rem; color: #444; }}
-</style>
-</head>
-<body>
-<h1>Campaign {html.escape(campaign)}</h1>
-{_table(["", ""], summary)}
-<h2>Iterations</h2>
-{_table(["it", "train labels", "frames explored", "accurate", "candidate", "failed", "new labels",
-         "held-out labels", "F RMSE (eV/Å)", "E RMSE (eV/atom)", "trust_lo (eV/Å)", "trust_hi (eV/Å)", "stop"],
-        it_rows)}
-{f"<h2>Calibration</h2>{cal_table}" if cal_table else ""}
-<h2>Figures</h2>
-{"".join(figures)}
-{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
-</body>
-</html>
-"""
+    it_header = ["it", "train labels", "frames explored", "accurate", "candidate", "failed", "new labels",
+                 "held-out labels", "F RMSE (eV/Å)", "E RMSE (eV/atom)", "trust_lo (eV/Å)", "trust_hi (eV/Å)", "stop"]
+    body = (f"{_table(['', ''], summary)}\n<h2>Iterations</h2>\n{_table(it_header, it_rows)}\n"
+            + (f"<h2>Calibration</h2>{cal_table}\n" if cal_table else "")
+            + f"<h2>Figures</h2>\n{''.join(figures)}\n"
+            + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""))
+    page = _page(campaign, body)
     page_path = out / "report.html"
     page_path.write_text(page, encoding="utf-8")
     data.files["html"] = page_path
