@@ -70,7 +70,9 @@ def build_config(oracle: str = "xtb", n_start: int = 2, quick: bool = False, nam
         "sampler": {"temperatures": [300, 600] if quick else [300, 600, 900], "steps": 10 if quick else 300,
                     "sample_every": 5 if quick else 10, "trust_lo": 0.08, "trust_hi": 0.5},
         "selection": {"policy": "max_deviation", "max_select": 3 if quick else 10},
-        "convergence": {"conv_accuracy": 0.95, "max_iterations": 1 if quick else 8},
+        # calibrated stopping: held-out frames per iteration, 95 % of the explored frames with k·σ < 0.15 eV/Å
+        "convergence": {"rule": "calibrated", "calibration_samples": 3 if quick else 8, "force_tolerance": 0.15,
+                        "conv_accuracy": 0.95, "max_iterations": 1 if quick else 8},
     })
 
 

@@ -48,8 +48,9 @@ CONFIG = {
                                                   "batch_size": 2}},
     "sampler": {"temperatures": [600], "steps": 30, "sample_every": 6, "trust_lo": 0.02, "trust_hi": 5.0},
     "selection": {"max_select": 2},
-    # all frames must be accurate to converge, so iteration 1 is added by decide it0; at most two
-    "convergence": {"conv_accuracy": 1.0, "max_iterations": 2},
+    # every frame's calibrated uncertainty must be below 0.01 eV/Å to converge, so iteration 1 is added by
+    # decide it0; at most two. Two held-out calibration frames per iteration go through SLURM as well.
+    "convergence": {"force_tolerance": 0.01, "calibration_samples": 2, "conv_accuracy": 1.0, "max_iterations": 2},
 }
 PARTITION = {"cpu": "cpu", "gpu": "gpu"}  # category -> partition of its qadapter
 
