@@ -117,16 +117,13 @@ def run(
 
 def _campaign_kind(path: Path) -> str:
     """The ``kind`` of a campaign file: ``md`` (the default), ``pool`` or ``nft``."""
-    import yaml
+    from almat.campaign.config import ConfigError
+    from almat.campaign.kinds import campaign_kind
 
     try:
-        data = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-    except yaml.YAMLError:
-        return "md"  # load_config reports the YAML error
-    kind = data.get("kind", "md") if isinstance(data, dict) else "md"
-    if kind not in ("md", "pool", "nft"):
-        _fail(f"{path}: kind: {kind!r} is not a campaign kind; valid: md, pool, nft")
-    return kind
+        return campaign_kind(path)
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 def _run_other_kind(kind: str, campaign_file: Path, settings, resume: bool, verbose: bool) -> None:

@@ -452,3 +452,30 @@ def test_jobflow_config_names_almat_store(tmp_path, settings):
     store = JobStore.from_dict(yaml.safe_load(path.read_text())["JOB_STORE"])
     assert store_location(store) == store_location(build_job_store(settings))
     assert "data" in store.additional_stores
+
+
+@pytest.mark.parametrize("workflow, expected", [
+    ("cu_pool_emt.yaml", {"setup pool": "cpu", "label held-out": "cpu", "label pool it0": "cpu", "train it0": "gpu",
+                          "pool step it0": "gpu"}),
+    ("cu_nft_emt.yaml", {"register NFT campaign": "cpu", "initial structures": "cpu", "label initial": "cpu",
+                         "train it0": "gpu", "nft chunks it0": "gpu", "label chunks it0": "cpu",
+                         "nft decide it0": "cpu"}),
+])
+def test_pool_and_nft_campaigns_are_submitted_and_routed(tmp_path, mock_launchpad, job_store, workflow, expected):
+    """Every campaign kind goes to FireWorks the same way: the committee's jobs on gpu, the rest on cpu."""
+    path = Path(__file__).resolve().parents[2] / "workflows" / workflow
+    _worker_files(tmp_path)
+    result = submit_campaign(path, mock_launchpad, job_store=job_store)
+    assert result.submitted and result.name_checked and not result.warnings
+    assert {n: c for n, c in result.categories.items() if n != "store_inputs"} == expected
+    # the name is checked against the store like an MD campaign's: a stored campaign of that name is refused
+    from almat.campaign.kinds import load_campaign_config
+    from almat.schemas import CampaignDoc
+
+    name = load_campaign_config(path).name
+    with CampaignDB.from_job_store(job_store).connect() as db:
+        db.upsert("campaigns", [CampaignDoc(name=name, config={}, config_fingerprint="x")])
+    with pytest.raises(SubmitError, match="already exists"):
+        submit_campaign(path, mock_launchpad, job_store=job_store)
+    with pytest.raises(SubmitError, match="not supported"):
+        submit_campaign(path, mock_launchpad, job_store=job_store, resume=True)

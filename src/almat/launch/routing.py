@@ -4,20 +4,26 @@ A category names a kind of worker: an fworker file declares the categories it pu
 (``category: [gpu]``) and its qadapter sends it to a SLURM partition. The campaign's jobs are told apart
 by their names (set in ``almat.campaign.flow`` and ``almat.campaign.jobs``):
 
-============  =========================================  ===============
-kind          job names                                  default
-============  =========================================  ===============
-train         ``train itN``                              gpu
-explore       ``explore itN sK TK``                      gpu
-oracle        ``oracle itN #i``, ``vasp ...`` (DFT)      cpu
-register      ``register campaign``                      cpu
-initial       ``initial structures``                     cpu
-label         ``label initial``, ``label itN``,          cpu
-              ``label calibration itN`` (batches)
-select        ``select itN``, ``calibration sample itN`` cpu
-decide        ``decide itN``                             cpu
-default       anything else (jobflow's ``store_inputs``)  cpu
-============  =========================================  ===============
+============  ==============================================  =======
+kind          job names                                       default
+============  ==============================================  =======
+train         ``train itN``                                   gpu
+explore       ``explore itN sK TK``; pool: ``pool step itN``;  gpu
+              NFT: ``nft chunks itN`` (the committee on many
+              atoms)
+oracle        ``oracle itN #i``, ``chunk oracle ...``,         cpu
+              ``vasp ...`` (DFT)
+register      ``register campaign``, ``setup pool``,           cpu
+              ``register NFT campaign``
+initial       ``initial structures``                          cpu
+label         ``label initial``, ``label itN``,                cpu
+              ``label calibration itN``, ``label pool itN``,
+              ``label held-out``, ``label chunks itN``
+              (batches)
+select        ``select itN``, ``calibration sample itN``      cpu
+decide        ``decide itN``, ``nft decide itN``              cpu
+default       anything else (jobflow's ``store_inputs``)      cpu
+============  ==============================================  =======
 
 The routing is applied with ``Flow.update_config(..., dynamic=True)``: jobflow hands these updates on
 to every job a ``Response`` creates (``replace``/``addition``/``detour``), at any depth, so the oracle
@@ -40,11 +46,13 @@ __all__ = ["JOB_KINDS", "Routing", "RoutingError", "apply_routing", "job_kind", 
 
 #: job kind -> substrings of the job names of that kind (jobflow's ``name_filter`` matches substrings)
 JOB_KINDS: dict[str, tuple[str, ...]] = {
-    "register": ("register campaign",),
+    "register": ("register campaign", "register NFT campaign", "setup pool"),
     "initial": ("initial structures",),
-    "label": ("label initial", "label it", "label calibration it"),
+    "label": ("label initial", "label it", "label calibration it", "label pool it", "label held-out",
+              "label chunks it"),
     "train": ("train it",),
-    "explore": ("explore it",),
+    # the committee on many atoms: MD, scoring a pool, the atomic uncertainty of an NFT target
+    "explore": ("explore it", "pool step it", "nft chunks it"),
     "select": ("select it", "calibration sample it"),
     "oracle": ("oracle", "vasp"),
     "decide": ("decide it",),

@@ -422,15 +422,15 @@ def submit_campaign(
 ) -> SubmitResult:
     """Check, build, route and add a campaign workflow to the LaunchPad; see the module docstring.
 
-    ``config``: a ``CampaignConfig``, a YAML path or a mapping. ``job_store``: the JobStore the workers
+    ``config``: a campaign config of any kind (MD, pool, NFT), a YAML path or a mapping. ``job_store``: the JobStore the workers
     use, to check the name against (default: jobflow's configured ``JOB_STORE``). ``dry_run``: do every
     check and build the workflow, but add nothing.
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from almat.campaign.config import CampaignConfig, ConfigError, load_config
-    from almat.campaign.flow import CampaignMaker
-    from almat.campaign.runner import CampaignExistsError, build_flow
+    from almat.campaign.config import ConfigError
+    from almat.campaign.kinds import build_any_flow, fresh_flow, load_campaign_config
+    from almat.campaign.runner import CampaignExistsError
     from almat.settings import get_settings
     from almat.stores import CampaignDB
 
@@ -441,7 +441,7 @@ def submit_campaign(
         logger.warning(message)
 
     try:
-        cfg = config if isinstance(config, CampaignConfig) else load_config(config)
+        cfg = load_campaign_config(config)
     except ConfigError as exc:
         raise SubmitError(str(exc)) from None
     try:
@@ -487,7 +487,7 @@ def submit_campaign(
         def check_name():
             db = CampaignDB.from_job_store(store, prefix=settings.collection_prefix).connect()
             try:
-                return build_flow(cfg, db, resume=resume)
+                return build_any_flow(cfg, db, resume=resume)
             finally:
                 db.close()
 
@@ -501,7 +501,7 @@ def submit_campaign(
     if flow is None:
         if resume:
             raise SubmitError("--resume needs the workers' JobStore to be readable from here")
-        flow = CampaignMaker.from_config(cfg).make()
+        flow = fresh_flow(cfg)
 
     apply_routing(flow, routing)
     workflow_name = f"almat {cfg.name}"
