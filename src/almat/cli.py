@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 import sys
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,23 @@ class _ProgressHandler(logging.Handler):
                 console.log(msg, style=style)
         except Exception:  # noqa: BLE001
             self.handleError(record)
+
+
+@contextmanager
+def _progress(verbose: bool):
+    """almat's log as a spinner (progress lines) and log lines; jobflow's and maggma's only with -v."""
+    logger = logging.getLogger("almat")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for name in ("jobflow", "maggma"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    with console.status("[bold cyan]starting", spinner="dots") as status:
+        handler = _ProgressHandler(status)
+        logger.addHandler(handler)
+        try:
+            yield status
+        finally:
+            logger.removeHandler(handler)
 
 
 def _fail(message: str) -> None:
@@ -85,28 +103,18 @@ def run(
     except ConfigError as exc:
         _fail(str(exc))
     console.print(f"[bold]campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
-    logger = logging.getLogger("almat")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for name in ("jobflow", "maggma"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    with console.status("[bold cyan]starting", spinner="dots") as status:
-        handler = _ProgressHandler(status)
-        logger.addHandler(handler)
+    converged = None
+    with _progress(verbose):
         try:
             result = run_campaign(config, settings, resume=resume)
         except CampaignConvergedError as exc:
-            logger.removeHandler(handler)
-            status.stop()
-            console.print(f"[green]{exc}[/]")
-            status_cmd(config.name, as_json=False)
-            return
-        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError) as exc:
+            converged = str(exc)
+        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError) as exc:
             _fail(str(exc))
-        except RuntimeError as exc:
-            _fail(str(exc))
-        finally:
-            logger.removeHandler(handler)
+    if converged is not None:
+        console.print(f"[green]{converged}[/]")
+        status_cmd(config.name, as_json=False)
+        return
     console.print(_iteration_table(config.name, [i.model_dump() for i in result.iterations]))
     c = result.campaign
     console.print(
@@ -142,21 +150,12 @@ def _run_other_kind(kind: str, campaign_file: Path, settings, resume: bool, verb
     if resume:
         err_console.print(f"[yellow]--resume is not supported for {kind} campaigns yet; the name must be new[/]")
     console.print(f"[bold]{kind} campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
-    logger = logging.getLogger("almat")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for name in ("jobflow", "maggma"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
-    with console.status("[bold cyan]starting", spinner="dots") as status:
-        handler = _ProgressHandler(status)
-        logger.addHandler(handler)
+    with _progress(verbose):
         try:
             result = run_it(config, settings)
         except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError,
                 ValueError) as exc:
             _fail(str(exc))
-        finally:
-            logger.removeHandler(handler)
     records = [r.model_dump(mode="json") for r in result.iterations]
     console.print(_records_table(kind, config.name, records))
     c = result.campaign

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +136,7 @@ class ChunkOracleMaker(Maker):
     @store_job(output_schema=LabelDoc)
     def make(self, structure: StructureDoc | dict, force_weights: list[float], campaign: str | None = None,
              iteration: int | None = None) -> LabelDoc:
-        from almat.oracle.jobs import label_with_calculator, record_labels, reuse_label
+        from almat.oracle.jobs import label_or_reuse
 
         doc = structure if isinstance(structure, StructureDoc) else StructureDoc.model_validate(structure)
         if len(force_weights) != len(doc.structure):
@@ -150,22 +149,7 @@ class ChunkOracleMaker(Maker):
             force_weights=[float(w) for w in force_weights],
             energy_weight=0.0,
         )
-        db = current_db()
-        try:
-            label = reuse_label(db, doc, self.calculator, **fields) if db is not None and self.reuse_labels else None
-            if label is not None and label.force_weights != fields["force_weights"]:
-                label = label.model_copy(update={"force_weights": fields["force_weights"], "energy_weight": 0.0})
-            if label is None:
-                label = label_with_calculator(doc.structure, self.calculator, compute_stress=False,
-                                              run_dir=os.getcwd(), **fields)
-            if db is not None:
-                record_labels([label], [doc], db=db)
-        finally:
-            if db is not None:
-                db.close()
-        if not label.ok:
-            logger.info("chunk label failed (%s); the campaign goes on", label.reason)
-        return label
+        return label_or_reuse(doc, self.calculator, fields, compute_stress=False, reuse=self.reuse_labels)
 
 
 def stop_decision(max_uncertainty: float, history: list[float], iteration: int,

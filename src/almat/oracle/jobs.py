@@ -32,7 +32,7 @@ from almat.stores import CampaignDB, current_db, store_job
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AseOracleMaker", "label_with_calculator", "record_labels", "reuse_label"]
+__all__ = ["AseOracleMaker", "label_or_reuse", "label_with_calculator", "record_labels", "reuse_label"]
 
 
 def _finite(value: Any) -> bool:
@@ -154,6 +154,39 @@ def reuse_label(db: CampaignDB, structure: StructureDoc, spec: CalculatorSpec, *
     )
 
 
+#: label fields that belong to this use of a configuration, not to the oracle's answer (NFT chunk weights)
+_OWN_FIELDS = ("force_weights", "energy_weight")
+
+
+def label_or_reuse(doc: StructureDoc, calculator: CalculatorSpec, fields: dict[str, Any],
+                   compute_stress: bool = True, reuse: bool = True) -> LabelDoc:
+    """Label one configuration (inside a job): copy an identical earlier label of the same oracle
+    settings when ``reuse`` (no oracle call), else call the calculator; record the label and the
+    structure in the store. ``fields`` go onto the label (campaign, iteration, source, ...)."""
+    db = current_db()
+    try:
+        label = None
+        if db is not None and reuse:
+            label = reuse_label(db, doc, calculator, **fields)
+            if label is not None:
+                logger.info("reused label %s for %s (no oracle call)", label.reused_from or label.label_id,
+                            doc.formula)
+                own = {k: fields[k] for k in _OWN_FIELDS if k in fields}
+                if any(getattr(label, k) != v for k, v in own.items()):
+                    label = label.model_copy(update=own)
+        if label is None:
+            label = label_with_calculator(doc.structure, calculator, compute_stress=compute_stress,
+                                          run_dir=os.getcwd(), **fields)
+        if db is not None:
+            record_labels([label], [doc], db=db)
+    finally:
+        if db is not None:
+            db.close()
+    if not label.ok:
+        logger.info("label failed (%s); the campaign goes on", label.reason)
+    return label
+
+
 def _as_structure_doc(structure: StructureDoc | Structure | dict, campaign, iteration) -> StructureDoc:
     if isinstance(structure, StructureDoc):
         return structure
@@ -202,30 +235,8 @@ class AseOracleMaker(Maker):
             job_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None,
         )
         doc = doc.model_copy(update={"campaign": campaign, "iteration": iteration})
-        db = current_db()
-        try:
-            label = None
-            if db is not None and self.reuse_labels:
-                label = reuse_label(db, doc, self.calculator, **fields)
-                if label is not None:
-                    logger.info("reused label %s for %s (no oracle call)", label.reused_from or label.label_id,
-                                doc.formula)
-            if label is None:
-                label = label_with_calculator(
-                    doc.structure,
-                    self.calculator,
-                    compute_stress=self.compute_stress,
-                    run_dir=os.getcwd(),
-                    **fields,
-                )
-            if db is not None:
-                record_labels([label], [doc], db=db)
-        finally:
-            if db is not None:
-                db.close()
-        if not label.ok:
-            logger.info("label failed (%s); the campaign goes on", label.reason)
-        return label
+        return label_or_reuse(doc, self.calculator, fields, compute_stress=self.compute_stress,
+                              reuse=self.reuse_labels)
 
     @property
     def oracle_name(self) -> str:
