@@ -120,7 +120,7 @@ def md_frames(temperature: float, strain: float, vacancies: int, n_frames: int, 
     atoms.calc = EMT()
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
-    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False, rng=rng)
+    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02 / units.fs, rng=rng)  # fixcm default: the measured results
     dyn.run(burn_in)
     frames = []
     for _ in range(n_frames):
