@@ -140,3 +140,31 @@ def test_same_name_is_refused_and_resume_continues(campaign):
         run_campaign(load_config(changed), settings, resume=True)
     with pytest.raises(CampaignExistsError, match="already converged|max_iterations"):
         run_campaign(load_config(CONFIG), settings, resume=True)
+
+
+@pytest.mark.slow
+def test_recycled_calibration_labels_train_the_next_committee(tmp_path):
+    """recycle_calibration: iteration 0's held-out frames calibrate committee 0, then train committee 1;
+    iteration 1 is calibrated on its own fresh frames only."""
+    from almat.settings import AlmatSettings
+
+    cfg = {**CONFIG, "name": "cu-recycle",
+           "learner": {"n_models": 2, "hyperparameters": {"num_channels": 8, "epochs": 30, "warm_start_epochs": 15,
+                                                         "batch_size": 2}},
+           "convergence": {**CONFIG["convergence"], "recycle_calibration": True}}
+    settings = AlmatSettings(db_path=tmp_path / "db", run_dir=tmp_path / "runs")
+    result = run_campaign(load_config(cfg), settings)
+    first, second = result.iterations
+    recycled = set(first.calibration_label_ids)
+    assert len(recycled) == 4
+    assert second.n_train_labels == first.n_train_labels + first.n_labelled + len(recycled)
+    assert second.calibration.n_samples == 4  # the recycled frames are training data now, not held out
+    with CampaignDB.from_settings(settings) as db:
+        for m in db.models.query({"campaign": "cu-recycle", "iteration": 1}):
+            assert recycled <= set(m["training_label_ids"] + m["validation_label_ids"])
+        for m in db.models.query({"campaign": "cu-recycle", "iteration": 0}):
+            assert not recycled & set(m["training_label_ids"] + m["validation_label_ids"])
+        from almat.campaign.runner import resume_state
+
+        assert recycled <= set(resume_state(db, "cu-recycle", recycle_calibration=True).label_ids)
+        assert not recycled & set(resume_state(db, "cu-recycle").label_ids)

@@ -265,6 +265,9 @@ class ConvergenceSettings(_Section):
     cumulative_calibration: bool = Field(
         True, description="Calibrate on the held-out frames of all iterations so far (re-scored by the current "
         "committee), not only this iteration's")
+    recycle_calibration: bool = Field(
+        False, description="Once an iteration's held-out frames have calibrated its committee, train the next "
+        "committees on them too (saves oracle calls; each iteration is then calibrated on its fresh frames only)")
     seed: int = 0
 
     @model_validator(mode="after")

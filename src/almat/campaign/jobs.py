@@ -481,5 +481,7 @@ def decide(
     )
     if status != CampaignStatus.running:
         return doc
+    if conv.recycle_calibration:  # they have calibrated this committee; the next ones may learn from them
+        all_ids = list(dict.fromkeys(all_ids + cal_ids))
     next_flow = iteration_flow(cfg, iteration + 1, all_ids, model_ids, start_structures=start_structures)
     return Response(output=doc, addition=next_flow)

@@ -46,12 +46,13 @@ class CampaignResult:
     wall_time: float
 
 
-def resume_state(db: CampaignDB, name: str) -> ResumeState:
+def resume_state(db: CampaignDB, name: str, recycle_calibration: bool = False) -> ResumeState:
     """Where a stored campaign stands: next iteration, its ok training labels (not the held-out
     calibration labels), its last committee."""
     from almat.campaign.jobs import previous_calibration_ids
 
-    held_out = set(previous_calibration_ids(db, name))  # calibration labels are never trained on
+    # held-out calibration labels are never trained on, unless the campaign recycles them
+    held_out = set() if recycle_calibration else set(previous_calibration_ids(db, name))
     label_ids = [d["label_id"] for d in db.labels.query({"campaign": name, "status": "ok"}, properties=["label_id"])
                  if d["label_id"] not in held_out]
     iterations = sorted(d["iteration"] for d in db.iterations.query({"campaign": name}, properties=["iteration"]))
@@ -92,7 +93,7 @@ def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
         )
     if existing.get("status") == CampaignStatus.converged.value:
         raise CampaignConvergedError(f"campaign {config.name!r} has already converged; nothing to resume")
-    state = resume_state(db, config.name)
+    state = resume_state(db, config.name, recycle_calibration=config.convergence.recycle_calibration)
     if len(state.label_ids) < 2:
         # nothing usable yet: start over under the same name (old failed labels are kept)
         return maker.make()
