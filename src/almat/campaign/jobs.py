@@ -135,9 +135,12 @@ def initial_structures(config: dict, campaign: str | None = None, structures: li
 def label_batch(structures: list[StructureDoc], config: dict, iteration: int, purpose: str = "training"):
     """Replace itself by one oracle job per structure; its output becomes the list of ``LabelDoc``s.
 
-    ``purpose`` (``training`` or ``calibration``) only names the jobs.
+    ``purpose`` (``training`` or ``calibration``) only names the jobs. ``config`` may be of any
+    campaign kind (its ``oracle`` labels).
     """
-    cfg = _config(config)
+    from almat.campaign.kinds import load_campaign_config
+
+    cfg = load_campaign_config(config)
     if not structures:
         return []
     maker = cfg.oracle.label_maker()

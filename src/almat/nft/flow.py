@@ -15,11 +15,11 @@ from typing import Any
 from jobflow import Flow, Maker
 
 from almat.nft.config import NftCampaignConfig
+from almat.campaign.jobs import label_batch
 from almat.nft.jobs import (
     nft_decide,
     nft_initial_structures,
     nft_label_chunks,
-    nft_label_structures,
     nft_select_chunks,
     register_nft_campaign,
 )
@@ -78,7 +78,7 @@ class NftCampaignMaker(Maker):
         campaign = register.output["name"]
         init = nft_initial_structures(cfg_dict, campaign)
         init.name = "initial structures"
-        label_init = nft_label_structures(init.output, cfg_dict, -1)
+        label_init = label_batch(init.output, cfg_dict, -1)
         label_init.name = "label initial"
         first = nft_iteration_flow(cfg, 0, label_init.output, campaign=campaign)
         return Flow([register, init, label_init, first], output=first.output, name=f"NFT campaign {cfg.name}")

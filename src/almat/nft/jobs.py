@@ -32,7 +32,6 @@ __all__ = [
     "nft_decide",
     "nft_initial_structures",
     "nft_label_chunks",
-    "nft_label_structures",
     "nft_select_chunks",
     "register_nft_campaign",
     "stop_decision",
@@ -103,21 +102,6 @@ def nft_initial_structures(config: dict, campaign: str | None = None) -> list[St
         db.close()
     logger.info("NFT campaign %s: %d initial structures", cfg.name, len(docs))
     return docs
-
-
-@store_job
-def nft_label_structures(structures: list, config: dict, iteration: int):
-    """Replace itself by one oracle job (``AseOracleMaker``) per structure; output: the ``LabelDoc``s."""
-    cfg = _config(config)
-    if not structures:
-        return []
-    maker = cfg.oracle.label_maker()
-    jobs = []
-    for i, doc in enumerate(structures):
-        j = maker.make(doc, campaign=cfg.name, iteration=iteration)
-        j.name = f"oracle it{iteration} #{i}"
-        jobs.append(j)
-    return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label it{iteration}"))
 
 
 @dataclass
