@@ -32,6 +32,7 @@ __all__ = [
     "store_job",
     "get_blob",
     "put_blob",
+    "require_db",
     "sibling_store",
 ]
 
@@ -227,6 +228,14 @@ def get_blob(data_store: Store, blob_id: str) -> Any:
     if doc is None:
         raise KeyError(f"no blob {blob_id} in the data store {data_store.name}")
     return doc["data"]
+
+
+def require_db() -> CampaignDB:
+    """``current_db()`` for jobs that can't run without the store: a clear error outside a jobflow run."""
+    db = current_db()
+    if db is None:
+        raise RuntimeError("this job needs a JobStore: run its flow with jobflow (run_locally or FireWorks)")
+    return db
 
 
 def current_db() -> CampaignDB | None:

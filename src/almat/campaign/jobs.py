@@ -23,7 +23,7 @@ from almat.schemas import (
     utcnow,
 )
 from almat.select.policies import get_policy
-from almat.stores import CampaignDB, current_db, store_job
+from almat.stores import CampaignDB, store_job, require_db
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ __all__ = [
 DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]
 
 
-def _db() -> CampaignDB:
-    db = current_db()
-    if db is None:
-        raise RuntimeError("campaign jobs need a JobStore: run the flow with jobflow (run_locally or FireWorks)")
-    return db
 
 
 def _config(config: dict | CampaignConfig) -> CampaignConfig:
@@ -73,7 +68,7 @@ def new_campaign_doc(cfg, elements) -> CampaignDoc:
 def register_campaign(config: dict, resume: bool = False) -> dict:
     """Create (or, when resuming, reopen) the campaign document. Never mixes two campaigns."""
     cfg = _config(config)
-    db = _db()
+    db = require_db()
     try:
         existing = db.campaigns.query_one({"name": cfg.name})
         if existing is not None:
@@ -122,7 +117,7 @@ def initial_structures(config: dict, campaign: str | None = None, structures: li
                     parent=None if i == 0 else parent,
                 )
             )
-    db = _db()
+    db = require_db()
     try:
         db.upsert("structures", docs)
     finally:
@@ -175,7 +170,7 @@ def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int,
             from almat.learner.jobs import load_labels
 
             model_ids = next((d.model_ids for d in explored if d.model_ids), [])
-            db = _db()
+            db = require_db()
             try:
                 committee = Committee.from_store(db, model_ids)
                 training = [lab.to_atoms() for lab in load_labels(db, label_ids or [])]
@@ -202,7 +197,7 @@ def select_candidates(explored: list[ExploreDoc], config: dict, iteration: int,
         for i in picks
     ]
     if docs:
-        db = _db()
+        db = require_db()
         try:
             db.upsert("structures", docs)
         finally:
@@ -235,7 +230,7 @@ def calibration_sample(explored: list[ExploreDoc], selected: list[StructureDoc],
 
     taken = {(d.metadata.get("trajectory_blob_id"), d.metadata.get("step")) for d in selected}
     frames, deviation, eligible = [], [], []
-    db = _db()
+    db = require_db()
     try:
         train_ids = list(dict.fromkeys(_as_id(i) for i in flatten_labels(label_ids or [])))
         trained = {d["structure_hash"] for d in db.labels.query({"label_id": {"$in": train_ids}},
@@ -388,7 +383,7 @@ def decide(
 
     conv = cfg.convergence
     cal_ids = list(dict.fromkeys(_label_ids(calibration_labels or [])))
-    db = _db()
+    db = require_db()
     try:
         from almat.calibration import convergence_check
         from almat.learner.committee import Committee

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from almat.learner.committee import load_model, save_model
 from almat.learner.mace import MaceHyperParameters, train_mace
 from almat.schemas import LabelDoc, ModelDoc
-from almat.stores import CampaignDB, current_db, store_job
+from almat.stores import CampaignDB, store_job, require_db
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ def load_labels(db: CampaignDB, label_ids: list[Any], ok_only: bool = True) -> l
     return [lab for lab in labels if lab.ok] if ok_only else labels
 
 
-def _require_db() -> CampaignDB:
-    db = current_db()
-    if db is None:
-        raise RuntimeError("this job needs a JobStore: run it with jobflow (run_locally or FireWorks)")
-    return db
 
 
 @dataclass
@@ -103,7 +98,7 @@ class TrainCommitteeMaker(Maker):
         previous_model_ids: list[str] | None = None,
     ) -> CommitteeDoc:
         start = time.perf_counter()
-        db = _require_db()
+        db = require_db()
         try:
             labels = load_labels(db, label_ids)
             if len(labels) < 2:

@@ -23,7 +23,7 @@ from almat.schemas import (
     to_structure,
     utcnow,
 )
-from almat.stores import CampaignDB, current_db, store_job
+from almat.stores import store_job, require_db
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ _STATUS = {
 }
 
 
-def _db() -> CampaignDB:
-    db = current_db()
-    if db is None:
-        raise RuntimeError("NFT jobs need a JobStore: run the flow with jobflow (run_locally or FireWorks)")
-    return db
 
 
 def _config(config: dict | NftCampaignConfig) -> NftCampaignConfig:
@@ -65,7 +60,7 @@ def register_nft_campaign(config: dict) -> dict:
     """Create the campaign document (``config.kind == "nft"``) and store the target structure."""
     cfg = _config(config)
     target = _target_doc(cfg)
-    db = _db()
+    db = require_db()
     try:
         existing = db.campaigns.query_one({"name": cfg.name})
         if existing is not None and (existing.get("config_fingerprint") != cfg.fingerprint()
@@ -95,7 +90,7 @@ def nft_initial_structures(config: dict, campaign: str | None = None) -> list[St
                                                    cfg.initial.max_strain, rng)):
             docs.append(StructureDoc(structure=s, source=StructureSource.init if i == 0 else StructureSource.perturbed,
                                      campaign=cfg.name, iteration=-1, parent=None if i == 0 else parent))
-    db = _db()
+    db = require_db()
     try:
         db.upsert("structures", docs)
     finally:
@@ -171,7 +166,7 @@ def nft_select_chunks(config: dict, iteration: int, committee: Any, history: lis
     model_ids = list(committee["model_ids"] if isinstance(committee, dict) else committee.model_ids)
     target_doc = _target_doc(cfg)
     target = to_atoms(target_doc.structure)
-    db = _db()
+    db = require_db()
     try:
         models = Committee.from_store(db, model_ids, device=cfg.learner.hyperparameters.device)
         u = atomic_uncertainty(models, target, c.coefficient)
@@ -333,7 +328,7 @@ def nft_decide(config: dict, iteration: int, committee: Any, selection: Any, lab
         stop=sel.stop,
         stop_reason=sel.stop_reason,
     )
-    db = _db()
+    db = require_db()
     try:
         db.upsert("nft_iterations", [doc])
         campaign = db.campaigns.query_one({"name": cfg.name}) or {}

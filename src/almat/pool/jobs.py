@@ -15,18 +15,13 @@ from almat.pool.config import PoolCampaignConfig
 from almat.pool.core import PoolState, acquire, decide_stop, test_errors
 from almat.pool.documents import PoolIterationDoc
 from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, to_structure, utcnow
-from almat.stores import CampaignDB, current_db, store_job
+from almat.stores import CampaignDB, store_job, require_db
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["label_pool", "load_pool_frames", "pool_step", "setup_pool"]
 
 
-def _db() -> CampaignDB:
-    db = current_db()
-    if db is None:
-        raise RuntimeError("pool campaign jobs need a JobStore: run the flow with jobflow (run_locally or FireWorks)")
-    return db
 
 
 def _config(config: dict | PoolCampaignConfig) -> PoolCampaignConfig:
@@ -61,7 +56,7 @@ def setup_pool(config: dict) -> dict:
     """Register the campaign, store the pool (``source: pool``, ``metadata.pool_index``) and split it:
     the held-out part and the ``n_init`` random initial picks. Returns ``{name, n_pool, state}``."""
     cfg = _config(config)
-    db = _db()
+    db = require_db()
     try:
         existing = db.campaigns.query_one({"name": cfg.name})
         if existing is not None and existing.get("config_fingerprint") != cfg.fingerprint():
@@ -95,7 +90,7 @@ def label_pool(indices: list[int], config: dict, iteration: int, campaign: str |
     cfg = _config(config)
     if not indices:
         return []
-    db = _db()
+    db = require_db()
     try:
         docs = {d.metadata["pool_index"]: d for d in _pool_docs(db, cfg.name, indices)}
     finally:
@@ -154,7 +149,7 @@ def pool_step(
     test_ids = test_labels if test_labels and isinstance(test_labels[0], str) else _ok_ids(_as_labels(test_labels))
     model_ids = list(committee["model_ids"] if isinstance(committee, dict) else committee.model_ids)
     device = cfg.learner.hyperparameters.device
-    db = _db()
+    db = require_db()
     try:
         com = Committee.from_store(db, model_ids, device=device)
         test_frames = [lab.to_atoms() for lab in load_labels(db, test_ids)]
