@@ -95,10 +95,12 @@ def initial_structures(config: dict, campaign: str | None = None, structures: li
 
     ``structures`` are the start structures (e.g. the pre-relaxed ones); by default the config's.
     ``campaign`` (normally the register job's output) only orders this job after registration.
+    ``config`` may be of any campaign kind with ``initial`` settings and start structures (MD, NFT).
     """
+    from almat.campaign.kinds import load_campaign_config
     from almat.schemas import to_structure
 
-    cfg = _config(config)
+    cfg = load_campaign_config(config)
     rng = np.random.default_rng(cfg.initial.seed)
     docs = []
     starts = cfg.load_structures() if structures is None else [to_structure(s) for s in structures]

@@ -15,10 +15,9 @@ from typing import Any
 from jobflow import Flow, Maker
 
 from almat.nft.config import NftCampaignConfig
-from almat.campaign.jobs import label_batch
+from almat.campaign.jobs import initial_structures, label_batch
 from almat.nft.jobs import (
     nft_decide,
-    nft_initial_structures,
     nft_label_chunks,
     nft_select_chunks,
     register_nft_campaign,
@@ -76,7 +75,7 @@ class NftCampaignMaker(Maker):
         register = register_nft_campaign(cfg_dict)
         register.name = "register NFT campaign"
         campaign = register.output["name"]
-        init = nft_initial_structures(cfg_dict, campaign)
+        init = initial_structures(cfg_dict, campaign)
         init.name = "initial structures"
         label_init = label_batch(init.output, cfg_dict, -1)
         label_init.name = "label initial"

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ChunkOracleMaker",
     "nft_decide",
-    "nft_initial_structures",
     "nft_label_chunks",
     "nft_select_chunks",
     "register_nft_campaign",
@@ -73,30 +72,6 @@ def register_nft_campaign(config: dict) -> dict:
     finally:
         db.close()
     return {"name": doc.name, "config_fingerprint": doc.config_fingerprint, "target_hash": target.structure_hash}
-
-
-@store_job
-def nft_initial_structures(config: dict, campaign: str | None = None) -> list[StructureDoc]:
-    """Strained and rattled copies of the small start cells (iteration -1); see
-    ``almat.campaign.initial.perturbed_structures``. ``campaign`` only orders this job after registration."""
-    from almat.campaign.initial import perturbed_structures
-
-    cfg = _config(config)
-    rng = np.random.default_rng(cfg.initial.seed)
-    docs = []
-    for structure in cfg.load_structures():
-        parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
-        for i, s in enumerate(perturbed_structures(structure, cfg.initial.n_per_structure, cfg.initial.rattle_std,
-                                                   cfg.initial.max_strain, rng)):
-            docs.append(StructureDoc(structure=s, source=StructureSource.init if i == 0 else StructureSource.perturbed,
-                                     campaign=cfg.name, iteration=-1, parent=None if i == 0 else parent))
-    db = require_db()
-    try:
-        db.upsert("structures", docs)
-    finally:
-        db.close()
-    logger.info("NFT campaign %s: %d initial structures", cfg.name, len(docs))
-    return docs
 
 
 @dataclass
