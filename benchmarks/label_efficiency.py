@@ -289,7 +289,7 @@ def run_benchmark(settings: BenchSettings, out: Path | None = None, log: Callabl
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "label_efficiency.json").write_text(json.dumps(result, indent=1))
-        from almat.pool import plot_method_comparison
+        from almat.report.learning import plot_method_comparison
 
         curves = {m: [(r["n_labels"], r["force_rmse"]) for r in runs if r["method"] == m] for m in settings.methods}
         plot_method_comparison(curves, out / "label_efficiency.png", target=summary["target_force_rmse"],

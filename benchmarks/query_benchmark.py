@@ -5,7 +5,7 @@ Fills a fresh embedded store in a temp folder with ``--n`` synthetic but valid l
 settings; every document validates as a ``LabelDoc``), then times the typical queries:
 
 - plain MontyStore (what ``db.labels.query(...)`` does: MontyDB decodes and filters every document);
-- the query API, which answers from its sidecar SQLite index (``almat.query.sqlindex``): the cold
+- the query API, which answers from its sidecar SQLite index (``almat.stores.sqlindex``): the cold
   build of the index, then each query's ``ids()`` and ``count()``, reading the first 1,000 documents,
   and the incremental sync after new labels arrive.
 
@@ -151,9 +151,9 @@ def main(argv=None) -> int:
     from maggma.stores import MontyStore
 
     from almat.query import query_labels
-    from almat.query.api import label_index
     from almat.settings import AlmatSettings
     from almat.stores import CampaignDB
+    from almat.stores.sqlindex import label_index
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="almat-qbench-"))
     settings = AlmatSettings(db_path=root / "db", run_dir=root / "runs")

@@ -60,7 +60,7 @@ def _progress(verbose: bool):
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -82,89 +82,45 @@ def _settings():
 
 @app.command()
 def run(
-    campaign_file: Path = typer.Argument(..., help="Campaign YAML file"),
+    campaign_file: Path = typer.Argument(..., help="Campaign YAML file (kind: md, pool or nft)"),
     resume: bool = typer.Option(False, "--resume", help="Continue a campaign of the same name and config"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show jobflow's log"),
 ) -> None:
     """Run a campaign locally (jobflow run_locally) with a progress display."""
-    from almat.campaign import CampaignConvergedError, CampaignExistsError, ConfigError, load_config, run_campaign
-    from almat.oracle import CalculatorSpecError
-
     import warnings
+
+    from almat.campaign import CampaignConvergedError, CampaignExistsError, ConfigError, load_config, run_campaign
+    from almat.oracle.calculators import CalculatorSpecError
 
     warnings.filterwarnings("ignore")  # e3nn/torch warnings drown the progress display
     settings = _settings()
-    kind = _campaign_kind(campaign_file)
-    if kind in ("pool", "nft"):
-        _run_other_kind(kind, campaign_file, settings, resume, verbose)
-        return
     try:
         config = load_config(campaign_file)
     except ConfigError as exc:
         _fail(str(exc))
-    console.print(f"[bold]campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
+    console.print(f"[bold]{config.kind} campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
     converged = None
     with _progress(verbose):
         try:
-            result = run_campaign(config, settings, resume=resume)
+            result = run_campaign(config, settings, resume=resume, verbose=verbose)
         except CampaignConvergedError as exc:
             converged = str(exc)
-        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError) as exc:
+        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError,
+                ValueError) as exc:
             _fail(str(exc))
     if converged is not None:
         console.print(f"[green]{converged}[/]")
         status_cmd(config.name, as_json=False)
         return
-    console.print(_iteration_table(config.name, [i.model_dump() for i in result.iterations]))
+    console.print(_table(config.kind, config.name, [r.model_dump(mode="json") for r in result.iterations]))
     c = result.campaign
-    console.print(
-        f"[bold green]{c.status.value}[/] after {c.n_iterations} iteration(s), {c.n_labels} labels, "
-        f"{result.wall_time:.0f} s: {c.stop_reason}"
-    )
-
-
-def _campaign_kind(path: Path) -> str:
-    """The ``kind`` of a campaign file: ``md`` (the default), ``pool`` or ``nft``."""
-    from almat.campaign.config import ConfigError
-    from almat.campaign.kinds import campaign_kind
-
-    try:
-        return campaign_kind(path)
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _run_other_kind(kind: str, campaign_file: Path, settings, resume: bool, verbose: bool) -> None:
-    """Run a pool-based or an NFT campaign with the same progress display as the MD campaign."""
-    from almat.campaign import CampaignExistsError, ConfigError
-    from almat.oracle import CalculatorSpecError
-
-    if kind == "pool":
-        from almat.pool import load_pool_config as load, run_pool_campaign as run_it
-    else:
-        from almat.nft import load_nft_config as load, run_nft_campaign as run_it
-    try:
-        config = load(campaign_file)
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
-    if resume:
-        err_console.print(f"[yellow]--resume is not supported for {kind} campaigns yet; the name must be new[/]")
-    console.print(f"[bold]{kind} campaign[/] {config.name}  [dim]data: {settings.describe()}[/]")
-    with _progress(verbose):
-        try:
-            result = run_it(config, settings)
-        except (CampaignExistsError, CalculatorSpecError, ConfigError, ConnectionError, RuntimeError,
-                ValueError) as exc:
-            _fail(str(exc))
-    records = [r.model_dump(mode="json") for r in result.iterations]
-    console.print(_records_table(kind, config.name, records))
-    c = result.campaign
-    console.print(f"[bold green]{c.status.value}[/] after {len(records)} iteration(s), {result.wall_time:.0f} s: "
-                  f"{c.stop_reason}")
+    console.print(f"[bold green]{c.status.value}[/] after {c.n_iterations} iteration(s), {c.n_labels} labels, "
+                  f"{result.wall_time:.0f} s: {c.stop_reason}")
 
 
 #: per campaign kind: (collection of its per-iteration records, columns of the status table)
 RECORD_COLUMNS = {
+    "md": ("iterations", []),
     "pool": ("pool_iterations", [("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"),
                                  ("n_new_labels", "new"), ("n_unlabelled", "unlabelled"),
                                  ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")]),
@@ -196,6 +152,10 @@ def _records_table(kind: str, name: str, records: list[dict]) -> Table:
         table.add_row(*["-" if row[k] is None else (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]))
                         for k, _ in columns])
     return table
+
+
+def _table(kind: str, name: str, records: list[dict]) -> Table:
+    return _iteration_table(name, records) if kind == "md" else _records_table(kind, name, records)
 
 
 def _pct(x) -> str:
@@ -288,25 +248,15 @@ def status_cmd(
             _fail(f"no campaign {campaign!r} in {settings.describe()}"
                   + (f"; known: {', '.join(names)}" if names else ""))
         kind = (doc.get("config") or {}).get("kind", "md")
-        if kind in RECORD_COLUMNS:
-            records = sorted(getattr(db, RECORD_COLUMNS[kind][0]).query({"campaign": campaign}),
-                             key=lambda d: d["iteration"])
-            if as_json:
-                out = {"name": campaign, "kind": kind, "status": doc.get("status"),
-                       "stop_reason": doc.get("stop_reason"), "iterations": _record_rows(kind, records)}
-                sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
-                return
-            console.print(_records_table(kind, campaign, records))
-            console.print(f"status: [bold]{doc.get('status')}[/]"
-                          + (f"  ({doc.get('stop_reason')})" if doc.get("stop_reason") else ""))
-            return
-        iterations = sorted(db.iterations.query({"campaign": campaign}), key=lambda d: d["iteration"])
+        records = sorted(getattr(db, RECORD_COLUMNS[kind][0]).query({"campaign": campaign}),
+                         key=lambda d: d["iteration"])
         if as_json:
-            out = {"name": campaign, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
-                   "labels": doc.get("n_labels", 0), "iterations": _iteration_rows(iterations)}
+            rows = _iteration_rows(records) if kind == "md" else _record_rows(kind, records)
+            out = {"name": campaign, "kind": kind, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
+                   "labels": doc.get("n_labels", 0), "iterations": rows}
             sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
             return
-        console.print(_iteration_table(campaign, iterations))
+        console.print(_table(kind, campaign, records))
         console.print(f"status: [bold]{doc.get('status')}[/]  labels: {doc.get('n_labels', 0)}"
                       + (f"  ({doc.get('stop_reason')})" if doc.get("stop_reason") else ""))
     finally:
@@ -326,12 +276,12 @@ def submit(
     """Submit a campaign to a FireWorks LaunchPad; SLURM workers (qlaunch) run its jobs."""
     import warnings
 
-    from almat.launch.cli import SubmitError, submit_command
+    from almat.launch.submit import SubmitError, submit_campaign
 
     warnings.filterwarnings("ignore")
     logging.getLogger("almat.launch").addHandler(logging.NullHandler())  # warnings come back in the result
     try:
-        result = submit_command(campaign_file, launchpad, routing, resume=resume, dry_run=dry_run)
+        result = submit_campaign(campaign_file, launchpad, routing, resume=resume, dry_run=dry_run).as_dict()
     except SubmitError as exc:
         _fail(str(exc))
     if as_json:
@@ -356,6 +306,7 @@ def enumerate_cmd(
     out_dir: Path = typer.Option(Path("enumerated"), "-o", "--out", help="Folder for the structures"),
     fmt: str = typer.Option("cif", "--format", help="cif or poscar"),
     backend: str = typer.Option("auto", "--backend", help="auto, icet or enumlib"),
+    no_sort: bool = typer.Option(False, "--no-sort", help="No Ewald ranking (charged targets allowed)"),
 ) -> None:
     """Enumerate symmetry-distinct ordered structures, ranked by Ewald energy; one file each."""
     import time
@@ -368,7 +319,7 @@ def enumerate_cmd(
     try:
         paths = enumerate_file(structure_file, parse_occupancy(occupancy), primitive=primitive,
                                max_structures=max_structures, out_dir=out_dir, fmt=fmt, backend=backend,
-                               max_cell_size=max_cell_size)
+                               max_cell_size=max_cell_size, sort=not no_sort)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     console.print(f"{len(paths)} structures written to {out_dir} ({time.perf_counter() - start:.1f} s)")

@@ -22,8 +22,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CONFIG_FILE = "~/.almat.yaml"
 
-__all__ = ["AlmatSettings", "get_settings"]
-
 
 class _YamlSource(PydanticBaseSettingsSource):
     """Read settings from the YAML file named by ``ALMAT_CONFIG_FILE`` (or ``~/.almat.yaml``)."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from almat.campaign import CampaignExistsError, load_config, run_campaign
-from almat.learner import Committee, load_labels
+from almat.learner.committee import Committee
+from almat.learner.jobs import load_labels
 from almat.schemas import CampaignStatus, ModelDoc
 from almat.stores import CampaignDB
 
@@ -81,13 +82,13 @@ def test_calibration_is_held_out_recorded_and_cumulative(campaign):
             assert not held_out & set(m["training_label_ids"] + m["validation_label_ids"])
         roles = [d["metadata"].get("role") for d in db.structures.query({"campaign": "cu-e2e", "source": "md"})]
         assert roles.count("calibration") == 8
-        from almat.campaign.runner import resume_state
+        from almat.campaign import resume_state
 
-        state = resume_state(db, "cu-e2e")
+        state = resume_state(db, load_config(CONFIG))
         assert not held_out & set(state.label_ids)
         assert len(state.label_ids) == second.n_train_labels + second.n_labelled
     # the recorded calibration is what the committee says about the stored labels
-    from almat.calibration import committee_errors
+    from almat.uncertainty.calibration import committee_errors
 
     with CampaignDB.from_settings(settings) as db:
         committee = Committee.from_store(db, first.model_ids)
@@ -164,7 +165,8 @@ def test_recycled_calibration_labels_train_the_next_committee(tmp_path):
             assert recycled <= set(m["training_label_ids"] + m["validation_label_ids"])
         for m in db.models.query({"campaign": "cu-recycle", "iteration": 0}):
             assert not recycled & set(m["training_label_ids"] + m["validation_label_ids"])
-        from almat.campaign.runner import resume_state
+        from almat.campaign import resume_state
 
-        assert recycled <= set(resume_state(db, "cu-recycle", recycle_calibration=True).label_ids)
-        assert not recycled & set(resume_state(db, "cu-recycle").label_ids)
+        assert recycled <= set(resume_state(db, load_config(cfg)).label_ids)
+        not_recycled = {**cfg, "convergence": {**cfg["convergence"], "recycle_calibration": False}}
+        assert not recycled & set(resume_state(db, load_config(not_recycled)).label_ids)

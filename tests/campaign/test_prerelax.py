@@ -26,7 +26,7 @@ def test_relax_maker_relaxes_and_labels(job_store, db):
     assert len(relaxed) == 1 and relaxed[0].metadata["start_index"] == 0
     assert db.labels.count({"campaign": "r", "source": "relaxed"}) == len(out.labels)
     # a resumed campaign starts its MD from the stored relaxed structures
-    from almat.campaign.runner import relaxed_starts
+    from almat.campaign.md import relaxed_starts
 
     (start,) = relaxed_starts(db, "r")
     assert start == out.structure

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -13,15 +12,21 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from typer.testing import CliRunner
 
+from almat.cli import app
 from almat.enumeration import EnumerationError, enumerate_derivatives, set_occupancy, write_structures
 from almat.enumeration.cli import enumerate_file, parse_occupancy
+from almat.enumeration.core import EWALD_RANK_TOL, _rank
+from almat.schemas import structure_hash
 
 pytest.importorskip("icet")
 
 CIF = Path(__file__).parents[1] / "test_data" / "structures" / "Li6PS5Cl_argyrodite.cif"
 #: distinct orderings of 6 Li on the 12 Li sites of the primitive cell (Burnside count, checked below)
 N_PRIMITIVE = 48
+#: ... and of 4 Li (Li at 1/3: a charged target, -2 e per cell, enumerated without Ewald ranking)
+N_THIRD = 27
 
 
 def _read() -> Structure:
@@ -68,17 +73,24 @@ def test_primitive_count_and_distinct(parent, enumerated):
     assert all(s.is_ordered and len(s) == 13 for s in structures)
     assert {s.composition.reduced_formula for s in structures} == {"Li6PS5Cl"}
     assert all(s.composition["Li+"] == 6 for s in structures)  # oxidation states kept
-    # every returned structure is distinct under StructureMatcher
-    groups = StructureMatcher().group_structures(structures)
-    assert len(groups) == len(structures)
-    # ranked by Ewald energy, lowest first
-    energies = [r.ewald_energy for r in enumerated]
-    assert energies == sorted(energies)
+    # ranked by Ewald energy per atom, lowest first; ties (to float noise) in structure-hash order
+    energies = np.array([r.ewald_energy / len(r.structure) for r in enumerated])
+    assert np.all(np.diff(energies) >= -EWALD_RANK_TOL)
+    ties = np.abs(np.diff(energies)) <= EWALD_RANK_TOL
+    assert ties.any()  # the argyrodite has distinct orderings with equal Ewald energies
+    hashes = [structure_hash(s) for s in structures]
+    assert all(hashes[i] < hashes[i + 1] for i in np.flatnonzero(ties))
     assert [r.rank for r in enumerated] == list(range(N_PRIMITIVE))
+    # every returned structure is distinct under StructureMatcher; equivalent structures have equal Ewald
+    # energies, so only the tied ones need comparing (all 48 at once take ~17 s)
+    matcher = StructureMatcher()
+    for i in np.flatnonzero(ties):
+        assert not matcher.fit(structures[i], structures[i + 1])
 
 
-def test_count_matches_burnside(parent):
-    """Independent count: orbits of 6-subsets of the 12 Li sites under the parent's space group."""
+@pytest.mark.parametrize("n_li, expected", [(6, N_PRIMITIVE), (4, N_THIRD)])
+def test_count_matches_burnside(parent, n_li, expected):
+    """Independent count: orbits of n_li-subsets of the 12 Li sites under the parent's space group."""
     li = [i for i, site in enumerate(parent) if not site.is_ordered]
     assert len(li) == 12
     frac = parent.frac_coords[li]
@@ -92,10 +104,9 @@ def test_count_matches_burnside(parent):
         perms.append(tuple(perm))
     perms = set(perms)
     orbits = set()
-    for subset in itertools.combinations(range(12), 6):
+    for subset in itertools.combinations(range(12), n_li):
         orbits.add(min(tuple(sorted(p[i] for i in subset)) for p in perms))
-    assert math.comb(12, 6) == 924
-    assert len(orbits) == N_PRIMITIVE
+    assert len(orbits) == expected
 
 
 def test_n_structures_and_cap(parent, caplog):
@@ -128,8 +139,35 @@ def test_bad_inputs(parent):
         enumerate_derivatives(no_oxi)
     assert len(enumerate_derivatives(no_oxi, sort_criteria=None, n_structures=3)) == 3
     charged = set_occupancy(_read(), "Li+", 0.25).get_primitive_structure()  # 3 Li: +3 e per cell
-    with pytest.raises(EnumerationError, match="net charge"):
+    with pytest.raises(EnumerationError, match="charge-neutral.*sort_criteria=None.*--no-sort"):
         enumerate_derivatives(charged)
+
+
+def test_rank_tie_break(enumerated):
+    """Energies equal to 1e-14 eV/atom rank by structure hash, whatever their noise and input order."""
+    a, b, low = (r.structure for r in enumerated[:3])
+    first, second = sorted([a, b], key=structure_hash)
+    e = -3200.0  # eV per 13-atom cell
+    for noise_a, noise_b in [(1e-13, 0.0), (0.0, 1e-13)]:
+        cands = [(e + noise_a, 1, a), (e + noise_b, 1, b), (e - 1.0, 1, low)]
+        for order in itertools.permutations(cands):
+            assert [c[2] for c in _rank(list(order))] == [low, first, second]
+    # beyond the tolerance, energy decides
+    assert [c[2] for c in _rank([(e, 1, first), (e - 13 * 1e-7, 1, second)])] == [second, first]
+
+
+def test_cli_no_sort_charged_target(tmp_path):
+    """Li at 1/3 (-2 e per cell): refused with a one-line hint by default, 27 structures with --no-sort."""
+    args = ["enumerate", str(CIF), "--occupancy", "Li+=0.3333", "--primitive", "-o", str(tmp_path / "out")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and "error: Ewald ranking needs a charge-neutral" in res.output
+    assert "--no-sort" in res.output
+    res = CliRunner().invoke(app, args + ["--no-sort"])
+    assert res.exit_code == 0, res.output
+    files = sorted((tmp_path / "out").glob("*.cif"))
+    assert len(files) == N_THIRD and f"{N_THIRD} structures written" in res.output
+    assert Structure.from_file(str(files[-1])).composition.reduced_formula == "Li4PS5Cl"
 
 
 def test_write_and_enumerate_file(tmp_path, enumerated):

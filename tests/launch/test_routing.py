@@ -16,7 +16,6 @@ from jobflow import CURRENT_JOB, Flow, Maker, Response, run_locally
 from pydantic import BaseModel
 
 from almat.launch.routing import JOB_KINDS, Routing, RoutingError, apply_routing, job_kind, load_routing
-from almat.launch.runinfo import RUN_RECORD_KEY
 from almat.launch.submit import (
     LaunchPadError,
     SubmitError,
@@ -27,6 +26,7 @@ from almat.launch.submit import (
     submit_campaign,
 )
 from almat.stores import CampaignDB, build_job_store, store_job
+from almat.stores.runinfo import RUN_RECORD_KEY
 
 CONFIG = {
     "name": "cu-route",

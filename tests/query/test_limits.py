@@ -6,9 +6,9 @@ import torch
 from almat_query_testutils import cu_structures, label_all
 
 from almat.learner.committee import load_model, save_model
-from almat.query import MAX_DOCUMENT_BYTES, DocumentTooLargeError, assert_document_size, document_size
 from almat.schemas import DeviationHistogram, IterationDoc, ModelDoc
 from almat.stores import CAMPAIGN_COLLECTIONS, get_blob, put_blob
+from almat.stores.limits import MAX_DOCUMENT_BYTES, DocumentTooLargeError, assert_document_size, document_size
 
 
 def test_model_and_trajectory_over_16mb_round_trip_through_the_data_store(db):

@@ -14,9 +14,10 @@ from almat_query_testutils import (
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from almat.query import MixedOraclesError, UnknownFilterError, label_index, query_labels
+from almat.query import MixedOraclesError, UnknownFilterError, query_labels
 from almat.schemas import LabelDoc, StructureSource, to_structure
 from almat.stores import CampaignDB
+from almat.stores.sqlindex import invalidate_labels, label_index
 
 
 def _fill(db):
@@ -151,8 +152,6 @@ def test_index_follows_writes_and_overwrites(db):
     db.upsert("labels", labs)
     assert query_labels(db, campaign="w").count() == 3
     # an overwrite that changes only the iteration keeps the document's byte length: invalidation sees it
-    from almat.query import invalidate_labels
-
     moved = labs[0].model_copy(update={"iteration": 5})
     db.upsert("labels", [moved])
     invalidate_labels(db, [moved.label_id])

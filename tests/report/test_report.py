@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from almat.calibration import calibrate
-from almat.campaign.jobs import DEVIATION_BINS
 from almat.oracle import CalculatorSpec, label_with_calculator
 from almat.report import report_command, write_report
 from almat.schemas import (
@@ -15,14 +13,18 @@ from almat.schemas import (
     DeviationHistogram,
     IterationDoc,
     ModelDoc,
+    NftIterationDoc,
+    PoolIterationDoc,
     StructureSource,
     TestErrors,
     to_structure,
 )
+from almat.uncertainty import calibrate
 
 EMT = CalculatorSpec("ase.calculators.emt", "EMT")
 EMT2 = CalculatorSpec("ase.calculators.emt", "EMT", {"asap_cutoff": True})
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]  # eV/Å, open last bin
 
 
 def _cu(n, seed):
@@ -163,9 +165,6 @@ def test_parity_uses_the_committee_that_had_not_seen_the_labels(db, tmp_path, ti
 
 
 def test_pool_and_nft_campaigns_get_their_own_report(db, tmp_path):
-    from almat.nft import NftIterationDoc
-    from almat.pool import PoolIterationDoc
-
     rng = np.random.default_rng(3)
     db.upsert("campaigns", [
         CampaignDoc(name="p", config={"kind": "pool", "target_force_rmse": 0.05}, config_fingerprint="p",

@@ -1,7 +1,8 @@
 import numpy as np
 from ase.build import bulk
 
-from almat.sampler import ExplorationSettings, FrameClass, TrustLevels, run_exploration
+from almat.sampler import ExplorationSettings, run_exploration
+from almat.uncertainty import FrameClass, TrustLevels
 
 
 def test_exploration_records_frames_with_deviation(tiny_committee):

@@ -1,51 +1,81 @@
 """Campaign configuration: one YAML file (or Python object) describes a whole campaign.
 
-Every section forbids unknown keys, so a typo is an error naming the key, not a silent default.
+Three kinds share the loop and differ in their explorer (``kind:``, default ``md``): ``md`` (committee
+MD), ``pool`` (a fixed candidate pool) and ``nft`` (chunks of a large target). Every section forbids
+unknown keys, so a typo is an error naming the key; every error is one ``ConfigError`` line. Sections
+are pydantic models that jobflow serialises (``as_dict``/``from_dict``), so they travel between jobs
+as typed objects. Validating a campaign file imports no torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import yaml
+from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pymatgen.core import Structure
 
-from almat.learner.mace import MaceHyperParameters
+from almat.learner.hyperparameters import MaceHyperParameters
 from almat.oracle.calculators import CalculatorSpec
-from almat.sampler.deviation import TrustLevels
-import almat.select  # noqa: F401  (registers every built-in policy)
-from almat.select.policies import SELECTION_POLICIES
+from almat.schemas import structure_hash, to_atoms, to_structure
+from almat.select.policies import SELECTION_POLICIES, get_policy
+from almat.uncertainty.deviation import TrustLevels
 
-__all__ = [
-    "CampaignConfig",
-    "ConfigError",
-    "ConvergenceSettings",
-    "InitialDataSettings",
-    "LearnerSettings",
-    "OracleSettings",
-    "PrerelaxSettings",
-    "SamplerSettings",
-    "SelectionSettings",
-    "StructureSource",
-    "format_validation_error",
-    "load_config",
-    "validate_campaign_file",
-]
+logger = logging.getLogger(__name__)
+
+KINDS = ("md", "pool", "nft")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class ConfigError(ValueError):
     """The campaign configuration is invalid; the message names the key."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A settings section: unknown keys are errors; jobflow serialises it like an MSONable."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"@module": type(self).__module__, "@class": type(self).__name__,
+                **self.model_dump(mode="json", by_alias=True)}
 
-class StructureSource(_Section):
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return cls.model_validate({k: v for k, v in d.items() if not k.startswith("@")})
+
+
+def _structure_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return obj
+    if isinstance(obj, (Atoms, Structure)):
+        return to_structure(obj).as_dict()
+    raise ValueError(f"expected a Structure, Atoms or a Structure dict, got {type(obj).__name__}")
+
+
+def _bulk(kwargs: dict[str, Any]) -> Atoms:
+    from ase.build import bulk
+
+    try:
+        return bulk(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot build bulk({kwargs}): {exc}") from None
+
+
+def _check_supercell(value: list[int]) -> list[int]:
+    if any(n < 1 for n in value):
+        raise ValueError(f"supercell multiples must be >= 1, got {value}")
+    return value
+
+
+class StructureSource(Section):
     """A start structure: a file (CIF, POSCAR, extxyz, ...), an ``ase.build.bulk`` prototype, or a
     pymatgen ``Structure`` (or its dict) given from Python."""
 
@@ -56,35 +86,28 @@ class StructureSource(_Section):
 
     @field_validator("structure", mode="before")
     @classmethod
-    def _structure_dict(cls, value):
-        return value.as_dict() if isinstance(value, Structure) else value
+    def _as_dict(cls, value):
+        return None if value is None else _structure_dict(value)
+
+    @field_validator("supercell")
+    @classmethod
+    def _supercell(cls, value):
+        return _check_supercell(value)
 
     @model_validator(mode="after")
     def _one_source(self):
         if sum(x is not None for x in (self.file, self.bulk, self.structure)) != 1:
             raise ValueError("give exactly one of 'file', 'bulk' or 'structure' for each structure")
-        if any(n < 1 for n in self.supercell):
-            raise ValueError(f"supercell multiples must be >= 1, got {self.supercell}")
         return self
 
     def load(self, base_dir: Path | None = None) -> Structure:
-        from almat.schemas import to_structure
-
         if self.bulk is not None:
-            from ase.build import bulk
-
-            try:
-                atoms = bulk(**self.bulk)
-            except Exception as exc:  # noqa: BLE001
-                raise ConfigError(f"cannot build bulk({self.bulk}): {exc}") from None
-            structure = to_structure(atoms)
+            structure = to_structure(_bulk(self.bulk))
         elif self.structure is not None:
             try:
                 structure = Structure.from_dict(self.structure)
             except Exception as exc:  # noqa: BLE001
                 raise ConfigError(f"cannot read the structure given inline: {exc}") from None
-            if not structure.is_ordered:
-                raise ConfigError("an inline structure is disordered: enumerate ordered structures first")
         else:
             path = self.file if self.file.is_absolute() or base_dir is None else base_dir / self.file
             if not path.is_file():
@@ -93,12 +116,13 @@ class StructureSource(_Section):
                 structure = Structure.from_file(path)
             except Exception as exc:  # noqa: BLE001 - any parser error
                 raise ConfigError(f"cannot read structure file {path}: {type(exc).__name__}: {exc}") from None
-            if not structure.is_ordered:
-                raise ConfigError(f"{path} is disordered: enumerate ordered structures first (almat enumerate)")
+        if not structure.is_ordered:
+            where = "an inline structure" if self.file is None else str(self.file)
+            raise ConfigError(f"{where} is disordered: enumerate ordered structures first (almat enumerate)")
         return structure * self.supercell if self.supercell != [1, 1, 1] else structure
 
 
-class CalculatorConfig(_Section):
+class CalculatorConfig(Section):
     module: str
     class_: str = Field(..., alias="class")
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -107,22 +131,22 @@ class CalculatorConfig(_Section):
         return CalculatorSpec(self.module, self.class_, dict(self.kwargs))
 
 
-class OracleSettings(_Section):
-    """The oracle: an ASE calculator (``kind: ase``) or VASP through atomate2 (``kind: vasp``,
-    MPStaticSet labels and MPRelaxSet pre-relaxations)."""
+class OracleSettings(Section):
+    """The oracle: an ASE calculator (``kind: ase``) or VASP through atomate2 (``kind: vasp``: MPStaticSet
+    labels, MPRelaxSet pre-relaxations; ``incar`` adds ``user_incar_settings`` to both)."""
 
     kind: Literal["ase", "vasp"] = "ase"
     calculator: CalculatorConfig = Field(
-        default_factory=lambda: CalculatorConfig(module="ase.calculators.emt", **{"class": "EMT"})
-    )
+        default_factory=lambda: CalculatorConfig(module="ase.calculators.emt", **{"class": "EMT"}))
     compute_stress: bool = True
+    incar: dict[str, Any] = Field(default_factory=dict, description="VASP: user_incar_settings of the input sets")
 
     def label_maker(self):
         """The Maker whose ``make(structure, campaign, iteration)`` labels one structure."""
         if self.kind == "vasp":
-            from almat.oracle.vasp import VaspStaticOracleMaker
+            from almat.oracle.vasp import VaspStaticOracleMaker, mp_static_maker
 
-            return VaspStaticOracleMaker()
+            return VaspStaticOracleMaker(vasp_maker=mp_static_maker(user_incar_settings=self.incar))
         from almat.oracle.jobs import AseOracleMaker
 
         return AseOracleMaker(calculator=self.calculator.spec(), compute_stress=self.compute_stress)
@@ -130,24 +154,17 @@ class OracleSettings(_Section):
     def relax_maker(self, prerelax: "PrerelaxSettings"):
         """The Maker that relaxes a start structure with this oracle."""
         if self.kind == "vasp":
-            from almat.oracle.vasp import VaspRelaxFlowMaker
+            from almat.oracle.vasp import VaspRelaxFlowMaker, mp_relax_maker
 
-            return VaspRelaxFlowMaker(trajectory_stride=prerelax.trajectory_stride)
+            return VaspRelaxFlowMaker(vasp_maker=mp_relax_maker(user_incar_settings=self.incar),
+                                      trajectory_stride=prerelax.trajectory_stride)
         from almat.oracle.relax import AseRelaxMaker
 
         return AseRelaxMaker(calculator=self.calculator.spec(), fmax=prerelax.fmax, steps=prerelax.steps,
                              relax_cell=prerelax.relax_cell, trajectory_stride=prerelax.trajectory_stride)
 
-    @property
-    def name(self) -> str:
-        return self.label_maker().oracle_name
 
-    @property
-    def fingerprint(self) -> str:
-        return self.label_maker().fingerprint
-
-
-class PrerelaxSettings(_Section):
+class PrerelaxSettings(Section):
     """Relax the start structures with the oracle before the initial data (off by default)."""
 
     enabled: bool = False
@@ -157,7 +174,7 @@ class PrerelaxSettings(_Section):
     trajectory_stride: int = Field(10, ge=1, description="label every n-th relaxation step (and the last)")
 
 
-class InitialDataSettings(_Section):
+class InitialDataSettings(Section):
     """Initial data: strained and rattled copies of each start structure, labelled by the oracle."""
 
     n_per_structure: int = Field(12, ge=2)
@@ -166,28 +183,21 @@ class InitialDataSettings(_Section):
     seed: int = 0
 
 
-class LearnerSettings(_Section):
+class LearnerSettings(Section):
     n_models: int = Field(4, ge=2)
     warm_start: bool = True
     seed: int = 0
     hyperparameters: MaceHyperParameters = Field(default_factory=MaceHyperParameters)
 
-    def train_job(self, label_ids: Any, campaign: Any, iteration: int, previous_model_ids: Any = None):
-        """The ``train it<iteration>`` job of a campaign: this committee, trained on ``label_ids``."""
+    def maker(self):
+        """The ``TrainCommitteeMaker`` of this committee."""
         from almat.learner.jobs import TrainCommitteeMaker
 
-        job = TrainCommitteeMaker(
-            name=f"train it{iteration}",
-            n_models=self.n_models,
-            hyperparameters=self.hyperparameters.model_dump(),
-            base_seed=self.seed,
-            warm_start=self.warm_start,
-        ).make(label_ids, campaign=campaign, iteration=iteration, previous_model_ids=previous_model_ids)
-        job.name = f"train it{iteration}"
-        return job
+        return TrainCommitteeMaker(n_models=self.n_models, hyperparameters=self.hyperparameters.model_dump(),
+                                   base_seed=self.seed, warm_start=self.warm_start)
 
 
-class SamplerSettings(_Section):
+class SamplerSettings(Section):
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
     steps: int = Field(300, ge=1)
     timestep_fs: float = Field(2.0, gt=0)
@@ -196,7 +206,8 @@ class SamplerSettings(_Section):
     trust_lo: float = Field(0.05, gt=0)
     trust_hi: float = Field(0.30, gt=0)
     stop_after_failed: int = Field(1, ge=1)
-    min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than this x the shortest distance of the start structure")
+    min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than "
+                                       "this x the shortest distance of the start structure")
     seed: int = 0
 
     @field_validator("temperatures")
@@ -212,45 +223,37 @@ class SamplerSettings(_Section):
         return self
 
 
-class SelectionSettings(_Section):
+def _check_policy(name: str, options: dict[str, Any], what: str = "selection policy") -> None:
+    if name not in SELECTION_POLICIES:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(sorted(SELECTION_POLICIES))}")
+    try:
+        get_policy(name, **options)  # fail at load time, not in a job
+    except TypeError as exc:
+        raise ValueError(f"bad options for {what} {name!r}: {exc}") from None
+
+
+class SelectionSettings(Section):
     policy: str = "max_deviation"
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the policy")
     max_select: int = Field(10, ge=1)
     seed: int = 0
 
-    @field_validator("policy")
-    @classmethod
-    def _known(cls, value):
-        if value not in SELECTION_POLICIES:
-            raise ValueError(f"unknown selection policy {value!r}; valid: {', '.join(sorted(SELECTION_POLICIES))}")
-        return value
-
     @model_validator(mode="after")
-    def _options(self):
-        from almat.select import get_policy
-
-        try:
-            get_policy(self.policy, **self.options)  # fail at load time, not in the select job
-        except TypeError as exc:
-            raise ValueError(f"bad options for selection policy {self.policy!r}: {exc}") from None
+    def _known(self):
+        _check_policy(self.policy, self.options)
         return self
 
 
-class ConvergenceSettings(_Section):
-    """When a campaign stops.
+class ConvergenceSettings(Section):
+    """When an MD campaign stops.
 
     ``rule: calibrated`` (default): every iteration labels ``calibration_samples`` held-out explored
-    frames, spread over the whole range of model deviation (low-uncertainty frames included: that is
-    where a miscalibrated committee lies); on them it fits the recalibration factor ``k`` (error ~ k x
-    deviation), the split-conformal quantile ``q`` at ``calibration_coverage`` and the Spearman
-    correlation. The campaign converges when the calibrated uncertainty (``k u``, or ``q k u`` with
-    ``bound: conformal``) of the explored frames is below ``force_tolerance`` for a fraction
-    ``>= conv_accuracy`` of them.
-
-    ``rule: accurate_ratio``: DP-GEN's rule, stop when the fraction of frames below ``trust_lo``
-    reaches ``conv_accuracy`` (the calibration is still recorded when ``calibration_samples > 0``).
-
-    Either way the campaign stops at ``max_iterations``.
+    frames, spread over the whole range of model deviation; on them it fits the recalibration factor
+    ``k`` (error ~ k x deviation), the split-conformal quantile ``q`` at ``calibration_coverage`` and the
+    Spearman correlation. The campaign converges when the calibrated uncertainty (``k u``, or ``q k u``
+    with ``bound: conformal``) of the explored frames is below ``force_tolerance`` for a fraction
+    ``>= conv_accuracy`` of them. ``rule: accurate_ratio``: DP-GEN's rule, stop when the fraction of
+    frames below ``trust_lo`` reaches ``conv_accuracy``. Either way it stops at ``max_iterations``.
     """
 
     rule: Literal["calibrated", "accurate_ratio"] = "calibrated"
@@ -263,11 +266,11 @@ class ConvergenceSettings(_Section):
     bound: Literal["calibrated", "conformal"] = Field(
         "calibrated", description="Compare k u (calibrated) or its conformal upper bound q k u with the tolerance")
     cumulative_calibration: bool = Field(
-        True, description="Calibrate on the held-out frames of all iterations so far (re-scored by the current "
-        "committee), not only this iteration's")
+        True, description="Calibrate on the held-out frames of all iterations so far, re-scored by the current "
+        "committee, not only this iteration's")
     recycle_calibration: bool = Field(
         False, description="Once an iteration's held-out frames have calibrated its committee, train the next "
-        "committees on them too (saves oracle calls; each iteration is then calibrated on its fresh frames only)")
+        "committees on them too (each iteration is then calibrated on its fresh frames only)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -277,31 +280,350 @@ class ConvergenceSettings(_Section):
         return self
 
 
-class CampaignConfig(_Section):
-    """A whole campaign."""
+class _Campaign(Section):
+    """What every campaign kind has: a name, an oracle, a committee."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
     description: str = ""
-    structures: list[StructureSource] = Field(..., min_length=1)
     oracle: OracleSettings = Field(default_factory=OracleSettings)
-    prerelax: PrerelaxSettings = Field(default_factory=PrerelaxSettings)
-    initial: InitialDataSettings = Field(default_factory=InitialDataSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
-    selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    convergence: ConvergenceSettings = Field(default_factory=ConvergenceSettings)
     base_dir: Path | None = Field(None, description="Folder that relative structure paths start from")
-    kind: Literal["md"] = "md"
 
-    def load_structures(self) -> list[Structure]:
-        return [s.load(self.base_dir) for s in self.structures]
+    #: fields left out of the fingerprint (stopping settings: changing them may continue a campaign)
+    unfingerprinted: ClassVar[tuple[str, ...]] = ("description", "base_dir", "convergence")
 
     def fingerprint(self) -> str:
         """Hash of what defines the campaign's data (not of its stopping settings)."""
-        data = self.model_dump(mode="json", by_alias=True, exclude={"convergence", "description", "base_dir"})
-        if not data["selection"].get("options"):
+        data = self.model_dump(mode="json", by_alias=True, exclude=set(self.unfingerprinted))
+        if isinstance(data.get("selection"), dict) and not data["selection"].get("options"):
             data["selection"].pop("options", None)  # keep the fingerprints of campaigns without options
+        if not data["oracle"].get("incar"):
+            data["oracle"].pop("incar")  # keep the fingerprints of campaigns without INCAR settings
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def load_structures(self) -> list[Structure]:
+        return [s.load(self.base_dir) for s in getattr(self, "structures", [])]
+
+
+class CampaignConfig(_Campaign):
+    """An MD campaign: train -> committee MD -> select -> label -> decide."""
+
+    kind: Literal["md"] = "md"
+    structures: list[StructureSource] = Field(..., min_length=1)
+    prerelax: PrerelaxSettings = Field(default_factory=PrerelaxSettings)
+    initial: InitialDataSettings = Field(default_factory=InitialDataSettings)
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    convergence: ConvergenceSettings = Field(default_factory=ConvergenceSettings)
+
+
+# -- pool campaigns -------------------------------------------------------------------------------
+
+
+class PerturbSettings(Section):
+    """``n`` configurations per structure: itself, then strained and rattled copies."""
+
+    n: int = Field(..., ge=1)
+    rattle_std: float = Field(0.05, ge=0, description="Å")
+    max_strain: float = Field(0.02, ge=0, lt=0.5)
+    seed: int = 0
+    keep_original: bool = Field(True, description="the unperturbed structure is the first of the n")
+
+
+class PoolQuery(Section):
+    """Structures from the store: a MongoDB filter on the labels or the structures collection."""
+
+    collection: Literal["labels", "structures"] = "labels"
+    filters: dict[str, Any] = Field(default_factory=dict, description="a MongoDB filter, e.g. {chemsys: Cu}")
+    limit: int | None = Field(None, ge=1)
+
+
+class PoolSource(Section):
+    """One source of pool structures (exactly one of file, bulk, structure, structures, query), each with
+    ``supercell`` and an optional ``perturb``."""
+
+    file: Path | None = None
+    index: str = Field(":", description="ASE's frame selection for multi-frame files")
+    format: str | None = Field(None, description="ASE file format (default: from the extension)")
+    bulk: dict[str, Any] | None = None
+    structure: dict[str, Any] | None = None
+    structures: list[dict[str, Any]] | None = None
+    query: PoolQuery | None = None
+    supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
+    perturb: PerturbSettings | None = None
+
+    @field_validator("structure", "structures", mode="before")
+    @classmethod
+    def _as_dicts(cls, value):
+        return None if value is None else (
+            [_structure_dict(v) for v in value] if isinstance(value, (list, tuple)) else _structure_dict(value))
+
+    @field_validator("supercell")
+    @classmethod
+    def _supercell(cls, value):
+        return _check_supercell(value)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("file", "bulk", "structure", "structures", "query") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'file', 'bulk', 'structure', 'structures' or 'query' "
+                             f"for each pool source (got {', '.join(given) or 'none'})")
+        return self
+
+    def _raw(self, base_dir: Path | None, db) -> list[Atoms]:
+        if self.bulk is not None:
+            return [_bulk(self.bulk)]
+        if self.structure is not None or self.structures is not None:
+            return [to_atoms(Structure.from_dict(s)) for s in (self.structures if self.structure is None else [self.structure])]
+        if self.query is not None:
+            if db is None:
+                raise ConfigError("a pool 'query' source needs the store: load the pool inside a job or pass db=")
+            q = self.query
+            out = []
+            for raw in getattr(db, q.collection).query(q.filters, limit=q.limit or 0):
+                a = to_atoms(raw["structure"])
+                key = "label_id" if q.collection == "labels" else "structure_hash"
+                a.info["pool_origin"] = f"{q.collection[:-1]}:{raw[key]}"
+                if (raw.get("metadata") or {}).get("temperature") is not None:
+                    a.info["temperature"] = raw["metadata"]["temperature"]
+                out.append(a)
+            return out
+        from ase.io import read
+
+        path = self.file if self.file.is_absolute() or base_dir is None else base_dir / self.file
+        if not path.is_file():
+            raise ConfigError(f"pool file not found: {path}")
+        try:
+            frames = read(path, index=self.index, format=self.format)
+        except Exception as exc:  # noqa: BLE001 - any parser error
+            raise ConfigError(f"cannot read pool file {path}: {type(exc).__name__}: {exc}") from None
+        return [Atoms(a.get_chemical_symbols(), positions=a.get_positions(), cell=a.get_cell(), pbc=a.get_pbc(),
+                      info={**a.info, "pool_origin": f"{path.name}#{k}"})
+                for k, a in enumerate(frames if isinstance(frames, list) else [frames])]
+
+    def load(self, base_dir: Path | None = None, db=None) -> list[Atoms]:
+        """The source's structures as ASE Atoms (``info`` keeps e.g. an MD ``temperature``)."""
+        from almat.campaign.initial import perturbed_structures
+
+        frames = self._raw(base_dir, db)
+        if self.supercell != [1, 1, 1]:
+            frames = [_repeat(a, self.supercell) for a in frames]
+        if self.perturb is None:
+            return frames
+        p, out = self.perturb, []
+        rng = np.random.default_rng(p.seed)
+        for atoms in frames:
+            copies = perturbed_structures(to_structure(atoms), p.n + (not p.keep_original), p.rattle_std,
+                                          p.max_strain, rng)
+            for k, s in enumerate(copies):
+                if k or p.keep_original:
+                    a = to_atoms(s)
+                    a.info.update({**atoms.info, "perturbation": k})
+                    out.append(a)
+        return out
+
+
+def _repeat(atoms: Atoms, supercell: list[int]) -> Atoms:
+    out = atoms.repeat(supercell)
+    out.info.update(atoms.info)
+    return out
+
+
+def load_pool(sources: list[PoolSource], base_dir: Path | None = None, db=None) -> list[Atoms]:
+    """All sources' structures, duplicates (same ``structure_hash``) dropped with a warning; an empty
+    pool is a ``ValueError``."""
+    frames, seen, duplicates = [], set(), 0
+    for source in sources:
+        for atoms in source.load(base_dir, db):
+            h = structure_hash(atoms)
+            duplicates += h in seen
+            if h not in seen:
+                seen.add(h)
+                atoms.info["structure_hash"] = h
+                frames.append(atoms)
+    if duplicates:
+        msg = f"{duplicates} duplicate structure(s) dropped from the pool"
+        warnings.warn(msg, stacklevel=2)
+        logger.warning(msg)
+    if not frames:
+        raise ValueError("the pool is empty: its sources gave no structure")
+    return frames
+
+
+#: pool acquisition name -> almat selection policy (any other registered selection policy works by its own name)
+ACQUISITIONS: dict[str, str] = {"committee": "max_deviation", "fps": "fps", "weighted": "weighted", "random": "random"}
+
+
+def acquisition_policy(name: str, options: dict[str, Any] | None = None):
+    """The selection policy behind an acquisition name; unknown names list the valid ones."""
+    policy = ACQUISITIONS.get(name, name)
+    if policy not in SELECTION_POLICIES:
+        valid = [*ACQUISITIONS, *sorted(set(SELECTION_POLICIES) - set(ACQUISITIONS))]
+        raise ValueError(f"unknown acquisition {name!r}; valid: {', '.join(valid)}")
+    try:
+        return get_policy(policy, **(options or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad options for acquisition {name!r}: {exc}") from None
+
+
+class AcquisitionSettings(Section):
+    """The acquisition function: ``committee`` (highest committee max force deviation), ``fps``,
+    ``weighted``, ``random``, or any registered selection policy; ``options`` are its keyword arguments."""
+
+    name: str = "committee"
+    options: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = Field(None, description="rng seed of random picks (default: the campaign seed)")
+
+    @model_validator(mode="after")
+    def _known(self):
+        acquisition_policy(self.name, self.options)
+        return self
+
+
+class PoolCampaignConfig(_Campaign):
+    """A pool-based campaign (``docs/pool.md``). ``total_budget`` counts the training labels, ``n_init``
+    included; ``test_fraction`` (or ``n_test``) of the pool is held out: labelled once, never acquired."""
+
+    kind: Literal["pool"] = "pool"
+    pool: list[PoolSource] = Field(..., min_length=1)
+    acquisition: AcquisitionSettings = Field(default_factory=AcquisitionSettings)
+    n_init: int = Field(8, ge=2, description="random initial labels")
+    budget: int = Field(8, ge=1, description="labels acquired per iteration (batch size)")
+    total_budget: int | None = Field(None, ge=2, description="max training labels in all, n_init included")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="held-out part of the pool")
+    n_test: int | None = Field(None, ge=0, description="held-out structures (overrides test_fraction)")
+    max_iterations: int = Field(10, ge=1)
+    target_force_rmse: float | None = Field(None, gt=0, description="stop at this test force RMSE (eV/Å)")
+    seed: int = 0
+
+    unfingerprinted: ClassVar[tuple[str, ...]] = ("description", "base_dir", "max_iterations",
+                                                  "target_force_rmse", "total_budget")
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _python_list(cls, value):
+        """A plain list of Atoms/Structures is one ``structures`` source."""
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("the pool is empty: give at least one source")
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (Atoms, Structure)) for v in value):
+            return [{"structures": [_structure_dict(v) for v in value]}]
+        return value
+
+    @field_validator("acquisition", mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.total_budget is not None and self.total_budget < self.n_init:
+            raise ValueError(f"total_budget ({self.total_budget}) is smaller than n_init ({self.n_init})")
+        return self
+
+    def load_pool(self, db=None) -> list[Atoms]:
+        return load_pool(self.pool, self.base_dir, db)
+
+
+# -- NFT campaigns ---------------------------------------------------------------------------------
+
+
+class NftTargetSettings(StructureSource):
+    """The large target structure, optionally rattled and with vacancies."""
+
+    rattle_std: float = Field(0.0, ge=0, description="Gaussian displacement per Cartesian component (Å)")
+    vacancies: int = Field(0, ge=0, description="remove this many random atoms")
+    seed: int = 0
+    evaluate_with_oracle: bool = Field(
+        False, description="Label the target once with the oracle (never trained on) and record the committee's "
+        "force errors on it each iteration; cheap with EMT, not with DFT")
+
+    def load_target(self, base_dir: Path | None = None) -> Structure:
+        structure = self.load(base_dir)
+        rng = np.random.default_rng(self.seed)
+        if self.vacancies:
+            if self.vacancies >= len(structure):
+                raise ConfigError(
+                    f"target.vacancies ({self.vacancies}) must be fewer than the target's {len(structure)} atoms")
+            structure = structure.copy()
+            structure.remove_sites(sorted(rng.choice(len(structure), self.vacancies, replace=False).tolist()))
+        if self.rattle_std > 0:
+            cart = structure.cart_coords + rng.normal(0.0, self.rattle_std, size=(len(structure), 3))
+            structure = Structure(structure.lattice, structure.species, cart, coords_are_cartesian=True)
+        return structure
+
+
+class NftChunkSettings(Section):
+    """How uncertain atoms are picked and how chunks are cut around them (``almat.sampler.chunks``)."""
+
+    mode: Literal["cluster", "periodic"] = Field(
+        "cluster", description="cluster: atoms within cutoff in a vacuum box (exact environment, but a surface); "
+        "periodic: a small periodic cell around the atom (no surface, but a seam at the faces)")
+    cutoff: float = Field(5.0, gt=0, description="Å: radius of the exact environment kept around a central atom")
+    percentile: float = Field(90.0, ge=0, le=100, description="atoms at or above this percentile of the target's "
+                              "per-atom uncertainty are the candidates for central atoms")
+    coefficient: float = Field(1.0, gt=0, description="uncertainty = coefficient x committee force std (norm)")
+    max_chunks: int = Field(4, ge=1, description="chunks cut (and labelled) per iteration")
+    merge_distance: float | None = Field(
+        None, ge=0, description="Å: an uncertain atom this close to a chunk's first central atom joins that chunk "
+        "(default: cutoff / 2)")
+    vacuum: float = Field(6.0, gt=0, description="cluster: Å between the cluster and its periodic images")
+    cell: list[float] | None = Field(
+        None, min_length=3, max_length=3,
+        description="periodic: the orthorhombic chunk cell's edges (Å), each > 2 x cutoff (default 2 cutoff + 1)")
+    min_distance_factor: float = Field(
+        0.7, gt=0, lt=1, description="periodic: drop seam atoms closer than this x the target's shortest distance")
+
+    @model_validator(mode="after")
+    def _cell(self):
+        if self.cell is not None and any(edge <= 2 * self.cutoff for edge in self.cell):
+            raise ValueError(f"chunk cell edges {self.cell} Å must each be > 2 x cutoff = {2 * self.cutoff:g} Å, or "
+                             "images of the chunk fall within the cutoff of its central atom")
+        return self
+
+    def periodic_cell(self) -> list[float]:
+        return list(self.cell) if self.cell is not None else [2 * self.cutoff + 1.0] * 3
+
+
+class NftConvergenceSettings(Section):
+    """When an NFT campaign stops (the first that holds)."""
+
+    stop_delta: float = Field(0.05, gt=0, description="eV/Å: the target's max atomic uncertainty is below it")
+    max_iterations: int = Field(5, ge=1, description="committees trained (iterations)")
+    steps_not_improved: int = Field(
+        2, ge=1, description="iterations in a row without a new lowest max atomic uncertainty of the target")
+
+
+class NftCampaignConfig(_Campaign):
+    """Nearsighted force training: initial data on small periodic cells, then rounds of train -> target
+    uncertainty -> chunks -> label -> decide."""
+
+    kind: Literal["nft"] = "nft"
+    target: NftTargetSettings
+    structures: list[StructureSource] = Field(
+        ..., min_length=1, description="small periodic cells for the initial data (strained, rattled copies)")
+    initial: InitialDataSettings = Field(default_factory=InitialDataSettings)
+    chunks: NftChunkSettings = Field(default_factory=NftChunkSettings)
+    convergence: NftConvergenceSettings = Field(default_factory=NftConvergenceSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.oracle.kind != "ase":
+            raise ValueError("NFT campaigns label chunks with an ASE oracle (oracle.kind: ase) for now")
+        r_max = self.learner.hyperparameters.r_max
+        if self.chunks.mode == "cluster" and self.chunks.vacuum <= r_max:
+            raise ValueError(f"chunks.vacuum ({self.chunks.vacuum:g} Å) must exceed the model cutoff "
+                             f"learner.hyperparameters.r_max ({r_max:g} Å), or a cluster would see its own images")
+        return self
+
+    def load_target(self) -> Structure:
+        """The target (rattled / with vacancies as configured); deterministic for a given config."""
+        return self.target.load_target(self.base_dir)
+
+
+AnyCampaignConfig = CampaignConfig | PoolCampaignConfig | NftCampaignConfig
+CONFIG_CLASSES: dict[str, type[_Campaign]] = {"md": CampaignConfig, "pool": PoolCampaignConfig,
+                                              "nft": NftCampaignConfig}
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -314,16 +636,16 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def validate_campaign_file(source: str | Path | dict[str, Any], model: type[BaseModel], what: str = "campaign config"):
-    """A validated ``model`` (a campaign config class) from a YAML file or a dict.
+def load_config(source: str | Path | dict[str, Any] | _Campaign) -> AnyCampaignConfig:
+    """A validated campaign config of any kind from a YAML file, a dict or a config object.
 
-    Relative structure paths start at the YAML's folder (``base_dir``); an ASE oracle's calculator
-    must be importable. Every error is one ``ConfigError`` line naming the key.
+    Relative structure paths start at the YAML's folder (``base_dir``); an ASE oracle's calculator must
+    be importable. Every error is one ``ConfigError`` line naming the key (YAML errors: line and column).
     """
-    if isinstance(source, model):
+    if isinstance(source, _Campaign):
         return source
     if isinstance(source, dict):
-        data, where, base = dict(source), what, None
+        data, where, base = dict(source), "campaign config", None
     else:
         path = Path(source)
         if not path.is_file():
@@ -331,25 +653,25 @@ def validate_campaign_file(source: str | Path | dict[str, Any], model: type[Base
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})"
+                              ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         where, base = str(path), path.parent.resolve()
+    kind = data.get("kind", "md")
+    if kind not in CONFIG_CLASSES:
+        raise ConfigError(f"{where}: kind: {kind!r} is not a campaign kind; valid: {', '.join(CONFIG_CLASSES)}")
     if base is not None and "base_dir" not in data:
         data["base_dir"] = base
     try:
-        config = model.model_validate(data)
+        config = CONFIG_CLASSES[kind].model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
-    oracle = getattr(config, "oracle", None)
-    if oracle is not None and oracle.kind == "ase":
+    if config.oracle.kind == "ase":
         try:
-            oracle.calculator.spec().resolve()
+            config.oracle.calculator.spec().resolve()
         except ValueError as exc:
             raise ConfigError(f"{where}: oracle.calculator: {exc}") from None
     return config
-
-
-def load_config(source: str | Path | dict[str, Any]) -> CampaignConfig:
-    """A validated ``CampaignConfig`` from a YAML file or a dict; errors are one line naming the key."""
-    return validate_campaign_file(source, CampaignConfig)

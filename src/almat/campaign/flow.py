@@ -1,11 +1,12 @@
-"""The campaign as one dynamic jobflow Flow.
+"""The campaign: one Maker, built from Makers, whose Flow is the whole loop.
 
 ::
 
-    register -> initial structures -> label (one oracle job each)
-        -> iteration 0: train -> explore (per start structure x temperature) -> select -> label -> decide
-                        (and, from the explored frames: calibration sample -> label held-out -> decide)
-        -> iteration 1 (added by decide with Response(addition=...)) ... until converged
+    register -> initial data -> iteration 0: train -> explore -> label [+ held-out] -> decide
+         -> iteration 1 (added by decide with Response(addition=...)) ... until the explorer's stop rule
+
+Every job declares what it is (``almat.launch`` routes it by that: committee jobs on gpu, oracle jobs
+on cpu), whatever its name.
 """
 
 from __future__ import annotations
@@ -15,143 +16,121 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
-from almat.campaign.config import CampaignConfig
-from almat.campaign.jobs import (
-    calibration_sample,
-    decide,
-    initial_structures,
-    label_batch,
-    register_campaign,
-    select_candidates,
-)
-from almat.sampler.jobs import ExploreMaker
+from almat.campaign.config import AnyCampaignConfig, ConfigError, load_config
+from almat.campaign.explorer import Explorer, ResumeState
+from almat.campaign.jobs import declare_role, decide, label_batch, register
+from almat.campaign.md import MdExplorer, explore_maker
+from almat.campaign.nft import NftExplorer
+from almat.campaign.pool import PoolExplorer
+from almat.learner.jobs import TrainCommitteeMaker
 
-__all__ = ["CampaignMaker", "iteration_flow"]
+#: campaign kind -> its explorer
+EXPLORERS: dict[str, type[Explorer]] = {"md": MdExplorer, "pool": PoolExplorer, "nft": NftExplorer}
 
 
-def iteration_flow(
-    config: CampaignConfig,
-    iteration: int,
-    label_ids: Any,
-    previous_model_ids: list[str] | None = None,
-    campaign: Any = None,
-    start_structures: list | None = None,
-) -> Flow:
-    """One train -> explore -> select -> label -> decide round.
-
-    ``campaign`` may be a reference to the register job's output name, which makes training wait
-    for the campaign to be registered. ``start_structures`` (structures or references to them, e.g.
-    the pre-relaxed ones) start the MD; by default the config's structures.
-    """
-    starts = config.load_structures() if start_structures is None else list(start_structures)
-    cfg_dict = config.model_dump(mode="json", by_alias=True)
-    learner = config.learner
-    train = learner.train_job(label_ids, campaign if campaign is not None else config.name, iteration,
-                              previous_model_ids)
-
-    s = config.sampler
-    explores = []
-    for i_struct, structure in enumerate(starts):
-        for temperature in s.temperatures:
-            maker = ExploreMaker(
-                name=f"explore it{iteration} s{i_struct} {temperature:g}K",
-                temperature=temperature,
-                steps=s.steps,
-                timestep_fs=s.timestep_fs,
-                friction_per_fs=s.friction_per_fs,
-                sample_every=s.sample_every,
-                trust_lo=s.trust_lo,
-                trust_hi=s.trust_hi,
-                stop_after_failed=s.stop_after_failed,
-                min_distance_factor=s.min_distance_factor,
-                seed=s.seed + 101 * i_struct + int(temperature),
-                device=learner.hyperparameters.device,
-            )
-            j = maker.make(train.output.model_ids, structure, campaign=config.name, iteration=iteration)
-            j.name = maker.name
-            explores.append(j)
-
-    explored = [j.output for j in explores]
-    select = select_candidates(explored, cfg_dict, iteration, label_ids)
-    select.name = f"select it{iteration}"
-    label = label_batch(select.output, cfg_dict, iteration)
-    label.name = f"label it{iteration}"
-    jobs = [train, *explores, select, label]
-    calibration_labels = None
-    if config.convergence.calibration_samples > 0:
-        held_out = calibration_sample(explored, select.output, cfg_dict, iteration, label_ids)
-        held_out.name = f"calibration sample it{iteration}"
-        label_held_out = label_batch(held_out.output, cfg_dict, iteration, purpose="calibration")
-        label_held_out.name = f"label calibration it{iteration}"
-        jobs += [held_out, label_held_out]
-        calibration_labels = label_held_out.output
-    dec = decide(cfg_dict, iteration, train.output, explored, select.output, label.output, label_ids,
-                 start_structures=start_structures, calibration_labels=calibration_labels)
-    dec.name = f"decide it{iteration}"
-    return Flow([*jobs, dec], output=dec.output, name=f"{config.name} iteration {iteration}")
+def _explorer(config) -> Explorer:
+    if config.kind == "md":
+        return MdExplorer(explore_maker(config.sampler, config.learner.hyperparameters.device), config.selection)
+    return EXPLORERS[config.kind]()
 
 
 @dataclass
 class CampaignMaker(Maker):
-    """Build a whole active-learning campaign as one dynamic Flow.
+    """A whole active-learning campaign as one dynamic Flow.
 
-    ``make()`` starts from scratch (initial data, then iteration 0). To continue a campaign that has
-    labels and models already, pass ``start_iteration``, ``label_ids``, ``previous_model_ids`` and,
-    for a pre-relaxed campaign, ``start_structures`` (``almat.campaign.runner.resume_state`` reads
-    them from the store).
+    Its fields are the campaign's actors: ``oracle`` (a Maker whose ``make(structure, campaign, iteration)``
+    labels one structure: ``AseOracleMaker``, ``VaspStaticOracleMaker`` around any atomate2 VASP Maker, ...),
+    ``trainer`` (the committee's ``TrainCommitteeMaker``), ``explorer`` (what the kind explores) and
+    ``relax`` (pre-relaxation, optional); ``config`` holds the rest of the settings; ``routing`` (job role ->
+    FireWorks category, set by ``almat submit``) routes every job it makes. Build one from a
+    campaign file with :meth:`from_config`, replace an actor from Python, or change a built flow with
+    ``flow.update_maker_kwargs(...)``: the jobs added later are built by the updated Maker.
     """
 
     name: str = "campaign"
-    config: dict[str, Any] = field(default_factory=dict)
+    config: AnyCampaignConfig | None = None
+    oracle: Maker | None = None
+    trainer: TrainCommitteeMaker | None = None
+    explorer: Explorer | None = None
+    relax: Maker | None = None
+    routing: dict[str, str] | None = None
 
     @classmethod
-    def from_config(cls, config: CampaignConfig) -> "CampaignMaker":
-        return cls(name=config.name, config=config.model_dump(mode="json", by_alias=True))
+    def from_config(cls, config: Any, **actors: Any) -> "CampaignMaker":
+        """The campaign of a config (object, dict or YAML path); ``actors`` replace the built ones."""
+        cfg = load_config(config)
+        built = {"oracle": cfg.oracle.label_maker(), "trainer": cfg.learner.maker(), "explorer": _explorer(cfg)}
+        if getattr(cfg, "prerelax", None) is not None and cfg.prerelax.enabled:
+            built["relax"] = cfg.oracle.relax_maker(cfg.prerelax)
+        return cls(name=cfg.name, config=cfg, **{**built, **actors})
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            raise ConfigError("a CampaignMaker needs a config: use CampaignMaker.from_config(...)")
+        for actor in ("oracle", "trainer", "relax"):
+            value = getattr(self, actor)
+            if value is not None and not isinstance(value, Maker):
+                raise ConfigError(f"{actor}: {type(value).__name__} is not a jobflow Maker")
+        if self.oracle is None or not callable(getattr(self.oracle, "make", None)):
+            raise ConfigError("oracle: a Maker whose make(structure, campaign, iteration) labels a structure is needed")
+        if not isinstance(self.explorer, EXPLORERS[self.config.kind]):
+            raise ConfigError(f"explorer: a {self.config.kind} campaign needs a {EXPLORERS[self.config.kind].__name__}")
+        self.explorer.check(self.config)
+
+    # the oracle's name and settings fingerprint, as labels record them
+    @property
+    def oracle_name(self) -> str:
+        return getattr(self.oracle, "oracle_name", type(self.oracle).__name__)
 
     @property
-    def campaign_config(self) -> CampaignConfig:
-        return CampaignConfig.model_validate(self.config)
+    def oracle_fingerprint(self) -> str:
+        return getattr(self.oracle, "fingerprint", "")
 
-    def make(
-        self,
-        start_iteration: int = 0,
-        label_ids: list[str] | None = None,
-        previous_model_ids: list[str] | None = None,
-        start_structures: list | None = None,
-    ) -> Flow:
-        cfg = self.campaign_config
-        cfg_dict = cfg.model_dump(mode="json", by_alias=True)
-        register = register_campaign(cfg_dict, resume=label_ids is not None)
-        register.name = "register campaign"
-        jobs: list = [register]
-        campaign = register.output["name"]
-        starts = None
-        if cfg.prerelax.enabled and label_ids is None:
-            relax_maker = cfg.oracle.relax_maker(cfg.prerelax)
-            starts, relax_labels = [], []
-            for i, structure in enumerate(cfg.load_structures()):
-                if cfg.oracle.kind == "vasp":
-                    relax = relax_maker.make(structure, campaign=campaign, iteration=-1)
-                    starts.append(relax.output[-1].structure)  # the last ionic step
-                    relax_labels.append(relax.output)
-                else:
-                    relax = relax_maker.make(structure, campaign=campaign, iteration=-1, start_index=i)
-                    starts.append(relax.output.structure)
-                    relax_labels.append(relax.output.labels)
-                relax.name = f"relax s{i}"
-                jobs.append(relax)
-        elif start_structures:
-            starts = list(start_structures)  # e.g. the stored pre-relaxed starts of a resumed campaign
-        if label_ids is None:
-            init = initial_structures(cfg_dict, campaign, starts)
-            init.name = "initial structures"
-            label_init = label_batch(init.output, cfg_dict, -1)
-            label_init.name = "label initial"
-            jobs += [init, label_init]
-            label_ids = [label_init.output, *relax_labels] if cfg.prerelax.enabled else label_init.output
-        first = iteration_flow(cfg, start_iteration, label_ids, previous_model_ids, campaign=campaign,
-                               start_structures=starts)
-        jobs.append(first)
-        flow = Flow(jobs, output=first.output, name=f"campaign {cfg.name}")
-        return flow
+    def declare(self, job, role: str):
+        """Declare a job's role (and route it, when the campaign has a routing)."""
+        return declare_role(job, role, self.routing)
 
+    @property
+    def campaign_ref(self) -> Any:
+        return self._campaign_ref if hasattr(self, "_campaign_ref") else self.config.name
+
+    def make(self, resume: ResumeState | bool | None = None) -> Flow:
+        """The whole campaign from its start, or, with a ``ResumeState``, from its next iteration
+        (``resume=True`` reruns the start of a campaign that has no iteration yet: what is labelled is reused)."""
+        reg = register(self, resume=bool(resume))
+        reg.name = "register campaign"
+        self.declare(reg, "register")
+        self._campaign_ref = reg.output["name"]
+        try:
+            if isinstance(resume, ResumeState):
+                first = self.iteration_flow(resume.start_iteration, resume.label_ids, resume.previous_model_ids,
+                                            resume.state)
+                return Flow([reg, first], output=first.output, name=f"campaign {self.name}")
+            jobs, label_ids, state = self.explorer.initial(self, reg.output["setup"])
+            first = self.iteration_flow(0, label_ids, None, state)
+            return Flow([reg, *jobs, first], output=first.output, name=f"campaign {self.name}")
+        finally:
+            del self._campaign_ref
+
+    def iteration_flow(self, iteration: int, label_ids: Any, previous_model_ids: list[str] | None = None,
+                       state: Any = None) -> Flow:
+        """One train -> explore -> label [+ held-out] -> decide round; arguments may be references."""
+        campaign = self.campaign_ref
+        train = self.trainer.make(label_ids, campaign=campaign, iteration=iteration,
+                                  previous_model_ids=previous_model_ids)
+        train.name = f"train it{iteration}"
+        self.declare(train, "train")
+        explore_jobs, exploration = self.explorer.explore(self, iteration, train.output, label_ids, state)
+        label = self.label(exploration.candidates, iteration, force_weights=exploration.force_weights)
+        held = self.label(exploration.held_out, iteration, "calibration")
+        dec = decide(self, iteration, train.output, exploration, label.output, held.output, label_ids, state)
+        dec.name = f"decide it{iteration}"
+        self.declare(dec, "decide")
+        return Flow([train, *explore_jobs, label, held, dec], output=dec.output,
+                    name=f"{self.config.name} iteration {iteration}")
+
+    def label(self, structures: Any, iteration: int, purpose: str = "", force_weights: Any = None):
+        """The job that labels ``structures`` (a reference) with the oracle, one oracle job each."""
+        job = label_batch(structures, self.oracle, self.config.name, iteration, purpose, force_weights, self.routing)
+        job.name = " ".join(["label", *([purpose] if purpose else []), *([f"it{iteration}"] if iteration >= 0 else [])])
+        return self.declare(job, "label")

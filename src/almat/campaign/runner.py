@@ -1,4 +1,5 @@
-"""Run a campaign locally (``jobflow.run_locally``) on the store that the settings name."""
+"""Run a campaign of any kind locally (``jobflow.run_locally``) on the store that the settings name,
+from its start or, with ``resume``, from where it stopped."""
 
 from __future__ import annotations
 
@@ -6,21 +7,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-from jobflow import run_locally
+from jobflow import Flow, run_locally
 
-from almat.campaign.config import CampaignConfig, load_config
+from almat.campaign.explorer import ResumeState
 from almat.campaign.flow import CampaignMaker
-from almat.schemas import CampaignDoc, CampaignStatus, IterationDoc
+from almat.schemas import AlmatDocument, CampaignDoc, CampaignStatus
 from almat.settings import AlmatSettings, get_settings
 from almat.stores import CampaignDB, build_job_store, check_connection
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["CampaignConvergedError", "CampaignExistsError", "CampaignResult", "ResumeState", "build_flow",
-           "load_iterations", "open_store", "refuse_existing", "relaxed_starts", "resume_state", "run_campaign",
-           "run_to_end"]
 
 
 class CampaignExistsError(ValueError):
@@ -28,84 +25,89 @@ class CampaignExistsError(ValueError):
 
 
 class CampaignConvergedError(CampaignExistsError):
-    """Resuming a campaign that has already converged: nothing to do."""
-
-
-@dataclass
-class ResumeState:
-    start_iteration: int
-    label_ids: list[str]
-    previous_model_ids: list[str]
-    start_structures: list | None = None  # the pre-relaxed starts, when the campaign has them
+    """Resuming a campaign that has already finished: nothing to do."""
 
 
 @dataclass
 class CampaignResult:
     campaign: CampaignDoc
-    iterations: list[IterationDoc]
+    iterations: list[AlmatDocument]  # the explorer's per-iteration records
     wall_time: float
 
-
-def resume_state(db: CampaignDB, name: str, recycle_calibration: bool = False) -> ResumeState:
-    """Where a stored campaign stands: next iteration, its ok training labels (not the held-out
-    calibration labels), its last committee."""
-    from almat.campaign.jobs import previous_calibration_ids
-
-    # held-out calibration labels are never trained on, unless the campaign recycles them
-    held_out = set() if recycle_calibration else set(previous_calibration_ids(db, name))
-    label_ids = [d["label_id"] for d in db.labels.query({"campaign": name, "status": "ok"}, properties=["label_id"])
-                 if d["label_id"] not in held_out]
-    iterations = sorted(d["iteration"] for d in db.iterations.query({"campaign": name}, properties=["iteration"]))
-    start = iterations[-1] + 1 if iterations else 0
-    model_ids = []
-    if iterations:
-        last = db.iterations.query_one({"campaign": name, "iteration": iterations[-1]})
-        model_ids = list(last.get("model_ids", []))
-    return ResumeState(start, label_ids, model_ids, relaxed_starts(db, name) or None)
+    @property
+    def stop(self) -> str | None:
+        """The stop kind of the last record (NFT campaigns), if it has one."""
+        return getattr(self.iterations[-1], "stop", None) if self.iterations else None
 
 
-def relaxed_starts(db: CampaignDB, name: str) -> list:
-    """The pre-relaxed start structures of a campaign, in the order of its config."""
-    from almat.schemas import StructureDoc
+class _Failures(logging.Handler):
+    """Collects the jobs that ``run_locally`` reports failed, each with its exception's last line."""
 
-    docs = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": name, "source": "relaxed"})]
-    docs = [d for d in docs if d.metadata.get("start_index") is not None]
-    return [d.structure for d in sorted(docs, key=lambda d: d.metadata["start_index"])]
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.jobs: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if " failed with exception:" in msg:
+            name, trace = msg.split(" failed with exception:", 1)
+            self.jobs.append(f"job {name!r} failed with {trace.strip().splitlines()[-1]}")
 
 
-def build_flow(config: CampaignConfig, db: CampaignDB, resume: bool = False):
-    """Check the name against the store, then build the campaign flow (fresh or resumed)."""
-    existing = db.campaigns.query_one({"name": config.name})
-    maker = CampaignMaker.from_config(config)
+def _maker(config: Any) -> CampaignMaker:
+    return config if isinstance(config, CampaignMaker) else CampaignMaker.from_config(config)
+
+
+def _max_iterations(config) -> int:
+    return config.max_iterations if config.kind == "pool" else config.convergence.max_iterations
+
+
+def resume_state(db: CampaignDB, config: Any) -> ResumeState | None:
+    """Where a stored campaign stands (None before its first iteration): the next iteration, its training
+    labels (ok labels that are not held out), its last committee and the explorer's state."""
+    maker = _maker(config)
+    cfg, explorer = maker.config, maker.explorer
+    raw = sorted(getattr(db, explorer.records).query({"campaign": cfg.name}), key=lambda d: d["iteration"])
+    if not raw:
+        return None
+    held_out = explorer.held_out_ids(db, cfg.name, cfg)
+    ok = [d["label_id"] for d in db.labels.query({"campaign": cfg.name, "status": "ok"}, properties=["label_id"])]
+    label_ids, state = explorer.resume_state(db, cfg, raw[-1], [i for i in ok if i not in held_out])
+    return ResumeState(raw[-1]["iteration"] + 1, label_ids, list(raw[-1].get("model_ids", [])), state)
+
+
+def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
+    """Check the name against the store, then the campaign's flow: from its start, or resumed.
+
+    A campaign with another configuration under the same name is refused (campaigns are never mixed);
+    resuming one killed before its first iteration reruns its start, reusing every stored label."""
+    maker = _maker(config)
+    cfg = maker.config
+    existing = db.campaigns.query_one({"name": cfg.name})
     if existing is None:
         if resume:
-            logger.info("campaign %s not found; starting it", config.name)
+            logger.info("campaign %s not found; starting it", cfg.name)
         return maker.make()
-    if existing.get("config_fingerprint") != config.fingerprint():
-        raise CampaignExistsError(
-            f"campaign {config.name!r} already exists with a different configuration; "
-            "choose another name (campaigns are never mixed)"
-        )
+    if existing.get("config_fingerprint") != cfg.fingerprint():
+        raise CampaignExistsError(f"campaign {cfg.name!r} already exists with a different configuration; "
+                                  "choose another name (campaigns are never mixed)")
+    status = existing.get("status")
     if not resume:
-        raise CampaignExistsError(
-            f"campaign {config.name!r} already exists (status {existing.get('status')}, "
-            f"{existing.get('n_iterations', 0)} iteration(s)); resume it (--resume) or choose another name"
-        )
-    if existing.get("status") == CampaignStatus.converged.value:
-        raise CampaignConvergedError(f"campaign {config.name!r} has already converged; nothing to resume")
-    state = resume_state(db, config.name, recycle_calibration=config.convergence.recycle_calibration)
-    if len(state.label_ids) < 2:
-        # nothing usable yet: start over under the same name (old failed labels are kept)
-        return maker.make()
-    if state.start_iteration >= config.convergence.max_iterations:
-        raise CampaignExistsError(
-            f"campaign {config.name!r} already ran {state.start_iteration} iteration(s), the max_iterations "
-            "of its config; raise convergence.max_iterations to continue"
-        )
-    logger.info("resuming %s at iteration %d with %d labels", config.name, state.start_iteration,
-                len(state.label_ids))
-    return maker.make(state.start_iteration, state.label_ids, state.previous_model_ids or None,
-                      start_structures=state.start_structures if config.prerelax.enabled else None)
+        raise CampaignExistsError(f"campaign {cfg.name!r} already exists (status {status}, "
+                                  f"{existing.get('n_iterations', 0)} iteration(s)); resume it (--resume) or choose "
+                                  "another name")
+    if status == CampaignStatus.converged.value or (status == CampaignStatus.stopped.value and cfg.kind != "md"):
+        raise CampaignConvergedError(f"campaign {cfg.name!r} has already {'converged' if status == 'converged' else 'stopped'}"
+                                     f" ({existing.get('stop_reason')}); nothing to resume")
+    state = resume_state(db, maker)
+    if state is None:
+        logger.info("resuming %s from its start (no iteration finished yet; stored labels are reused)", cfg.name)
+        return maker.make(resume=True)
+    if state.start_iteration >= _max_iterations(cfg):
+        raise CampaignExistsError(f"campaign {cfg.name!r} already ran {state.start_iteration} iteration(s), the "
+                                  "max_iterations of its config; raise max_iterations to continue")
+    logger.info("resuming %s at iteration %d with %d labels", cfg.name, state.start_iteration, len(state.label_ids))
+    return maker.make(state)
 
 
 def open_store(settings: AlmatSettings, config) -> tuple:
@@ -117,62 +119,46 @@ def open_store(settings: AlmatSettings, config) -> tuple:
     return job_store, CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
 
 
-def refuse_existing(db: CampaignDB, name: str) -> None:
-    """Campaigns without resume (pool, NFT) need a new name."""
-    existing = db.campaigns.query_one({"name": name})
-    if existing is not None:
-        raise CampaignExistsError(
-            f"campaign {name!r} already exists (status {existing.get('status')}); choose another name"
-        )
-
-
-def run_to_end(flow, name: str, settings: AlmatSettings, job_store,
-               load_records: Callable[[CampaignDB, str], list], what: str = "campaign",
-               hint: str = "see the log above") -> tuple[CampaignDoc, list]:
-    """Run a campaign's flow with ``jobflow.run_locally``; the stored campaign and its per-iteration
-    records (``load_records(db, name)``, each with a ``stop_reason``). A campaign whose last record
-    has no stop reason did not finish: it is marked failed and a ``RuntimeError`` says so."""
-    root = Path(settings.run_dir) / name
+def run_campaign(config: Any, settings: AlmatSettings | None = None, resume: bool = False,
+                 verbose: bool = False) -> CampaignResult:
+    """Run a campaign (a config, its YAML or dict, or a ``CampaignMaker``) to its end with
+    ``jobflow.run_locally``; returns the stored campaign and its per-iteration records. A campaign whose
+    last record has no stop reason did not finish: it is marked failed, and a ``RuntimeError`` names the
+    job that failed."""
+    start = time.perf_counter()
+    maker = _maker(config)
+    cfg = maker.config
+    settings = settings or get_settings()
+    job_store, db = open_store(settings, cfg)
+    try:
+        flow = build_flow(maker, db, resume=resume)
+    finally:
+        db.close()
+    root = Path(settings.run_dir) / cfg.name
     root.mkdir(parents=True, exist_ok=True)
-    responses = run_locally(flow, store=job_store, create_folders=True, root_dir=root, log=False)
+    failures = _Failures()
+    local_log = logging.getLogger("jobflow.managers.local")
+    local_log.addHandler(failures)
+    level = local_log.level
+    local_log.setLevel(logging.INFO)
+    try:
+        run_locally(flow, store=job_store, create_folders=True, root_dir=root, log=verbose)
+    finally:
+        local_log.removeHandler(failures)
+        local_log.setLevel(level)
     db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
     try:
-        raw = db.campaigns.query_one({"name": name})
-        records = load_records(db, name)
+        raw = db.campaigns.query_one({"name": cfg.name})
+        records = maker.explorer.load_records(db, cfg.name)
         campaign = CampaignDoc.from_store(raw) if raw else None
         finished = bool(records) and records[-1].stop_reason is not None
+        why = "; ".join(failures.jobs) or "it was interrupted"
         if campaign is not None and not finished:
             campaign.status = CampaignStatus.failed
-            campaign.stop_reason = f"a job failed; {hint}"
+            campaign.stop_reason = f"did not finish: {why}"
             db.upsert("campaigns", [campaign])
     finally:
         db.close()
     if campaign is None or not finished:
-        n_ok = sum(1 for r in responses.values() for resp in r.values() if resp is not None)
-        raise RuntimeError(f"{what} {name} did not finish ({n_ok} jobs completed); {hint}")
-    return campaign, records
-
-
-def load_iterations(db: CampaignDB, name: str) -> list[IterationDoc]:
-    """The ``IterationDoc``s of an MD campaign, in order."""
-    docs = sorted(db.iterations.query({"campaign": name}), key=lambda d: d["iteration"])
-    return [IterationDoc.from_store(d) for d in docs]
-
-
-def run_campaign(
-    config: CampaignConfig | str | Path | dict,
-    settings: AlmatSettings | None = None,
-    resume: bool = False,
-) -> CampaignResult:
-    """Run a campaign to its end with ``jobflow.run_locally``; returns the stored campaign and iterations."""
-    start = time.perf_counter()
-    cfg = config if isinstance(config, CampaignConfig) else load_config(config)
-    settings = settings or get_settings()
-    job_store, db = open_store(settings, cfg)
-    try:
-        flow = build_flow(cfg, db, resume=resume)
-    finally:
-        db.close()
-    campaign, iterations = run_to_end(flow, cfg.name, settings, job_store, load_iterations,
-                                      hint="see the log above, then resume it")
-    return CampaignResult(campaign, iterations, time.perf_counter() - start)
+        raise RuntimeError(f"campaign {cfg.name} did not finish: {why}; fix the cause, then resume it (--resume)")
+    return CampaignResult(campaign, records, time.perf_counter() - start)

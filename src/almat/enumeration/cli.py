@@ -1,4 +1,4 @@
-"""Plain functions behind ``almat enumerate FILE.cif --occupancy Li+=0.5 --primitive -o DIR/``."""
+"""Plain functions behind ``almat enumerate FILE.cif --occupancy Li+=0.5 --primitive [--no-sort] -o DIR/``."""
 
 from __future__ import annotations
 
@@ -54,10 +54,12 @@ def enumerate_file(
     fmt: str = "cif",
     backend: str = "auto",
     max_cell_size: int = 1,
+    sort: bool = True,
 ) -> list[Path]:
     """Read ``path``, set occupancies, reduce to primitive, enumerate, and write the structures.
 
-    Returns the written files, lowest Ewald energy first (``0000.cif`` is the lowest).
+    Returns the written files, lowest Ewald energy first (``0000.cif`` is the lowest); with
+    ``sort=False`` in enumeration order, without Ewald ranking (charged targets allowed).
     """
     structure = read_structure(path)
     for species, fraction in (occupancy or {}).items():
@@ -65,7 +67,8 @@ def enumerate_file(
     if primitive:
         structure = structure.get_primitive_structure()
     results = enumerate_derivatives(
-        structure, max_cell_size=max_cell_size, n_structures=max_structures, backend=backend
+        structure, max_cell_size=max_cell_size, n_structures=max_structures, backend=backend,
+        sort_criteria="ewald" if sort else None,
     )
     paths = write_structures([r.structure for r in results], out_dir, fmt=fmt)
     logger.info("wrote %d structures to %s", len(paths), out_dir)

@@ -25,8 +25,10 @@ The icet path, step by step:
    target composition (icet's concentration window is global, the filter is per sublattice), then
    converted back to pymatgen with the oxidation states of the parent.
 5. At most ``max_candidates`` are kept (a log line says so when the cap stops the stream), ranked by
-   Ewald energy, and reduced to ``n_structures`` distinct ones under pymatgen's ``StructureMatcher``
-   (only structures with equal Ewald energies can match, so only those are compared).
+   Ewald energy per atom (``_rank``: ties in a fixed order, the same on any CPU), and reduced to
+   ``n_structures`` distinct ones under pymatgen's ``StructureMatcher`` (only structures with equal
+   Ewald energies can match, so only those are compared). ``sort_criteria=None`` skips the ranking (no
+   oxidation states or charge neutrality needed) and keeps icet's order.
 
 icet builds all labelings of one supercell shape in memory before it yields the first; a guard
 (``max_labelings``) refuses cell sizes whose number of labelings would not fit, before icet starts.
@@ -47,6 +49,8 @@ import numpy as np
 from pymatgen.core import DummySpecies, Element, Species, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from almat.schemas.structure import structure_hash
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,6 +68,9 @@ __all__ = [
 COUNT_TOLERANCE = 0.02
 #: Ewald energies (eV) closer than this are compared with StructureMatcher during deduplication
 EWALD_TIE = 1e-4
+#: Ewald energies per atom (eV/atom) this close rank as tied (absolute): far above the summation's float
+#: noise (~1e-14 eV/atom, varies between CPUs), far below real gaps (>= 1e-3 eV/atom in the argyrodite)
+EWALD_RANK_TOL = 1e-8
 VACANCY = "X"
 
 Backend = Literal["auto", "icet", "enumlib"]
@@ -226,6 +233,9 @@ def realisable_cell_sizes(structure: Structure, sizes, symm_prec: float = 0.1) -
     return [k for k in sizes if all(s.targets(k) is not None for s in subs)]
 
 
+_NO_SORT = "or skip the ranking (sort_criteria=None; `almat enumerate --no-sort`)"
+
+
 def _check_oxidation_states(structure: Structure) -> None:
     missing = sorted({str(sp) for sp in structure.composition if getattr(sp, "oxi_state", None) is None
                       or isinstance(sp, DummySpecies)})
@@ -233,14 +243,13 @@ def _check_oxidation_states(structure: Structure) -> None:
         raise EnumerationError(
             f"Ewald ranking needs oxidation states on every species; missing on {', '.join(missing)}. "
             "Add them (e.g. structure.add_oxidation_state_by_element({'Li': 1, ...}) or "
-            "add_oxidation_state_by_guess()), or pass sort_criteria=None"
+            f"add_oxidation_state_by_guess()), {_NO_SORT}"
         )
     charge = sum(sp.oxi_state * amt for sp, amt in structure.composition.items())
     if abs(charge) > 1e-3:
         raise EnumerationError(
-            f"the structure carries a net charge of {charge:+.4g} e per cell with these occupancies and "
-            "oxidation states; Ewald ranking needs charge-neutral structures. Check the occupancies "
-            "(set_occupancy) or the oxidation states"
+            f"Ewald ranking needs a charge-neutral structure; this one has {charge:+.4g} e per cell with these "
+            f"occupancies and oxidation states. Check them (set_occupancy), {_NO_SORT}"
         )
     for site in structure:
         symbols = [sp.symbol for sp in site.species]
@@ -404,6 +413,29 @@ def _sizes(subs, min_cell_size, max_cell_size, max_disordered_sites) -> list[int
     return list(range(min_cell_size, max_cell_size + 1))
 
 
+def _rank(candidates: list[tuple[float, int, Structure]]) -> list[tuple[float, int, Structure]]:
+    """Lowest Ewald energy per atom first, the same order on any CPU.
+
+    Neighbours (in energy) closer than ``EWALD_RANK_TOL`` eV/atom form one tie group, ordered by number
+    of sites, then ``structure_hash`` (sorted species and rounded coordinates), never by float noise.
+    """
+
+    def per_atom(c):
+        return c[0] / len(c[2])
+
+    def tie_break(c):
+        return len(c[2]), structure_hash(c[2])
+
+    ranked: list = []
+    group: list = []
+    for c in sorted(candidates, key=per_atom):
+        if group and per_atom(c) - per_atom(group[-1]) > EWALD_RANK_TOL:
+            ranked += sorted(group, key=tie_break)
+            group = []
+        group.append(c)
+    return ranked + sorted(group, key=tie_break)
+
+
 def _distinct(ranked: list[tuple[float | None, int, Structure]], n_structures: int) -> list[tuple[float | None, int, Structure]]:
     """Walk the ranked list and keep structures not equivalent (StructureMatcher) to one already kept."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -454,7 +486,8 @@ def enumerate_derivatives(
     n_structures
         How many distinct structures to return (the lowest in Ewald energy).
     sort_criteria
-        ``"ewald"`` (rank by Ewald energy) or ``None`` (enumeration order).
+        ``"ewald"`` (rank by Ewald energy; needs a charge-neutral structure with oxidation states) or
+        ``None`` (the backend's enumeration order).
     backend
         ``"auto"``, ``"icet"`` or ``"enumlib"``.
     max_candidates
@@ -530,8 +563,7 @@ def enumerate_derivatives(
             candidates = [(ewald_energy(s), size, s) for _, size, s in candidates]
 
     if sort_criteria == "ewald":
-        # lowest Ewald energy per atom first (cells of different sizes compare per atom)
-        candidates.sort(key=lambda c: (c[0] / len(c[2]), c[1]))
+        candidates = _rank(candidates)
     kept = _distinct(candidates, n_structures)
     logger.info(
         "enumerated %s (%d sites) with %s at cell sizes %s: %d candidates, %d distinct kept in %.1f s",

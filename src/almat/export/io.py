@@ -32,28 +32,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+import ase.db
 import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.extxyz import write_extxyz as ase_write_extxyz
 
+from almat.query import query_labels
 from almat.schemas import LabelDoc, structure_hash, to_atoms, utcnow
 from almat.stores import CampaignDB
-
-__all__ = [
-    "EXPORT_FORMATS",
-    "ExportResult",
-    "LabelImportError",
-    "export_command",
-    "export_labels",
-    "import_command",
-    "import_labels",
-    "iter_labels",
-    "read_jsonl",
-    "label_to_mace_atoms",
-    "write_ase_db",
-    "write_extxyz",
-    "write_jsonl",
-]
+from almat.stores.sqlindex import invalidate_labels
 
 EXPORT_FORMATS = ("extxyz", "ase-db", "jsonl")
 _SUFFIXES = {".xyz": "extxyz", ".extxyz": "extxyz", ".db": "ase-db", ".jsonl": "jsonl"}
@@ -146,13 +135,11 @@ def label_to_mace_atoms(label: LabelDoc):
 
 def write_extxyz(labels: Iterable[LabelDoc], path: str | Path, force: bool = False) -> int:
     """Write the ok labels as extended XYZ for MACE; returns how many frames were written."""
-    from ase.io.extxyz import write_extxyz as _write
-
     n = masked = 0
     with _atomic_output(Path(path), force) as tmp, open(tmp, "w") as fh:
         for label in labels:
             if label.ok:
-                _write(fh, [label_to_mace_atoms(label)])
+                ase_write_extxyz(fh, [label_to_mace_atoms(label)])
                 n += 1
                 masked += label.force_weights is not None and min(label.force_weights) < 1
     if masked:
@@ -163,9 +150,6 @@ def write_extxyz(labels: Iterable[LabelDoc], path: str | Path, force: bool = Fal
 
 def write_ase_db(labels: Iterable[LabelDoc], path: str | Path, force: bool = False) -> int:
     """Write the ok labels to an ASE database (results + provenance key-value pairs)."""
-    import ase.db
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     n = 0
     with _atomic_output(Path(path), force) as tmp:
         with ase.db.connect(str(tmp), type="db", append=False) as con:
@@ -231,8 +215,6 @@ def export_labels(
     For training sets (extxyz, ASE db) the labels must come from one oracle setting unless
     ``allow_mixed_oracles``: the query raises ``MixedOraclesError`` otherwise.
     """
-    from almat.query import query_labels
-
     path = Path(path)
     fmt = _format_of(path, fmt)
     if path.exists() and not force:  # fail before running the query
@@ -317,8 +299,6 @@ def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200) -> di
     with its line number. If writing fails midway, the labels written so far are removed and the
     ones they replaced are restored.
     """
-    from almat.query import invalidate_labels
-
     labels = read_jsonl(path)
     ids = [lab.label_id for lab in labels]
     previous = {}
@@ -348,15 +328,6 @@ def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200) -> di
 # -- command-line entry points (wired as `almat export` / `almat import`) ------------------------------
 
 
-def _open_db(settings=None) -> CampaignDB:
-    from almat.settings import get_settings
-    from almat.stores import check_connection
-
-    settings = settings or get_settings()
-    check_connection(settings)
-    return CampaignDB.from_settings(settings).connect()
-
-
 def export_command(
     out: str | Path,
     fmt: str | None = None,
@@ -378,23 +349,12 @@ def export_command(
                    formula=formula or None, iteration=iteration if iteration not in (None, []) else None,
                    source=source or None, oracle=oracle or None, oracle_fingerprint=oracle_fingerprint or None,
                    status=status)
-    db = _open_db(settings)
-    try:
+    with CampaignDB.from_settings(settings, check=True) as db:
         return export_labels(db, out, fmt=fmt, force=force, allow_mixed_oracles=allow_mixed_oracles,
                              **filters).as_dict()
-    finally:
-        db.close()
 
 
 def import_command(path: str | Path, settings=None) -> dict[str, Any]:
     """``almat import FILE``: import a JSON-lines export; returns counts (all or nothing)."""
-    db = _open_db(settings)
-    try:
+    with CampaignDB.from_settings(settings, check=True) as db:
         return {"path": str(path), **import_labels(db, path)}
-    finally:
-        db.close()
-
-
-def iter_labels(path: str | Path) -> Iterator[LabelDoc]:
-    """The labels of a JSON-lines export (validated as a whole first)."""
-    yield from read_jsonl(path)

@@ -32,26 +32,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from almat.launch.routing import JOB_KINDS, Routing, RoutingError, apply_routing, load_routing
+from almat.campaign import CampaignMaker, ConfigError
+from almat.campaign.runner import CampaignExistsError, build_flow
+from almat.launch.routing import Routing, RoutingError, apply_routing, load_routing
+from almat.settings import get_settings
+from almat.stores import CampaignDB, build_job_store
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "FWorkerInfo",
-    "LaunchPadError",
-    "QAdapterInfo",
-    "SubmitError",
-    "SubmitResult",
-    "check_workers",
-    "find_launchpad_file",
-    "jobflow_config",
-    "load_launchpad",
-    "read_fworker",
-    "read_qadapter",
-    "store_location",
-    "submit_campaign",
-    "write_jobflow_config",
-]
 
 
 class SubmitError(RuntimeError):
@@ -287,8 +274,8 @@ def check_workers(
             if fw.handles(category) and qa.partition and qa.partition not in partitions[category]:
                 partitions[category].append(qa.partition)
     kinds_of: dict[str, list[str]] = {}
-    for kind in (*JOB_KINDS, "default"):
-        kinds_of.setdefault(getattr(routing, kind), []).append(kind)
+    for kind, category in routing.model_dump().items():
+        kinds_of.setdefault(category, []).append(kind)
     if not fworkers:
         warnings.append("no fworker files given or found next to the LaunchPad file: cannot check that every "
                         "routed category has a worker")
@@ -335,8 +322,6 @@ def jobflow_config(settings=None) -> dict[str, Any]:
     Written to a file (``write_jobflow_config``) and given to the workers as ``JOBFLOW_CONFIG_FILE``,
     it makes the jobs write where ``almat status`` reads.
     """
-    from almat.settings import get_settings
-    from almat.stores import build_job_store
 
     return {"JOB_STORE": build_job_store(settings or get_settings()).as_dict()}
 
@@ -361,7 +346,6 @@ def _worker_job_store(job_store, settings):
     config = Path(SETTINGS.CONFIG_FILE).expanduser()
     if config.is_file():
         return SETTINGS.JOB_STORE, f"jobflow config {config}"
-    from almat.stores import build_job_store
 
     return build_job_store(settings), "almat settings (no jobflow config file: workers need one, see docs/cluster.md)"
 
@@ -428,12 +412,6 @@ def submit_campaign(
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from almat.campaign.config import ConfigError
-    from almat.campaign.kinds import build_any_flow, fresh_flow, load_campaign_config
-    from almat.campaign.runner import CampaignExistsError
-    from almat.settings import get_settings
-    from almat.stores import CampaignDB
-
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -441,13 +419,11 @@ def submit_campaign(
         logger.warning(message)
 
     try:
-        cfg = load_campaign_config(config)
-    except ConfigError as exc:
-        raise SubmitError(str(exc)) from None
-    try:
         routing = load_routing(routing)
-    except RoutingError as exc:
+        maker = config if isinstance(config, CampaignMaker) else CampaignMaker.from_config(config)
+    except (ConfigError, RoutingError, ValueError) as exc:
         raise SubmitError(str(exc)) from None
+    cfg, maker.routing = maker.config, routing.model_dump()
     if getattr(cfg.oracle, "kind", "ase") == "ase":
         try:
             cfg.oracle.calculator.spec().check()
@@ -474,7 +450,6 @@ def submit_campaign(
         warn(f"no jobflow config file here (JOBFLOW_CONFIG_FILE or ~/.jobflow.yaml): checked the name in almat's "
              f"store ({where}); the workers' JOBFLOW_CONFIG_FILE must name that store (write_jobflow_config)")
     else:
-        from almat.stores import build_job_store
 
         mine = store_location(build_job_store(settings))
         if mine != where:
@@ -487,7 +462,7 @@ def submit_campaign(
         def check_name():
             db = CampaignDB.from_job_store(store, prefix=settings.collection_prefix).connect()
             try:
-                return build_any_flow(cfg, db, resume=resume)
+                return build_flow(maker, db, resume=resume)
             finally:
                 db.close()
 
@@ -501,16 +476,12 @@ def submit_campaign(
     if flow is None:
         if resume:
             raise SubmitError("--resume needs the workers' JobStore to be readable from here")
-        flow = fresh_flow(cfg)
+        flow = maker.make()
 
     apply_routing(flow, routing)
     workflow_name = f"almat {cfg.name}"
     wf = flow_to_workflow(flow, name=workflow_name, metadata={"almat_campaign": cfg.name})
     categories = {fw.name: fw.spec.get("_category") for fw in wf.fws}
-    for name, category in categories.items():
-        expected = routing.category(name)
-        if category != expected:  # a bug in routing, never a user error
-            raise SubmitError(f"job {name!r} routed to {category!r}, expected {expected!r}")
     fw_ids: dict[str, int] = {}
     if not dry_run:
         id_map = lp.add_wf(wf)

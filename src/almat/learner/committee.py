@@ -10,19 +10,12 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
 
 from almat.learner.mace import model_from_bytes, model_to_bytes, predict
-from almat.sampler.deviation import atomic_force_deviation, energy_deviation
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB, get_blob, put_blob
-
-__all__ = [
-    "Committee",
-    "CommitteeCalculator",
-    "CommitteePrediction",
-    "load_model",
-    "save_model",
-]
+from almat.uncertainty.deviation import atomic_force_deviation, energy_deviation
 
 
 def save_model(data_store, model: torch.nn.Module, **metadata) -> str:
@@ -90,8 +83,6 @@ class Committee:
 
     @property
     def elements(self) -> list[str]:
-        from ase.data import chemical_symbols
-
         return [chemical_symbols[int(z)] for z in self.models[0].atomic_numbers.tolist()]
 
     def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 16) -> CommitteePrediction:

@@ -21,12 +21,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-__all__ = [
-    "atomic_descriptors",
-    "descriptor_model",
-    "invariant_indices",
-    "structure_descriptors",
-]
+from almat.learner.mace import model_inputs
+from almat.schemas import to_atoms
 
 
 def descriptor_model(model_or_committee, member: int = 0) -> torch.nn.Module:
@@ -67,8 +63,6 @@ def invariant_indices(model: torch.nn.Module, num_layers: int = -1) -> np.ndarra
 
 
 def _as_atoms(items: Sequence) -> list[Atoms]:
-    from almat.schemas import to_atoms
-
     return [a if isinstance(a, Atoms) else to_atoms(getattr(a, "structure", a)) for a in items]
 
 
@@ -86,8 +80,6 @@ def atomic_descriptors(
     (``CandidateFrame``, ``StructureDoc``). Atoms of elements the model does not know raise.
     """
     from mace.tools.torch_geometric import DataLoader
-
-    from almat.learner.mace import model_inputs
 
     model = descriptor_model(model_or_committee, member)
     atoms_list = _as_atoms(frames)

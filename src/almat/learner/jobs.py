@@ -11,13 +11,12 @@ from jobflow import CURRENT_JOB, Maker
 from pydantic import BaseModel, Field
 
 from almat.learner.committee import load_model, save_model
-from almat.learner.mace import MaceHyperParameters, train_mace
+from almat.learner.hyperparameters import MaceHyperParameters
+from almat.learner.mace import train_mace
 from almat.schemas import LabelDoc, ModelDoc
-from almat.stores import CampaignDB, store_job, require_db
+from almat.stores import CampaignDB, require_db, store_job
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["CommitteeDoc", "TrainCommitteeMaker", "flatten_labels", "load_labels"]
 
 
 class CommitteeDoc(BaseModel):
@@ -61,8 +60,6 @@ def load_labels(db: CampaignDB, label_ids: list[Any], ok_only: bool = True) -> l
         raise KeyError(f"{len(missing)} label(s) missing from the labels collection, e.g. {missing[0]}")
     labels = [LabelDoc.from_store(found[i]) for i in wanted]
     return [lab for lab in labels if lab.ok] if ok_only else labels
-
-
 
 
 @dataclass

@@ -2,5 +2,3 @@
 
 from almat.oracle.calculators import CalculatorSpec, CalculatorSpecError
 from almat.oracle.jobs import AseOracleMaker, label_with_calculator, record_labels
-
-__all__ = ["AseOracleMaker", "CalculatorSpec", "CalculatorSpecError", "label_with_calculator", "record_labels"]

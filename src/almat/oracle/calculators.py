@@ -11,8 +11,6 @@ from typing import Any
 
 from monty.json import MSONable, jsanitize
 
-__all__ = ["CalculatorSpec", "CalculatorSpecError"]
-
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -35,6 +33,14 @@ class CalculatorSpec(MSONable):
         for what, value in (("module", self.module), ("class", self.class_name)):
             if not isinstance(value, str) or not _DOTTED.match(value):
                 raise CalculatorSpecError(f"calculator {what} must be a dotted Python name, got {value!r}")
+
+    def as_dict(self) -> dict[str, Any]:  # monty would flatten a field named ``kwargs`` into the dict
+        return {"@module": type(self).__module__, "@class": type(self).__name__, "module": self.module,
+                "class_name": self.class_name, "kwargs": jsanitize(self.kwargs, strict=True)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CalculatorSpec":
+        return cls(d["module"], d["class_name"], dict(d.get("kwargs") or {}))
 
     @classmethod
     def from_string(cls, path: str, **kwargs: Any) -> "CalculatorSpec":

@@ -29,10 +29,9 @@ from pymatgen.core import Structure
 from almat.oracle.calculators import CalculatorSpec
 from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource, to_atoms
 from almat.stores import CampaignDB, current_db, store_job
+from almat.stores.sqlindex import label_index
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["AseOracleMaker", "label_or_reuse", "label_with_calculator", "record_labels", "reuse_label"]
 
 
 def _finite(value: Any) -> bool:
@@ -116,14 +115,33 @@ def _site_permutation(new: Structure, old: Structure, tol: float = 1e-3) -> np.n
     return perm
 
 
+def find_reusable_label(db: CampaignDB, structure_hash: str, oracle_fingerprint: str) -> LabelDoc | None:
+    """An ok label of this configuration by this oracle (any campaign): the original one if possible.
+
+    On the embedded store the side SQLite index finds its candidates without scanning the collection."""
+    criteria = {"structure_hash": structure_hash, "oracle_fingerprint": oracle_fingerprint, "status": "ok"}
+    index = label_index(db)
+    found = None
+    if index is not None:
+        try:
+            index.sync()
+            keys = [k for (k,) in index.select("structure_hash = ? AND oracle_fingerprint = ? AND status = ?",
+                                               list(criteria.values()))]
+            found = [d for d in index.read(keys) if all(d.get(k) == v for k, v in criteria.items())]
+        except Exception as exc:  # noqa: BLE001 - the plain store query still works
+            logger.warning("label index unusable (%s); scanning the labels collection", exc)
+    if found is None:
+        found = db.labels.query(criteria)
+    docs = [LabelDoc.from_store(d) for d in found]
+    return min(docs, key=lambda d: (d.reused_from is not None, d.created_at.replace(tzinfo=None)), default=None)
+
+
 def reuse_label(db: CampaignDB, structure: StructureDoc, spec: CalculatorSpec, **label_fields: Any) -> LabelDoc | None:
     """A label for ``structure`` copied from an earlier ok label by the same oracle settings, if any.
 
     The earlier label may belong to any campaign. When it is this campaign's own label (same label id,
     e.g. a rerun of the job) it is returned unchanged.
     """
-    from almat.query import find_reusable_label
-
     previous = find_reusable_label(db, structure.structure_hash, spec.fingerprint)
     if previous is None:
         return None
@@ -219,23 +237,20 @@ class AseOracleMaker(Maker):
     reuse_labels: bool = True
 
     @store_job(output_schema=LabelDoc)
-    def make(
-        self,
-        structure: StructureDoc | Structure,
-        campaign: str | None = None,
-        iteration: int | None = None,
-    ) -> LabelDoc:
+    def make(self, structure: StructureDoc | Structure, campaign: str | None = None, iteration: int | None = None,
+             force_weights: list[float] | None = None) -> LabelDoc:
+        """Label ``structure``; with ``force_weights`` (per atom, e.g. an NFT chunk's 1 on its central
+        atoms and 0 elsewhere) the label carries them, an energy weight 0, and no stress."""
         doc = _as_structure_doc(structure, campaign, iteration)
-        campaign = campaign if campaign is not None else doc.campaign
-        iteration = iteration if iteration is not None else doc.iteration
-        fields = dict(
-            source=doc.source,
-            campaign=campaign,
-            iteration=iteration,
-            job_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None,
-        )
-        doc = doc.model_copy(update={"campaign": campaign, "iteration": iteration})
-        return label_or_reuse(doc, self.calculator, fields, compute_stress=self.compute_stress,
+        fields = dict(source=doc.source, campaign=campaign if campaign is not None else doc.campaign,
+                      iteration=iteration if iteration is not None else doc.iteration,
+                      job_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None)
+        if force_weights is not None:
+            if len(force_weights) != len(doc.structure):
+                raise ValueError(f"{len(force_weights)} force weights for a structure of {len(doc.structure)} atoms")
+            fields.update(force_weights=[float(w) for w in force_weights], energy_weight=0.0)
+        doc = doc.model_copy(update={"campaign": fields["campaign"], "iteration": fields["iteration"]})
+        return label_or_reuse(doc, self.calculator, fields, compute_stress=self.compute_stress and force_weights is None,
                               reuse=self.reuse_labels)
 
     @property

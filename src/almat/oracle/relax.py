@@ -24,8 +24,6 @@ from almat.stores import store_job
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AseRelaxMaker", "RelaxDoc"]
-
 
 class RelaxDoc(BaseModel):
     """Output of a relaxation: the relaxed structure and the labels taken along the way."""

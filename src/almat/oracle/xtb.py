@@ -10,8 +10,6 @@ from pymatgen.core import Element, Structure
 
 from almat.oracle.calculators import CalculatorSpec, CalculatorSpecError
 
-__all__ = ["GFN1_XTB", "XTB_ELEMENTS", "check_xtb_elements", "xtb_spec"]
-
 #: GFN1-xTB and GFN2-xTB are parametrised for H to Rn (Z = 1..86)
 XTB_ELEMENTS = frozenset(Element.from_Z(z).symbol for z in range(1, 87))
 

@@ -12,7 +12,7 @@
   (:class:`UnknownFilterError`), never an empty result.
 - On MongoDB the filter runs on the server with the indexes of ``CAMPAIGN_COLLECTIONS``;
   ``explain()`` shows the winning plan. The embedded MontyStore has neither indexes nor explain();
-  there the query runs on a sidecar SQLite index (``almat.query.sqlindex``), and ``explain()`` shows
+  there the query runs on a sidecar SQLite index (``almat.stores.sqlindex``), and ``explain()`` shows
   SQLite's query plan for it.
 """
 
@@ -20,29 +20,18 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Literal
 
-from almat.query.sqlindex import LabelIndex, iso_utc
+from maggma.stores import MongoStore
+from pymatgen.core import Composition, Element
+
 from almat.schemas import LabelDoc, LabelStatus, StructureSource, chemsys_of
 from almat.stores import CampaignDB
+from almat.stores.sqlindex import LabelIndex, iso_utc, label_index
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "KNOWN_FILTERS",
-    "LabelQuery",
-    "MixedOraclesError",
-    "UnknownFilterError",
-    "find_reusable_label",
-    "invalidate_labels",
-    "label_index",
-    "query_labels",
-    "reuse_summary",
-]
 
 #: filter name -> what it matches
 KNOWN_FILTERS: dict[str, str] = {
@@ -117,8 +106,6 @@ def _strings(name: str, value: Any) -> list[str]:
 
 
 def _elements(name: str, value: Any) -> list[str]:
-    from pymatgen.core import Element
-
     items = []
     for v in _strings(name, value):
         items.extend(p for p in v.replace(",", "-").split("-") if p)
@@ -132,8 +119,6 @@ def _elements(name: str, value: Any) -> list[str]:
 
 def _normalise(filters: dict[str, Any]) -> dict[str, Any]:
     """Validate and normalise filter values; unknown names raise ``UnknownFilterError``."""
-    from pymatgen.core import Composition
-
     for key in filters:
         if key not in KNOWN_FILTERS:
             raise _unknown(key, KNOWN_FILTERS, "filter")
@@ -188,13 +173,15 @@ def _normalise(filters: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
+#: filter name -> label field, for the filters that match one value or any of a list
+_EQUAL_FIELDS = {name: name for name in ("chemsys", "formula", "campaign", "oracle", "oracle_fingerprint",
+                                         "structure_hash", "iteration", "source")} | {"label_ids": "label_id"}
+
+
 def _mongo_criteria(f: dict[str, Any]) -> dict[str, Any]:
     """The normalised filters as a MongoDB filter (what runs on MongoDB, and post-filters elsewhere)."""
     c: dict[str, Any] = {}
-    one_or_in = {"chemsys": "chemsys", "formula": "formula", "campaign": "campaign", "oracle": "oracle",
-                 "oracle_fingerprint": "oracle_fingerprint", "structure_hash": "structure_hash",
-                 "label_ids": "label_id", "iteration": "iteration", "source": "source"}
-    for key, fld in one_or_in.items():
+    for key, fld in _EQUAL_FIELDS.items():
         if key in f:
             vals = f[key]
             c[fld] = vals[0] if len(vals) == 1 else {"$in": list(vals)}
@@ -224,10 +211,7 @@ def _mongo_criteria(f: dict[str, Any]) -> dict[str, Any]:
 def _sql_where(f: dict[str, Any]) -> tuple[str, list[Any]]:
     """The normalised filters (without ``raw``) as an SQL condition on the sidecar index."""
     parts, params = [], []
-    cols = {"chemsys": "chemsys", "formula": "formula", "campaign": "campaign", "oracle": "oracle",
-            "oracle_fingerprint": "oracle_fingerprint", "structure_hash": "structure_hash",
-            "label_ids": "label_id", "iteration": "iteration", "source": "source"}
-    for key, col in cols.items():
+    for key, col in _EQUAL_FIELDS.items():
         if key in f:
             vals = f[key]
             if not vals:
@@ -268,28 +252,6 @@ def _matches(criteria: dict[str, Any], doc: dict[str, Any]) -> bool:
     from mongomock_ng.filtering import filter_applies
 
     return filter_applies(criteria, doc)
-
-
-_INDEXES: dict[tuple[str, str], LabelIndex] = {}
-
-
-def label_index(db: CampaignDB) -> LabelIndex | None:
-    """The sidecar SQLite index of ``db.labels`` (embedded MontyStore only), shared per process and thread."""
-    probe = LabelIndex.for_store(db.labels)
-    if probe is None:
-        return None
-    # one open SQLite connection per process and thread (sqlite3 connections are not shared)
-    key = (str(probe.collection_file), str(probe.path), os.getpid(), threading.get_ident())
-    if key not in _INDEXES:
-        _INDEXES[key] = probe
-    return _INDEXES[key]
-
-
-def invalidate_labels(db: CampaignDB, label_ids: Iterable[str]) -> None:
-    """Tell the sidecar index that these labels were (re)written (no-op on MongoDB)."""
-    index = label_index(db)
-    if index is not None:
-        index.invalidate(label_ids)
 
 
 def _decorate_atoms(label: LabelDoc):
@@ -367,8 +329,6 @@ class LabelQuery:
     def backend(self) -> str:
         if LabelIndex.for_store(self.db.labels) is not None:
             return "montydb+sqlite-index" if self.use_index else "montydb"
-        from maggma.stores import MongoStore
-
         return "mongodb" if isinstance(self.db.labels, MongoStore) else type(self.db.labels).__name__
 
     def _raw_dicts(self) -> Iterator[dict[str, Any]]:
@@ -540,18 +500,6 @@ def query_labels(
     """
     filters.setdefault("status", "ok")
     return LabelQuery(db, filters, as_=as_, allow_mixed_oracles=allow_mixed_oracles, use_index=use_index)
-
-
-def find_reusable_label(db: CampaignDB, structure_hash: str, oracle_fingerprint: str) -> LabelDoc | None:
-    """An ok label of this configuration by this oracle (any campaign): the original one if possible."""
-    q = LabelQuery(db, {"structure_hash": structure_hash, "oracle_fingerprint": oracle_fingerprint,
-                        "status": "ok"})
-    best = None
-    for doc in q.docs():
-        key = (doc.reused_from is not None, doc.created_at.replace(tzinfo=None))
-        if best is None or key < best[0]:
-            best = (key, doc)
-    return None if best is None else best[1]
 
 
 def reuse_summary(db: CampaignDB, campaign: str | list[str] | None = None) -> dict[str, dict[str, int]]:

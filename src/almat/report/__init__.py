@@ -2,5 +2,3 @@
 
 from almat.report.html import report_command, write_report
 from almat.report.plots import ReportData
-
-__all__ = ["ReportData", "report_command", "write_report"]

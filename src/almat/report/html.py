@@ -7,23 +7,24 @@ import html
 from pathlib import Path
 from typing import Any
 
+from almat.query import reuse_summary
+from almat.report.learning import plot_learning_curves, plot_nft_progress
 from almat.report.plots import (
     ReportData,
     calibration_data,
-    plot_calibration_trend,
     deviation_data,
     labels_by_source_data,
     learning_curve_data,
     load_iterations,
     parity_data,
+    plot_calibration,
+    plot_calibration_trend,
     plot_deviation_histograms,
     plot_labels_by_source,
     plot_learning_curve,
     plot_parity,
 )
 from almat.stores import CampaignDB
-
-__all__ = ["report_command", "write_report"]
 
 FIGURES = {
     "learning_curve": ("learning_curve.png", "Learning curve: held-out force RMSE of the committee (committee of "
@@ -95,10 +96,8 @@ def _write_records_report(db: CampaignDB, doc: dict, kind: str, out: Path) -> Re
     campaign = doc["name"]
     data = ReportData(campaign=campaign)
     config = doc.get("config") or {}
+    records = load_iterations(db, campaign, kind)
     if kind == "pool":
-        from almat.pool import load_pool_iterations, plot_learning_curve
-
-        records = load_pool_iterations(db, campaign)
         header = ["it", "acquisition", "labels", "new", "unlabelled", "test F RMSE (eV/Å)",
                   "test E RMSE (eV/atom)", "stop"]
         rows = [[r.iteration, r.acquisition, r.n_labels, r.n_new_labels, r.n_unlabelled, r.test_errors.force_rmse,
@@ -106,14 +105,10 @@ def _write_records_report(db: CampaignDB, doc: dict, kind: str, out: Path) -> Re
         key, caption = "learning_curve", ("Learning curve: committee-mean force RMSE on the held-out part of the "
                                           "pool against the number of training labels (oracle calls).")
         if records:
-            data.files[key] = plot_learning_curve(records, out / "learning_curve.png", db=db,
-                                                  target=config.get("target_force_rmse"),
-                                                  title=f"{campaign}: learning curve")
+            data.files[key] = plot_learning_curves(records, out / "learning_curve.png",
+                                                   target=config.get("target_force_rmse"),
+                                                   title=f"{campaign}: learning curve")
     else:
-        from almat.nft import nft_iterations
-        from almat.nft.plots import plot_nft_progress
-
-        records = nft_iterations(db, campaign)
         header = ["it", "train labels", "max σ_atom (eV/Å)", "mean σ_atom (eV/Å)", "threshold (eV/Å)", "chunks",
                   "target F RMSE (eV/Å)", "stop"]
         rows = [[r.iteration, r.n_train_labels, r.max_uncertainty, r.mean_uncertainty, r.threshold, r.n_chunks,
@@ -143,8 +138,6 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
 
     MD campaigns get the full report; pool-based and NFT campaigns their records and progress figure.
     """
-    from almat.query import reuse_summary
-
     doc = db.campaigns.query_one({"name": campaign})
     out = Path(out_dir)
     kind = ((doc or {}).get("config") or {}).get("kind", "md")
@@ -179,8 +172,6 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
 
     data.calibration = calibration_data(iterations)
     if data.calibration["iteration"]:
-        from almat.calibration import plot_calibration
-
         last = [it for it in iterations if it.calibration is not None][-1]
         data.files["calibration"] = plot_calibration(last.calibration, out / FIGURES["calibration"][0],
                                                      title=f"{campaign}, iteration {last.iteration}: calibration")
@@ -226,16 +217,8 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
 
 def report_command(campaign: str, out_dir: str | Path, settings=None) -> dict[str, Any]:
     """``almat report CAMPAIGN OUT_DIR``: returns ``{html, figures: {name: path}, notes}``."""
-    from almat.settings import get_settings
-    from almat.stores import check_connection
-
-    settings = settings or get_settings()
-    check_connection(settings)
-    db = CampaignDB.from_settings(settings).connect()
-    try:
+    with CampaignDB.from_settings(settings, check=True) as db:
         data = write_report(db, campaign, out_dir)
-    finally:
-        db.close()
     return {
         "html": str(data.files["html"]),
         "figures": {k: str(v) for k, v in data.files.items() if k != "html"},

@@ -8,31 +8,18 @@ figure shows can be checked against the stored metrics.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from almat.schemas import IterationDoc
+from almat.query import query_labels
+from almat.schemas import CalibrationDoc, IterationDoc, NftIterationDoc, PoolIterationDoc
 from almat.stores import CampaignDB
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "ReportData",
-    "calibration_data",
-    "plot_calibration_trend",
-    "deviation_data",
-    "labels_by_source_data",
-    "learning_curve_data",
-    "load_iterations",
-    "parity_data",
-    "plot_deviation_histograms",
-    "plot_labels_by_source",
-    "plot_learning_curve",
-    "plot_parity",
-]
 
 #: paper-ready defaults: readable at a column width
 STYLE = {
@@ -75,9 +62,12 @@ def _pyplot():
     return plt
 
 
-def load_iterations(db: CampaignDB, campaign: str) -> list[IterationDoc]:
-    docs = [IterationDoc.from_store(d) for d in db.iterations.query({"campaign": campaign})]
-    return sorted(docs, key=lambda d: d.iteration)
+def load_iterations(db: CampaignDB, campaign: str, kind: str = "md") -> list:
+    """The campaign's per-iteration records by iteration: ``IterationDoc``, or for ``kind`` pool / nft
+    ``PoolIterationDoc`` / ``NftIterationDoc``."""
+    store, cls = {"md": (db.iterations, IterationDoc), "pool": (db.pool_iterations, PoolIterationDoc),
+                  "nft": (db.nft_iterations, NftIterationDoc)}[kind]
+    return sorted((cls.from_store(d) for d in store.query({"campaign": campaign})), key=lambda d: d.iteration)
 
 
 # -- learning curve ----------------------------------------------------------------------------------
@@ -193,8 +183,6 @@ def parity_data(db: CampaignDB, campaign: str, iterations: list[IterationDoc], o
     The labels selected and computed in iteration ``i`` are predicted by the committee of iteration
     ``i`` (``IterationDoc.model_ids``), which was trained before they existed.
     """
-    from almat.query import query_labels
-
     out: dict[int, dict[str, Any]] = {}
     notes: list[str] = []
     for it in iterations:
@@ -206,7 +194,7 @@ def parity_data(db: CampaignDB, campaign: str, iterations: list[IterationDoc], o
         if not labels:
             continue
         try:
-            from almat.learner.committee import Committee
+            from almat.learner.committee import Committee  # torch: only when there is something to predict
 
             committee = Committee.from_store(db, it.model_ids)
         except Exception as exc:  # noqa: BLE001 - a report without parity beats no report
@@ -258,8 +246,6 @@ def plot_parity(data: dict[int, dict[str, Any]], path: Path, title: str = "") ->
 
 def labels_by_source_data(db: CampaignDB, campaign: str) -> dict[str, dict[str, int]]:
     """``{"oracle [fingerprint]": {source: n ok labels}}`` for the campaign (one entry per oracle setting)."""
-    from almat.query import query_labels
-
     out: dict[str, dict[str, int]] = {}
     fingerprints = query_labels(db, campaign=campaign, allow_mixed_oracles=True).group_count("oracle_fingerprint")
     for fp in sorted(f for f in fingerprints if f is not None):
@@ -351,6 +337,52 @@ def plot_calibration_trend(data: dict[str, list], path: Path, conv_accuracy: flo
             ax.set_xticks(it)
         fig.suptitle(title or "calibration per iteration")
         fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+def plot_calibration(doc: CalibrationDoc, path: str | Path, title: str | None = None,
+                     log: bool | None = None) -> Path:
+    """Observed error vs calibrated uncertainty ``k u``, with the ideal line and the conformal band
+    ``error <= q k u`` (shaded), written as a PNG. ``log=None`` picks log axes when the values span
+    more than two decades."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = doc.calibrated(doc.predicted)
+    y = np.asarray(doc.observed, dtype=float)
+    positive = np.concatenate([x[x > 0], y[y > 0]])
+    if log is None:
+        log = positive.size > 1 and positive.max() / positive.min() > 100
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.0, 6.8), constrained_layout=True)
+        hi = float(max(x.max(initial=0), y.max(initial=0))) * 1.1 or 1.0
+        lo = float(positive.min()) / 1.5 if log and positive.size else 0.0
+        line = np.geomspace(max(lo, 1e-12), hi, 200) if log else np.linspace(0, hi, 200)
+        if math.isfinite(doc.quantile):
+            ax.fill_between(line, 0 if not log else lo, np.minimum(doc.quantile * line, hi * 10),
+                            color="#56B4E9", alpha=0.25, lw=0,
+                            label=f"conformal bound $q\\,k\\,\\sigma$, target {100 * doc.coverage:.0f}%\n"
+                                  f"($q$ = {doc.quantile:.2f}; {100 * doc.empirical_coverage:.0f}% of frames inside)")
+            ax.plot(line, doc.quantile * line, color="#0072B2", lw=1.2)
+        ax.plot(line, line, color="black", lw=1.0, ls="--", label="error = calibrated uncertainty")
+        ax.scatter(x, y, s=22, color="#D55E00", edgecolor="white", lw=0.4, zorder=3,
+                   label=f"held-out frames (n = {doc.n_samples})")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        else:
+            ax.set_xlim(0, hi)
+            ax.set_ylim(0, hi)
+        ax.set_xlabel(rf"calibrated uncertainty $k\,\sigma_{{F,\max}}$ (eV/Å), $k$ = {doc.factor:.2f}")
+        ax.set_ylabel("max atomic force error (eV/Å)")
+        rho = "n/a" if doc.spearman is None else f"{doc.spearman:.2f}"
+        it = f"iteration {doc.iteration}: " if doc.iteration is not None else ""
+        ax.set_title(title or f"{it}calibration, Spearman ρ = {rho}")
+        fig.legend(loc="outside lower center", frameon=False)
         fig.savefig(path)
         plt.close(fig)
     return path

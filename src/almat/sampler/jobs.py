@@ -10,14 +10,12 @@ from jobflow import Maker
 from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
-from almat.sampler.deviation import FrameClass, TrustLevels
 from almat.sampler.md import ExplorationSettings, run_exploration
 from almat.schemas import StructureDoc, to_atoms, to_structure
 from almat.stores import current_db, put_blob, store_job
+from almat.uncertainty.deviation import FrameClass, TrustLevels
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["CandidateFrame", "ExploreDoc", "ExploreMaker"]
 
 
 class CandidateFrame(BaseModel):
@@ -86,7 +84,7 @@ class ExploreMaker(Maker):
         campaign: str | None = None,
         iteration: int | None = None,
     ) -> ExploreDoc:
-        from almat.learner.committee import Committee
+        from almat.learner.committee import Committee  # torch: only in the running job
 
         if isinstance(structure, StructureDoc):
             structure = structure.structure

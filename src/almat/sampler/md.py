@@ -10,11 +10,9 @@ from ase import Atoms, units
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-from almat.sampler.deviation import FrameClass, TrustLevels
+from almat.uncertainty.deviation import FrameClass, TrustLevels
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["ExplorationSettings", "Frame", "Trajectory", "run_exploration"]
 
 
 @dataclass

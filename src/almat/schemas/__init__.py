@@ -2,6 +2,7 @@
 
 from almat.schemas.documents import (
     AlmatDocument,
+    CalibrationDoc,
     CampaignDoc,
     CampaignStatus,
     DeviationHistogram,
@@ -14,23 +15,5 @@ from almat.schemas.documents import (
     TestErrors,
     utcnow,
 )
+from almat.schemas.records import NftChunkRecord, NftIterationDoc, NftSelection, PoolIterationDoc, StopKind
 from almat.schemas.structure import chemsys_of, structure_hash, to_atoms, to_structure
-
-__all__ = [
-    "AlmatDocument",
-    "CampaignDoc",
-    "CampaignStatus",
-    "DeviationHistogram",
-    "IterationDoc",
-    "LabelDoc",
-    "LabelStatus",
-    "ModelDoc",
-    "StructureDoc",
-    "StructureSource",
-    "TestErrors",
-    "chemsys_of",
-    "structure_hash",
-    "to_atoms",
-    "to_structure",
-    "utcnow",
-]

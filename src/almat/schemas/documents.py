@@ -12,27 +12,13 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
 from monty.json import jsanitize
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Structure
 
-from almat.calibration.core import CalibrationDoc
-from almat.schemas.structure import chemsys_of, structure_hash
-
-__all__ = [
-    "AlmatDocument",
-    "StructureSource",
-    "LabelStatus",
-    "StructureDoc",
-    "LabelDoc",
-    "ModelDoc",
-    "TestErrors",
-    "DeviationHistogram",
-    "IterationDoc",
-    "CampaignStatus",
-    "CampaignDoc",
-    "utcnow",
-]
+from almat.schemas.structure import chemsys_of, structure_hash, to_atoms
 
 
 def utcnow() -> datetime:
@@ -159,11 +145,6 @@ class LabelDoc(_ConfigurationDoc):
 
     def to_atoms(self):
         """ASE Atoms carrying the label as a SinglePointCalculator result."""
-        import numpy as np
-        from ase.calculators.singlepoint import SinglePointCalculator
-
-        from almat.schemas.structure import to_atoms
-
         atoms = to_atoms(self.structure)
         if self.ok:
             results: dict[str, Any] = {"energy": self.energy, "forces": np.array(self.forces)}
@@ -220,6 +201,35 @@ class DeviationHistogram(AlmatDocument):
 
     bin_edges: list[float]
     counts: list[int]
+
+
+class CalibrationDoc(BaseModel):
+    """One iteration's calibration of the committee deviation against oracle errors (eV/Å)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: str | None = None
+    iteration: int | None = None
+    factor: float = Field(..., description="Recalibration factor k: observed error ~ k x deviation")
+    method: str = Field("lstsq", description="How k was fitted: lstsq (through the origin) or median ratio")
+    quantile: float = Field(..., description="Split-conformal quantile q of error / (k x deviation); "
+                                             "inf when too few frames for the coverage")
+    coverage: float = Field(..., gt=0, lt=1, description="Target coverage of the bound q k u")
+    empirical_coverage: float = Field(..., description="Fraction of these frames within q k u")
+    spearman: float | None = Field(None, description="Spearman rank correlation of deviation and error "
+                                                     "(None when undefined)")
+    n_samples: int = Field(..., ge=1)
+    predicted: list[float] = Field(..., description="Per-frame max atomic force deviation (eV/Å)")
+    observed: list[float] = Field(..., description="Per-frame max atomic force error vs the oracle (eV/Å)")
+    units: str = "eV/Å"
+
+    def calibrated(self, uncertainty) -> np.ndarray:
+        """``k * u``: the recalibrated uncertainty (eV/Å)."""
+        return self.factor * np.asarray(uncertainty, dtype=float)
+
+    def upper_bound(self, uncertainty) -> np.ndarray:
+        """``q * k * u``: exceeded by the true error with probability at most ``1 - coverage``."""
+        return self.quantile * self.factor * np.asarray(uncertainty, dtype=float)
 
 
 class IterationDoc(AlmatDocument):

@@ -25,13 +25,6 @@ from pymatgen.core import Lattice, Structure
 LATTICE_DECIMALS = 4
 FRAC_DECIMALS = 5
 
-__all__ = [
-    "structure_hash",
-    "to_atoms",
-    "to_structure",
-    "chemsys_of",
-]
-
 
 def to_structure(obj: Atoms | Structure | dict) -> Structure:
     """A pymatgen ``Structure`` from ASE ``Atoms``, a ``Structure`` or its dict."""

@@ -24,18 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from ase import Atoms
 
+from almat.schemas import to_structure
 from almat.select.fps import DUPLICATE_TOLERANCE, SelectionContext, min_distances
 from almat.select.policies import register_policy
-
-__all__ = [
-    "SCHEDULE_KINDS",
-    "WeightSchedule",
-    "WeightedAcquisition",
-    "closeness",
-    "greedy_acquisition",
-    "normalise_uncertainty",
-]
 
 SCHEDULE_KINDS = ("constant", "linear", "exponential")
 
@@ -205,10 +198,6 @@ class WeightedAcquisition:
             return None
         if context is None or context.describe is None:
             raise ValueError("a target structure needs a SelectionContext with a describe function")
-        from ase import Atoms
-
-        from almat.schemas import to_structure
-
         target = self.target_structure if isinstance(self.target_structure, Atoms) else to_structure(self.target_structure)
         return np.asarray(context.describe([target]), dtype=float)[0]
 

@@ -27,19 +27,6 @@ import numpy as np
 
 from almat.select.policies import get_policy, register_policy
 
-__all__ = [
-    "DiversityFilter",
-    "FPSSelection",
-    "SelectionContext",
-    "build_selection_context",
-    "descriptor_scale",
-    "call_policy",
-    "diversity_filter",
-    "farthest_point_sampling",
-    "min_distances",
-    "policy_needs_descriptors",
-]
-
 #: distances below this fraction of the descriptor scale count as "the same structure" (float32 noise
 #: of MACE descriptors is ~1e-7 of their norm; rattles of 0.005 Å give ~1e-4 of the spread)
 DUPLICATE_TOLERANCE = 1e-6
@@ -104,7 +91,7 @@ def build_selection_context(
     """
     if committee is None:
         return SelectionContext(iteration=iteration)
-    from almat.learner.descriptors import structure_descriptors
+    from almat.learner.descriptors import structure_descriptors  # torch: only with a committee
 
     def describe(frames: Sequence[Any]) -> np.ndarray:
         return structure_descriptors(committee, list(frames), batch_size=batch_size)

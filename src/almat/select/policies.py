@@ -12,16 +12,6 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = [
-    "SELECTION_POLICIES",
-    "Candidate",
-    "MaxDeviationSelection",
-    "RandomSelection",
-    "SelectionPolicy",
-    "get_policy",
-    "register_policy",
-]
-
 
 @runtime_checkable
 class Candidate(Protocol):

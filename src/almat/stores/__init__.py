@@ -7,34 +7,29 @@
   next to the job outputs, with the indexes that queries need. Jobs find it from the ``JobStore`` they
   run with (``CampaignDB.from_job_store``), so a FireWorks worker writes where its JobStore points.
 - ``put_blob``/``get_blob`` keep large objects in the ``data`` store in jobflow's own blob layout
-  (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit.
+  (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit (``limits``).
+- ``sqlindex``: the embedded store's side SQLite index of the labels; ``runinfo``: where a job ran.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from jobflow import JobConfig, JobStore, job
+from jobflow import CURRENT_JOB, JobConfig, JobStore, job
 from maggma.core import Store
 from maggma.stores import GridFSStore, MemoryStore, MongoStore, MontyStore
 from monty.json import MontyDecoder
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from almat.settings import AlmatSettings, get_settings
-
-__all__ = [
-    "CAMPAIGN_COLLECTIONS",
-    "CampaignDB",
-    "build_job_store",
-    "check_connection",
-    "current_db",
-    "store_job",
-    "get_blob",
-    "put_blob",
-    "require_db",
-    "sibling_store",
-]
+from almat.stores.limits import assert_document_size
+from almat.stores.runinfo import with_run_record
+from almat.stores.sqlindex import invalidate_labels
 
 #: collection -> (unique key fields, indexed fields)
 CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
@@ -95,9 +90,6 @@ def check_connection(settings: AlmatSettings | None = None) -> None:
     settings = settings or get_settings()
     if settings.embedded:
         return
-    from pymongo import MongoClient
-    from pymongo.errors import PyMongoError
-
     client = MongoClient(settings.mongo_uri.get_secret_value(), **_mongo_kwargs(settings))
     try:
         client.admin.command("ping")
@@ -145,8 +137,11 @@ class CampaignDB:
         return cls(**stores, data=job_store.additional_stores["data"])
 
     @classmethod
-    def from_settings(cls, settings: AlmatSettings | None = None) -> "CampaignDB":
+    def from_settings(cls, settings: AlmatSettings | None = None, check: bool = False) -> "CampaignDB":
+        """The collections of the settings' store (``check``: fail fast when MongoDB is unreachable)."""
         settings = settings or get_settings()
+        if check:
+            check_connection(settings)
         return cls.from_job_store(build_job_store(settings), prefix=settings.collection_prefix)
 
     def all_stores(self) -> dict[str, Store]:
@@ -195,15 +190,11 @@ class CampaignDB:
         rows = [d.to_store() if hasattr(d, "to_store") else d for d in docs]
         if collection == "structures" and rows:
             rows = [r for r in rows if self.structures.query_one({k: r.get(k) for k in key}, properties=key) is None]
-        from almat.query.limits import assert_document_size
-
         for row in rows:
             assert_document_size(row)  # MongoDB's 16 MB limit, checked on the embedded store too
         if rows:
             getattr(self, collection).update(rows, key=key if len(key) > 1 else key[0])
         if collection == "labels" and rows:
-            from almat.query import invalidate_labels
-
             invalidate_labels(self, [r["label_id"] for r in rows])  # the embedded store's query index
         return len(rows)
 
@@ -240,8 +231,6 @@ def require_db() -> CampaignDB:
 
 def current_db() -> CampaignDB | None:
     """The campaign collections of the JobStore the current jobflow job runs with (None outside a run)."""
-    from jobflow import CURRENT_JOB
-
     store = CURRENT_JOB.store
     if store is None:
         return None
@@ -252,17 +241,13 @@ def store_job(method=None, **job_kwargs):
     """jobflow's ``@job`` for jobs that write to the campaign collections (the store is exposed).
 
     Every such job also records where it ran (host, ``SLURM_JOB_ID``, ``SLURM_JOB_PARTITION``) in its
-    JobStore document under ``metadata["almat_run"]`` (see ``almat.launch.runinfo``). Works on functions
+    JobStore document under ``metadata["almat_run"]`` (see ``almat.stores.runinfo``). Works on functions
     and on ``Maker.make`` methods; ``output_schema`` and other ``@job`` keywords pass through.
     """
-    import functools
-    import inspect
 
     def decorator(func):
         @functools.wraps(func)
         def recorded(*args, **kwargs):
-            from almat.launch.runinfo import with_run_record
-
             return with_run_record(func(*args, **kwargs))
 
         # keep jobflow's function_filter working: it unwraps one level (``__wrapped__``) and must

@@ -17,7 +17,7 @@ Staying in sync, without hooks in the writers:
   index (one SQL pass that does not read the documents) and decodes only new or changed documents;
   deleted documents are dropped;
 - a replaced document of exactly the same byte length is the one change this cannot see: almat's
-  writers call :func:`almat.query.invalidate_labels` with the label ids they wrote, which drops those
+  writers call :func:`invalidate_labels` with the label ids they wrote, which drops those
   rows so the next sync re-reads them.
 
 Reading MontyDB's storage directly relies on its sqlite layout (table ``documents``, columns ``k``
@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import bson
 from bson.raw_bson import RawBSONDocument
-
-__all__ = ["LabelIndex", "INDEXED_COLUMNS"]
+from maggma.stores import MontyStore
 
 SCHEMA_VERSION = "1"
 
@@ -113,8 +113,6 @@ class LabelIndex:
     @classmethod
     def for_store(cls, store: Any) -> "LabelIndex | None":
         """The index for ``store`` when it is a MontyStore with the sqlite backend, else None."""
-        from maggma.stores import MontyStore
-
         if not isinstance(store, MontyStore) or getattr(store, "storage", None) != "sqlite":
             return None
         root = Path(store.database_path)
@@ -268,3 +266,23 @@ class LabelIndex:
             for k in chunk:
                 if k in found:
                     yield bson.decode(bytes(found[k]))
+
+
+_INDEXES: dict[tuple, LabelIndex] = {}
+
+
+def label_index(db) -> LabelIndex | None:
+    """The side index of ``db.labels`` (a ``CampaignDB``; embedded MontyStore only), shared per process and thread."""
+    probe = LabelIndex.for_store(db.labels)
+    if probe is None:
+        return None
+    # one open SQLite connection per process and thread (sqlite3 connections are not shared)
+    key = (str(probe.collection_file), str(probe.path), os.getpid(), threading.get_ident())
+    return _INDEXES.setdefault(key, probe)
+
+
+def invalidate_labels(db, label_ids: Iterable[str]) -> None:
+    """Tell the side index that these labels were (re)written (no-op on MongoDB)."""
+    index = label_index(db)
+    if index is not None:
+        index.invalidate(label_ids)

@@ -21,7 +21,7 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["RUN_RECORD_KEY", "run_record", "with_run_record"]
+from jobflow import CURRENT_JOB, Response
 
 #: key of ``Job.metadata`` (and so of the JobStore document) holding the record
 RUN_RECORD_KEY = "almat_run"
@@ -38,8 +38,6 @@ def run_record() -> dict[str, Any]:
 
 def with_run_record(returns: Any) -> Any:
     """Record where the running jobflow job ran; see the module docstring."""
-    from jobflow import CURRENT_JOB, Response
-
     current = CURRENT_JOB.job
     if current is None:  # the function was called directly, not as a job
         return returns

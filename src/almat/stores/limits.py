@@ -11,8 +11,6 @@ from typing import Any
 import bson
 from monty.json import jsanitize
 
-__all__ = ["MAX_DOCUMENT_BYTES", "DocumentTooLargeError", "assert_document_size", "document_size"]
-
 #: MongoDB's BSON document size limit (16 MiB)
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 

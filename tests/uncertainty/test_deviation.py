@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from almat.sampler import FrameClass, TrustLevels, atomic_force_deviation, energy_deviation, max_force_deviation
+from almat.uncertainty import FrameClass, TrustLevels, atomic_force_deviation, energy_deviation, max_force_deviation
 
 
 def test_model_deviation_matches_dpgen_definition():

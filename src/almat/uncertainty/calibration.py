@@ -26,25 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = [
-    "CalibrationDoc",
-    "StopDecision",
-    "calibrate",
-    "committee_errors",
-    "conformal_quantile",
-    "convergence_check",
-    "empirical_coverage",
-    "fit_factor",
-    "plot_calibration",
-    "spearman",
-    "stratified_sample",
-]
+from almat.schemas import CalibrationDoc
 
 FACTOR_METHODS = ("lstsq", "median")
 
@@ -153,35 +139,6 @@ def spearman(predicted: Sequence[float], observed: Sequence[float]) -> float:
     return float(spearmanr(p, o).statistic)
 
 
-class CalibrationDoc(BaseModel):
-    """One iteration's calibration of the committee deviation against oracle errors (eV/Å)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    campaign: str | None = None
-    iteration: int | None = None
-    factor: float = Field(..., description="Recalibration factor k: observed error ~ k x deviation")
-    method: str = Field("lstsq", description="How k was fitted: lstsq (through the origin) or median ratio")
-    quantile: float = Field(..., description="Split-conformal quantile q of error / (k x deviation); "
-                                             "inf when too few frames for the coverage")
-    coverage: float = Field(..., gt=0, lt=1, description="Target coverage of the bound q k u")
-    empirical_coverage: float = Field(..., description="Fraction of these frames within q k u")
-    spearman: float | None = Field(None, description="Spearman rank correlation of deviation and error "
-                                                     "(None when undefined)")
-    n_samples: int = Field(..., ge=1)
-    predicted: list[float] = Field(..., description="Per-frame max atomic force deviation (eV/Å)")
-    observed: list[float] = Field(..., description="Per-frame max atomic force error vs the oracle (eV/Å)")
-    units: str = "eV/Å"
-
-    def calibrated(self, uncertainty) -> np.ndarray:
-        """``k * u``: the recalibrated uncertainty (eV/Å)."""
-        return self.factor * np.asarray(uncertainty, dtype=float)
-
-    def upper_bound(self, uncertainty) -> np.ndarray:
-        """``q * k * u``: exceeded by the true error with probability at most ``1 - coverage``."""
-        return self.quantile * self.factor * np.asarray(uncertainty, dtype=float)
-
-
 def calibrate(predicted: Sequence[float], observed: Sequence[float], coverage: float = 0.9,
               method: str = "lstsq", campaign: str | None = None, iteration: int | None = None) -> CalibrationDoc:
     """Fit ``k``, the conformal ``q`` and the Spearman correlation on one held-out sample."""
@@ -274,55 +231,3 @@ def convergence_check(
     reason = (f"{100 * fraction:.1f}% of {u.size} frames have {what} < {tolerance:g} eV/Å "
               f"({'>=' if stop else '<'} conv_accuracy {conv_accuracy:g})")
     return StopDecision(stop, fraction, int(u.size), float(tolerance), float(conv_accuracy), bound, reason)
-
-
-def plot_calibration(doc: CalibrationDoc, path: str | Path, title: str | None = None,
-                     log: bool | None = None) -> Path:
-    """Observed error vs calibrated uncertainty ``k u``, with the ideal line and the conformal band
-    ``error <= q k u`` (shaded), written as a PNG. ``log=None`` picks log axes when the values span
-    more than two decades."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = doc.calibrated(doc.predicted)
-    y = np.asarray(doc.observed, dtype=float)
-    positive = np.concatenate([x[x > 0], y[y > 0]])
-    if log is None:
-        log = positive.size > 1 and positive.max() / positive.min() > 100
-    from almat.report.plots import STYLE
-
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.0, 6.8), constrained_layout=True)
-        hi = float(max(x.max(initial=0), y.max(initial=0))) * 1.1 or 1.0
-        lo = float(positive.min()) / 1.5 if log and positive.size else 0.0
-        line = np.geomspace(max(lo, 1e-12), hi, 200) if log else np.linspace(0, hi, 200)
-        if math.isfinite(doc.quantile):
-            ax.fill_between(line, 0 if not log else lo, np.minimum(doc.quantile * line, hi * 10),
-                            color="#56B4E9", alpha=0.25, lw=0,
-                            label=f"conformal bound $q\\,k\\,\\sigma$, target {100 * doc.coverage:.0f}%\n"
-                                  f"($q$ = {doc.quantile:.2f}; {100 * doc.empirical_coverage:.0f}% of frames inside)")
-            ax.plot(line, doc.quantile * line, color="#0072B2", lw=1.2)
-        ax.plot(line, line, color="black", lw=1.0, ls="--", label="error = calibrated uncertainty")
-        ax.scatter(x, y, s=22, color="#D55E00", edgecolor="white", lw=0.4, zorder=3,
-                   label=f"held-out frames (n = {doc.n_samples})")
-        if log:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlim(lo, hi)
-            ax.set_ylim(lo, hi)
-        else:
-            ax.set_xlim(0, hi)
-            ax.set_ylim(0, hi)
-        ax.set_xlabel(rf"calibrated uncertainty $k\,\sigma_{{F,\max}}$ (eV/Å), $k$ = {doc.factor:.2f}")
-        ax.set_ylabel("max atomic force error (eV/Å)")
-        rho = "n/a" if doc.spearman is None else f"{doc.spearman:.2f}"
-        it = f"iteration {doc.iteration}: " if doc.iteration is not None else ""
-        ax.set_title(title or f"{it}calibration, Spearman ρ = {rho}")
-        fig.legend(loc="outside lower center", frameon=False)
-        fig.savefig(path)
-        plt.close(fig)
-    return path

@@ -18,14 +18,6 @@ from enum import Enum
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = [
-    "FrameClass",
-    "TrustLevels",
-    "atomic_force_deviation",
-    "energy_deviation",
-    "max_force_deviation",
-]
-
 
 class FrameClass(str, Enum):
     accurate = "accurate"

@@ -7,16 +7,17 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from scipy.stats import spearmanr
 
-from almat.calibration import (
-    CalibrationDoc,
+from almat.report.plots import plot_calibration
+from almat.schemas import CalibrationDoc
+from almat.uncertainty import (
     calibrate,
     committee_errors,
     conformal_quantile,
     convergence_check,
     empirical_coverage,
     fit_factor,
-    plot_calibration,
     spearman,
+    stratified_sample,
 )
 
 
@@ -178,8 +179,6 @@ def test_calibration_plot(held_out, tmp_path):
 # --- the held-out sample ---------------------------------------------------------------------------
 
 def test_stratified_sample_spans_the_deviation_range_and_respects_eligibility():
-    from almat.calibration import stratified_sample
-
     rng = np.random.default_rng(0)
     u = np.concatenate([rng.uniform(0.0, 0.02, 80), rng.uniform(0.1, 0.5, 20)])  # mostly confident frames
     eligible = np.ones(u.size, dtype=bool)
@@ -197,8 +196,6 @@ def test_stratified_sample_spans_the_deviation_range_and_respects_eligibility():
 
 def test_stratified_sample_gives_every_frame_the_same_chance():
     """Representative of the explored frames (what the conformal bound assumes)."""
-    from almat.calibration import stratified_sample
-
     rng = np.random.default_rng(1)
     u = rng.lognormal(-3, 1, 60)
     hits = np.zeros(u.size)

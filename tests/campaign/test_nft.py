@@ -1,11 +1,14 @@
-"""An NFT campaign end to end: EMT on Cu, a tiny 2-model MACE committee, 2 iterations, run_locally."""
+"""NFT campaigns: the config and stop rules of the explorer without the workflow, then campaigns end to end
+(EMT on Cu, a tiny 2-model MACE committee, 2 iterations, run_locally)."""
 
 import numpy as np
 import pytest
 
-from almat.nft import NftIterationDoc, run_nft_campaign
-from almat.schemas import LabelDoc, ModelDoc
+from almat.campaign import CampaignMaker, ConfigError, load_config, run_campaign
+from almat.campaign.nft import stop_decision
+from almat.schemas import LabelDoc, ModelDoc, NftIterationDoc
 
+CUTOFF = 4.5
 CU = {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}
 
 
@@ -28,9 +31,64 @@ def _config(name, mode, epochs=8):
     }
 
 
+def _small(**chunks):
+    return {
+        "kind": "nft",
+        "name": "nft-cfg",
+        "target": {"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}, "supercell": [3, 3, 3]},
+        "structures": [{"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}}],
+        "learner": {"hyperparameters": {"r_max": 4.0}},
+        "chunks": {"cutoff": CUTOFF, **chunks},
+    }
+
+
+def test_config_validation():
+    cfg = load_config(_small())
+    assert cfg.kind == "nft" and cfg.chunks.mode == "cluster"
+    assert len(cfg.load_target()) == 108
+    with pytest.raises(ConfigError, match="chunks.percentile"):
+        load_config(_small(percentile=150))
+    with pytest.raises(ConfigError, match="chunks.coefficient"):
+        load_config(_small(coefficient=0))
+    with pytest.raises(ConfigError, match="chunks.max_chunk: unknown key"):
+        load_config(_small(max_chunk=3))
+    with pytest.raises(ConfigError, match=r"each be > 2 x cutoff = 9 Å"):
+        load_config(_small(mode="periodic", cell=[8, 10, 10]))
+    with pytest.raises(ConfigError, match="must exceed the model cutoff"):
+        load_config(_small(vacuum=3.0))
+    with pytest.raises(ConfigError, match="target: unknown key"):
+        load_config({**_small(), "kind": "md"})
+    with pytest.raises(ConfigError, match="kind: 'nfts' is not a campaign kind; valid: md, pool, nft"):
+        load_config({**_small(), "kind": "nfts"})
+    small = _small()
+    small["target"]["supercell"] = [2, 2, 2]
+    with pytest.raises(ValueError, match=r"smaller than the cutoff sphere.*7\.22 Å"):
+        CampaignMaker.from_config(small)  # before any job runs
+    with pytest.raises(ValueError, match="not smaller than the target"):
+        CampaignMaker.from_config(_small(mode="periodic", cell=[11.0, 11.0, 11.0]))
+
+
+def test_example_workflow_is_valid():
+    from pathlib import Path
+
+    maker = CampaignMaker.from_config(Path(__file__).parents[2] / "workflows" / "cu_nft_emt.yaml")
+    assert len(maker.config.load_target()) == 255 and maker.config.kind == "nft"
+
+
+def test_stop_rules():
+    cfg = load_config({
+        **_small(), "convergence": {"stop_delta": 0.05, "max_iterations": 5, "steps_not_improved": 2}})
+    assert stop_decision(0.04, [], 0, cfg)[0] == "stop_delta"
+    assert stop_decision(0.2, [0.3, 0.25], 4, cfg)[0] == "max_iterations"
+    assert stop_decision(0.2, [0.3], 1, cfg) == (None, None)  # improved
+    assert stop_decision(0.3, [0.3], 1, cfg) == (None, None)  # 1 iteration without improvement: go on
+    kind, reason = stop_decision(0.31, [0.2, 0.3], 2, cfg)
+    assert kind == "steps_not_improved" and "2 iteration(s)" in reason
+
+
 @pytest.mark.parametrize("mode", ["cluster", "periodic"])
 def test_nft_campaign_runs_end_to_end(settings, db, mode):
-    result = run_nft_campaign(_config(f"cu-nft-{mode}", mode), settings)
+    result = run_campaign(_config(f"cu-nft-{mode}", mode), settings)
     n_target = 107  # 3x3x3 cubic fcc Cu minus one vacancy
 
     assert result.stop in ("stop_delta", "max_iterations", "steps_not_improved")
@@ -85,12 +143,12 @@ def test_nft_campaign_runs_end_to_end(settings, db, mode):
 
 
 def test_nft_campaign_name_cannot_be_reused(settings):
-    from almat.campaign.runner import CampaignExistsError
+    from almat.campaign import CampaignExistsError
 
     cfg = _config("cu-nft-once", "cluster", epochs=2)
     cfg["convergence"] = {"stop_delta": 100.0, "max_iterations": 2}  # stops at iteration 0: stop_delta
-    result = run_nft_campaign(cfg, settings)
+    result = run_campaign(cfg, settings)
     assert result.stop == "stop_delta" and result.campaign.status.value == "converged"
     assert len(result.iterations) == 1 and result.iterations[0].n_chunks == 0
     with pytest.raises(CampaignExistsError, match="already exists"):
-        run_nft_campaign(cfg, settings)
+        run_campaign(cfg, settings)

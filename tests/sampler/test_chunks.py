@@ -1,4 +1,4 @@
-"""Chunk cutting, uncertain-atom selection and the stop rules of nearsighted force training."""
+"""Chunk cutting and uncertain-atom selection of nearsighted force training."""
 
 import numpy as np
 import pytest
@@ -6,18 +6,14 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
 from almat.learner.committee import CommitteePrediction
-from almat.nft import (
-    NftCampaignConfig,
-    NftCampaignMaker,
+from almat.sampler.chunks import (
     atomic_uncertainty,
     check_target_size,
     cut_chunk,
     cut_chunks,
     group_centres,
-    load_nft_config,
     select_uncertain_atoms,
 )
-from almat.nft.jobs import stop_decision
 
 CUTOFF = 4.5
 
@@ -163,61 +159,3 @@ def test_atomic_uncertainty_is_the_scaled_committee_force_std(target):
     u = atomic_uncertainty(StubCommittee(), target, coefficient=2.0)
     expected = 2.0 * np.linalg.norm(np.std(forces, axis=0), axis=1)
     np.testing.assert_allclose(u, expected)
-
-
-def _config(**chunks):
-    return {
-        "name": "nft-cfg",
-        "target": {"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}, "supercell": [3, 3, 3]},
-        "structures": [{"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}}],
-        "learner": {"hyperparameters": {"r_max": 4.0}},
-        "chunks": {"cutoff": CUTOFF, **chunks},
-    }
-
-
-def test_config_validation():
-    from almat.campaign.config import ConfigError
-
-    cfg = load_nft_config(_config())
-    assert cfg.kind == "nft" and cfg.chunks.mode == "cluster"
-    assert len(cfg.check_target()) == 108
-    with pytest.raises(ConfigError, match="chunks.percentile"):
-        load_nft_config(_config(percentile=150))
-    with pytest.raises(ConfigError, match="chunks.coefficient"):
-        load_nft_config(_config(coefficient=0))
-    with pytest.raises(ConfigError, match="chunks.max_chunk: unknown key"):
-        load_nft_config(_config(max_chunk=3))
-    with pytest.raises(ConfigError, match=r"each be > 2 x cutoff = 9 Å"):
-        load_nft_config(_config(mode="periodic", cell=[8, 10, 10]))
-    with pytest.raises(ConfigError, match="must exceed the model cutoff"):
-        load_nft_config(_config(vacuum=3.0))
-    with pytest.raises(ConfigError, match="kind"):
-        load_nft_config({**_config(), "kind": "md"})
-    small = _config()
-    small["target"]["supercell"] = [2, 2, 2]
-    cfg = NftCampaignConfig.model_validate(small)
-    with pytest.raises(ValueError, match=r"smaller than the cutoff sphere.*7\.22 Å"):
-        NftCampaignMaker.from_config(cfg).make()  # before any job runs
-    big_cell = _config(mode="periodic", cell=[11.0, 11.0, 11.0])
-    with pytest.raises(ValueError, match="not smaller than the target"):
-        NftCampaignConfig.model_validate(big_cell).check_target()
-
-
-def test_example_workflow_is_valid():
-    from pathlib import Path
-
-    path = Path(__file__).parents[2] / "workflows" / "cu_nft_emt.yaml"
-    cfg = load_nft_config(path)
-    target = cfg.check_target()
-    assert len(target) == 255 and cfg.kind == "nft"
-
-
-def test_stop_rules():
-    cfg = NftCampaignConfig.model_validate({
-        **_config(), "convergence": {"stop_delta": 0.05, "max_iterations": 5, "steps_not_improved": 2}})
-    assert stop_decision(0.04, [], 0, cfg)[0] == "stop_delta"
-    assert stop_decision(0.2, [0.3, 0.25], 4, cfg)[0] == "max_iterations"
-    assert stop_decision(0.2, [0.3], 1, cfg) == (None, None)  # improved
-    assert stop_decision(0.3, [0.3], 1, cfg) == (None, None)  # 1 iteration without improvement: go on
-    kind, reason = stop_decision(0.31, [0.2, 0.3], 2, cfg)
-    assert kind == "steps_not_improved" and "2 iteration(s)" in reason

@@ -1,4 +1,5 @@
-"""Learning curves of pool-based campaigns: held-out force RMSE against the number of labels (log y)."""
+"""Progress of pool-based and NFT campaigns: learning curves (held-out force RMSE against labels, log y)
+and the NFT target's atomic uncertainty per iteration."""
 
 from __future__ import annotations
 
@@ -7,19 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from almat.pool.documents import PoolIterationDoc
-from almat.report.plots import COLORS, STYLE
-
-__all__ = ["learning_curves", "plot_learning_curve", "plot_method_comparison"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from almat.report.plots import COLORS, STYLE, _pyplot, load_iterations
+from almat.schemas import NftIterationDoc, PoolIterationDoc
+from almat.stores import CampaignDB
 
 
 def _records(item: Any) -> list[PoolIterationDoc]:
@@ -38,14 +29,11 @@ def learning_curves(source: Any, db=None) -> dict[str, dict[str, list]]:
     records/result, or campaign name(s), read from ``db`` (default: the store of the settings).
     """
     if isinstance(source, str) or (isinstance(source, Sequence) and source and all(isinstance(s, str) for s in source)):
-        from almat.pool.runner import load_pool_iterations
-        from almat.stores import CampaignDB
-
         names = [source] if isinstance(source, str) else list(source)
         own = db is None
         db = CampaignDB.from_settings().connect() if own else db
         try:
-            groups = {name: load_pool_iterations(db, name) for name in names}
+            groups = {name: load_iterations(db, name, "pool") for name in names}
         finally:
             if own:
                 db.close()
@@ -70,7 +58,7 @@ def learning_curves(source: Any, db=None) -> dict[str, dict[str, list]]:
     }
 
 
-def plot_learning_curve(source: Any, path: str | Path, db=None, title: str = "",
+def plot_learning_curves(source: Any, path: str | Path, db=None, title: str = "",
                         target: float | None = None) -> Path:
     """Held-out force RMSE against training labels, one line per campaign, log y; writes a PNG.
 
@@ -79,7 +67,6 @@ def plot_learning_curve(source: Any, path: str | Path, db=None, title: str = "",
     curves = learning_curves(source, db)
     path = Path(path)
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -90,7 +77,7 @@ def plot_learning_curve(source: Any, path: str | Path, db=None, title: str = "",
         if target is not None:
             ax.axhline(target, color="0.4", ls=":", lw=1.5, label=f"target {target:g} eV/Å")
         ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.locator_params(axis="x", integer=True)
         ax.set_xlabel("training labels (oracle calls)")
         ax.set_ylabel("held-out force RMSE (eV/Å)")
         ax.legend(frameon=False)
@@ -110,7 +97,6 @@ def plot_method_comparison(curves: Mapping[str, Sequence[tuple[Sequence[float], 
     """
     path = Path(path)
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -131,11 +117,57 @@ def plot_method_comparison(curves: Mapping[str, Sequence[tuple[Sequence[float], 
         if target is not None:
             ax.axhline(target, color="0.4", ls=":", lw=1.5, label=f"target {target:.3g} eV/Å")
         ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.locator_params(axis="x", integer=True)
         ax.set_xlabel("training labels (oracle calls)")
         ax.set_ylabel("held-out force RMSE (eV/Å)")
         ax.legend(frameon=False)
         ax.set_title(title or "label efficiency")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
+def plot_nft_progress(records: Sequence[NftIterationDoc], path: str | Path, stop_delta: float | None = None,
+                      title: str = "") -> Path:
+    """Left: the distribution of the target's atomic uncertainties per iteration (box: quartiles,
+    whiskers: 5-95 %, dot: max) with the selection threshold and ``stop_delta``. Right: the
+    committee's force errors on the target when the oracle evaluated it (``evaluate_with_oracle``)."""
+    if not records:
+        raise ValueError("no NFT iteration records to plot")
+    plt = _pyplot()
+    path = Path(path)
+    its = [r.iteration for r in records]
+    with plt.rc_context(STYLE):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.2))
+        ax1.boxplot([np.asarray(r.atomic_uncertainties) for r in records], positions=its, whis=(5, 95),
+                    showfliers=False, widths=0.5)
+        ax1.plot(its, [r.max_uncertainty for r in records], "o-", color=COLORS[1], lw=1.5, ms=6,
+                 label="max atomic uncertainty")
+        ax1.plot(its, [r.threshold for r in records], "s--", color=COLORS[0], lw=1.2, ms=5,
+                 label="selection threshold (percentile)")
+        if stop_delta is not None:
+            ax1.axhline(stop_delta, color="black", ls=":", lw=1.2, label=f"stop_delta {stop_delta:g} eV/Å")
+        ax1.set_yscale("log")
+        ax1.set_xlabel("iteration")
+        ax1.set_ylabel("atomic force uncertainty (eV/Å)")
+        ax1.legend(frameon=False, fontsize=9)
+        rmse = np.array([np.nan if r.target_force_rmse is None else r.target_force_rmse for r in records])
+        worst = np.array([np.nan if r.target_max_force_error is None else r.target_max_force_error for r in records])
+        if np.isfinite(rmse).any():
+            ax2.plot(its, rmse, "o-", color=COLORS[2], lw=2, ms=6, label="force RMSE on the target")
+            ax2.plot(its, worst, "s--", color=COLORS[3], lw=1.5, ms=5, label="max atomic force error")
+            ax2.set_yscale("log")
+            ax2.legend(frameon=False)
+        else:
+            ax2.text(0.5, 0.5, "target not evaluated by the oracle\n(target.evaluate_with_oracle: false)",
+                     ha="center", va="center", transform=ax2.transAxes, color="0.4")
+        ax2.set_xlabel("iteration")
+        ax2.set_ylabel("committee error vs oracle (eV/Å)")
+        for ax in (ax1, ax2):
+            ax.set_xticks(its)
+        fig.suptitle(title or f"{records[0].campaign}: nearsighted force training "
+                     f"({records[0].n_target_atoms}-atom target)")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)

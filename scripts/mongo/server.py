@@ -1,0 +1,68 @@
+"""Serve the MongoDB wire protocol with mongoeco's SQLite engine (run by scripts/mongo/start.sh).
+
+Binds ``--host`` (127.0.0.1) on ``--port`` (0: a free port chosen by the OS), writes the port it got to
+``--port-file`` once it listens, and serves until SIGTERM/SIGINT. Needs Python >= 3.13 and
+``mongoeco[wire]``. With ``--user`` and ``--password-file`` every client must authenticate (SCRAM) as
+that user (authSource admin), as on a real deployment. A stand-in for tests, not a MongoDB: see scripts/mongo/start.sh for its known gaps.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+
+from mongoeco.engines import SQLiteEngine
+from mongoeco.wire import AsyncMongoEcoProxyServer, WireAuthUser
+from mongoeco.wire.handshake import WireHandshakeService
+
+# mongoeco 4.11 gap: its SCRAM-SHA-1 takes the raw password, not MongoDB's md5("user:mongo:pwd") digest
+# that drivers send, and its hello has no saslSupportedMechs, so drivers fall back to SCRAM-SHA-1 and
+# fail. Advertise SCRAM-SHA-256 (which it implements correctly) the way MongoDB >= 4.0 does.
+_hello = WireHandshakeService.build_hello_response
+
+
+def _hello_with_mechs(self, *, command_name, body, connection):
+    response = _hello(self, command_name=command_name, body=body, connection=connection)
+    if body.get("saslSupportedMechs"):
+        response["saslSupportedMechs"] = ["SCRAM-SHA-256"]
+    return response
+
+
+WireHandshakeService.build_hello_response = _hello_with_mechs
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--db", required=True, help="SQLite file of the data")
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--user", help="require authentication as this user")
+    ap.add_argument("--password-file", help="the user's password (never on the command line)")
+    args = ap.parse_args()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    users = ()
+    if args.user:
+        with open(args.password_file) as fh:
+            users = (WireAuthUser(args.user, fh.read().strip(), source="admin", mechanisms=("SCRAM-SHA-256",)),)
+    server = AsyncMongoEcoProxyServer(engine=SQLiteEngine(args.db), host=args.host, port=args.port,
+                                      auth_users=users)
+    address = await server.start()
+    tmp = f"{args.port_file}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{address.port}\n")
+    os.replace(tmp, args.port_file)  # atomic: start.sh never reads half a port
+    print(f"mongoeco serving on {address.host}:{address.port} (sqlite {args.db}, pid {os.getpid()}, "
+          f"{'auth as ' + args.user if users else 'no auth'})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        print("mongoeco stopped", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,267 @@
+"""The MD explorer (``kind: md``): committee MD from each start structure at each temperature; the
+candidates within the trust levels are selected by a policy; a stratified sample of the explored frames
+is held out to calibrate the committee; the campaign stops on the calibrated rule (or DP-GEN's accurate
+ratio) or at ``max_iterations``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from almat.campaign.config import SamplerSettings, SelectionSettings
+from almat.campaign.explorer import Decision, Exploration, Explorer
+from almat.campaign.jobs import initial_structures, ok_ids, test_errors
+from almat.learner.committee import Committee
+from almat.learner.jobs import load_labels
+from almat.sampler.jobs import ExploreDoc, ExploreMaker
+from almat.schemas import CampaignStatus, DeviationHistogram, IterationDoc, StructureDoc, StructureSource
+from almat.schemas import structure_hash, to_structure
+from almat.select.fps import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
+from almat.select.policies import get_policy
+from almat.stores import CampaignDB, get_blob, require_db, store_job
+from almat.uncertainty.calibration import calibrate, committee_errors, convergence_check, stratified_sample
+
+logger = logging.getLogger(__name__)
+
+#: bin edges (eV/Å) of the stored model-deviation histograms
+DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]
+
+
+def explore_maker(sampler: SamplerSettings, device: str = "cpu") -> ExploreMaker:
+    """The template of the campaign's MD jobs (one per start structure and temperature)."""
+    s = sampler
+    return ExploreMaker(steps=s.steps, timestep_fs=s.timestep_fs, friction_per_fs=s.friction_per_fs,
+                        sample_every=s.sample_every, trust_lo=s.trust_lo, trust_hi=s.trust_hi,
+                        stop_after_failed=s.stop_after_failed, min_distance_factor=s.min_distance_factor,
+                        seed=s.seed, device=device)
+
+
+def _frame_structure(traj: dict, i: int):
+    return to_structure(Atoms(traj["symbols"], positions=traj["positions"][i], cell=traj["cells"][i], pbc=True))
+
+
+def calibration_frames(db: CampaignDB, explored: list[ExploreDoc], selected: list[StructureDoc], n: int,
+                       rng: np.random.Generator, trained: set[str]) -> list[tuple[ExploreDoc, dict, int]]:
+    """``n`` held-out explored frames, stratified over the whole range of model deviation (so the
+    low-uncertainty frames are sampled too); frames beyond ``trust_hi``, the selected frames and frames
+    equal to a training label (``trained`` structure hashes, e.g. the start at step 0) are left out."""
+    taken = {(d.metadata.get("trajectory_blob_id"), d.metadata.get("step")) for d in selected}
+    frames, deviation, eligible = [], [], []
+    for doc in explored:
+        if not doc.trajectory_blob_id:
+            continue
+        traj = get_blob(db.data, doc.trajectory_blob_id)
+        for i, step in enumerate(traj["steps"]):
+            frames.append((doc, traj, i))
+            deviation.append(traj["model_deviation"][i])
+            eligible.append(traj["frame_class"][i] != "failed" and (doc.trajectory_blob_id, step) not in taken)
+    picks = stratified_sample(deviation, n, rng, eligible)
+    while clash := [k for k in picks if structure_hash(_frame_structure(*frames[k][1:])) in trained]:
+        for k in clash:  # rare: step 0 is a start structure
+            eligible[k] = False
+        picks = stratified_sample(deviation, n, rng, eligible)
+    return [frames[k] for k in picks]
+
+
+@store_job(output_schema=Exploration)
+def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list[ExploreDoc],
+              label_ids: list, calibration_samples: int, calibration_seed: int) -> Exploration:
+    """Pick at most ``max_select`` candidates over all trajectories with the selection policy (policies
+    that look at descriptors get them from the committee), and the held-out calibration frames."""
+    sel = explorer.selection
+    candidates = [c for doc in explored for c in doc.candidates]
+    policy = get_policy(sel.policy, **sel.options)
+    picks, held_out = [], []
+    db = require_db()
+    try:
+        if candidates:
+            context = SelectionContext(iteration=iteration)
+            if policy_needs_descriptors(policy, iteration):
+                committee = Committee.from_store(db, next((d.model_ids for d in explored if d.model_ids), []))
+                training = [lab.to_atoms() for lab in load_labels(db, label_ids)]
+                context = build_selection_context(candidates, committee, training, iteration)
+            picks = call_policy(policy, candidates, sel.max_select, np.random.default_rng(sel.seed + iteration),
+                                context)
+        selected = [StructureDoc(
+            structure=candidates[i].structure, source=StructureSource.md, campaign=campaign, iteration=iteration,
+            parent=candidates[i].parent,
+            metadata={"model_deviation": candidates[i].model_deviation,
+                      "energy_deviation": candidates[i].energy_deviation, "temperature": candidates[i].temperature,
+                      "step": candidates[i].step, "trajectory_blob_id": candidates[i].trajectory_blob_id,
+                      "policy": policy.name}) for i in picks]
+        if calibration_samples and explored:
+            trained = {d["structure_hash"] for d in db.labels.query(
+                {"label_id": {"$in": ok_ids(label_ids)}}, properties=["structure_hash"])}
+            trained |= {d.structure_hash for d in selected}
+            rng = np.random.default_rng(calibration_seed + 7919 * (iteration + 1))
+            held_out = [StructureDoc(
+                structure=_frame_structure(traj, i), source=StructureSource.md, campaign=campaign,
+                iteration=iteration, parent=doc.start_structure_hash,
+                metadata={"role": "calibration", "model_deviation": traj["model_deviation"][i],
+                          "temperature": traj["temperature"][i], "step": traj["steps"][i],
+                          "trajectory_blob_id": doc.trajectory_blob_id})
+                for doc, traj, i in calibration_frames(db, explored, selected, calibration_samples, rng, trained)]
+        db.upsert("structures", selected + held_out)
+    finally:
+        db.close()
+    logger.info("iteration %d: selected %d of %d candidates (%s); %d held-out calibration frames", iteration,
+                len(selected), len(candidates), policy.name, len(held_out))
+    details = {"explored": [d.model_dump(mode="json", exclude={"candidates"}) for d in explored],
+               "n_candidates": len(candidates)}
+    return Exploration(campaign=campaign, iteration=iteration, candidates=selected, held_out=held_out,
+                       details=details)
+
+
+def previous_calibration_ids(db: CampaignDB, campaign: str, before: int | None = None) -> list[str]:
+    """Label ids of the held-out calibration frames of a campaign's iterations (before ``before``)."""
+    query: dict[str, Any] = {"campaign": campaign}
+    if before is not None:
+        query["iteration"] = {"$lt": before}
+    ids = [i for d in db.iterations.query(query, properties=["calibration_label_ids"])
+           for i in d.get("calibration_label_ids") or []]
+    return list(dict.fromkeys(ids))
+
+
+def relaxed_starts(db: CampaignDB, name: str) -> list:
+    """The pre-relaxed start structures of a campaign, in the order of its config."""
+    docs = [StructureDoc.from_store(d) for d in db.structures.query({"campaign": name, "source": "relaxed"})]
+    return [d.structure for d in sorted((d for d in docs if d.metadata.get("start_index") is not None),
+                                        key=lambda d: d.metadata["start_index"])]
+
+
+@dataclass
+class MdExplorer(Explorer):
+    """Committee MD per start structure x temperature (``explore``, an ``ExploreMaker`` template), then a
+    selection policy (``selection``) and held-out calibration frames."""
+
+    kind = "md"
+    records = "iterations"
+    record_class = IterationDoc
+
+    explore_maker: ExploreMaker = field(default_factory=ExploreMaker)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+
+    def initial(self, maker, setup):
+        cfg, campaign = maker.config, maker.campaign_ref
+        jobs, starts, relax_labels = [], None, []
+        if cfg.prerelax.enabled and maker.relax is not None:
+            starts = []
+            for i, structure in enumerate(cfg.load_structures()):
+                relax = (maker.relax.make(structure, campaign=campaign, iteration=-1) if cfg.oracle.kind == "vasp"
+                         else maker.relax.make(structure, campaign=campaign, iteration=-1, start_index=i))
+                relax.name = f"relax s{i}"
+                maker.declare(relax, "oracle")
+                if cfg.oracle.kind == "vasp":
+                    starts.append(relax.output[-1].structure)  # the last ionic step
+                    relax_labels.append(relax.output)
+                else:
+                    starts.append(relax.output.structure)
+                    relax_labels.append(relax.output.labels)
+                jobs.append(relax)
+        init = initial_structures(cfg, campaign, starts)
+        init.name = "initial structures"
+        label = maker.label(init.output, -1, "initial")
+        return [*jobs, maker.declare(init, "initial"), label], [label.output, *relax_labels], starts
+
+    def explore(self, maker, iteration, committee, train_ids, state):
+        cfg = maker.config
+        starts = cfg.load_structures() if state is None else list(state)
+        jobs = []
+        for i_struct, structure in enumerate(starts):
+            for temperature in cfg.sampler.temperatures:
+                name = f"explore it{iteration} s{i_struct} {temperature:g}K"
+                md = dataclasses.replace(self.explore_maker, name=name, temperature=temperature,
+                                         seed=self.explore_maker.seed + 101 * i_struct + int(temperature))
+                j = md.make(committee.model_ids, structure, campaign=cfg.name, iteration=iteration)
+                j.name = name
+                jobs.append(maker.declare(j, "explore"))
+        conv = cfg.convergence
+        select = select_md(self, cfg.name, iteration, [j.output for j in jobs], train_ids,
+                           conv.calibration_samples, conv.seed)
+        select.name = f"select it{iteration}"
+        maker.declare(select, "select")
+        return [*jobs, select], select.output
+
+    def held_out_ids(self, db, name, config):
+        return set() if config.convergence.recycle_calibration else set(previous_calibration_ids(db, name))
+
+    def resume_state(self, db, config, last, label_ids):
+        return label_ids, (relaxed_starts(db, config.name) or None) if config.prerelax.enabled else None
+
+    def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
+        cfg, conv = maker.config, maker.config.convergence
+        explored = [ExploreDoc.model_validate(d) for d in exploration.details.get("explored", [])]
+        deviations = np.array([d for doc in explored for d in doc.model_deviation])
+        counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
+        n_frames = int(sum(counts.values()))
+        ratio = {k: (v / n_frames if n_frames else 0.0) for k, v in counts.items()}
+        hist = np.histogram(deviations, bins=DEVIATION_BINS)[0] if deviations.size else np.zeros(len(DEVIATION_BINS) - 1)
+        new_ids = ok_ids(labels)
+        all_ids = list(dict.fromkeys(train_ids + new_ids))
+        cal_ids = ok_ids(held_out)
+        scored = cal_ids
+        if conv.cumulative_calibration:
+            scored = list(dict.fromkeys(previous_calibration_ids(db, cfg.name, before=iteration) + cal_ids))
+        scored = [i for i in scored if i not in set(all_ids)]  # held out means never trained on
+        calibration, note, check = None, None, None
+        if scored or conv.rule == "calibrated":
+            cal_labels = load_labels(db, scored) if scored else []
+            if len(cal_labels) < 2:
+                note = f"{len(cal_labels)} held-out calibration label(s): not enough to calibrate"
+            else:
+                u, e = committee_errors(committee, [lab.to_atoms() for lab in cal_labels])
+                try:
+                    calibration = calibrate(u, e, coverage=conv.calibration_coverage, method=conv.calibration_method,
+                                            campaign=cfg.name, iteration=iteration)
+                except ValueError as exc:
+                    note = f"calibration failed: {exc}"
+        if calibration is not None and n_frames:
+            check = convergence_check(deviations, calibration, conv.force_tolerance, conv.conv_accuracy,
+                                      bound=conv.bound)
+        if conv.rule == "calibrated":
+            converged, reason = check is not None and check.stop, check.reason if check is not None else ""
+        else:
+            converged = n_frames > 0 and ratio["accurate"] >= conv.conv_accuracy
+            reason = f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy {conv.conv_accuracy}"
+        status, stop = CampaignStatus.running, None
+        if converged:
+            status, stop = CampaignStatus.converged, reason
+        elif iteration + 1 >= conv.max_iterations:
+            status, stop = CampaignStatus.max_iterations, f"max_iterations ({conv.max_iterations}) reached"
+        elif not new_ids:
+            status, stop = CampaignStatus.stopped, ("nothing new to learn: no candidate was labelled "
+                                                    f"({counts['failed']} frames beyond trust_hi); widen the trust levels")
+        errors = test_errors(committee, labels)
+        doc = IterationDoc(
+            campaign=cfg.name, iteration=iteration, n_frames_explored=n_frames, accurate_ratio=ratio["accurate"],
+            candidate_ratio=ratio["candidate"], failed_ratio=ratio["failed"],
+            n_candidates=exploration.details.get("n_candidates", 0), n_selected=len(exploration.candidates),
+            n_labelled=len(new_ids), n_failed_labels=sum(not lab.ok for lab in labels),
+            n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from), n_train_labels=len(train_ids),
+            trust_lo=cfg.sampler.trust_lo, trust_hi=cfg.sampler.trust_hi, test_errors=errors,
+            deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=[int(c) for c in hist]),
+            model_ids=committee.model_ids, trajectory_blob_ids=[d.trajectory_blob_id for d in explored
+                                                                if d.trajectory_blob_id],
+            exploded_trajectories=sum(1 for d in explored if d.exploded), converged=converged, stop_rule=conv.rule,
+            calibration=calibration, calibration_label_ids=cal_ids,
+            calibrated_fraction=None if check is None else check.fraction_below, stop_reason=stop)
+        if calibration is not None:
+            logger.info("iteration %d: calibration on %d held-out frames: k = %.2f, q(%.0f%%) = %.2f, Spearman %s; %s",
+                        iteration, calibration.n_samples, calibration.factor, 100 * calibration.coverage,
+                        calibration.quantile, "n/a" if calibration.spearman is None else f"{calibration.spearman:.2f}",
+                        check.reason if check is not None else "no explored frames")
+        elif note:
+            logger.warning("iteration %d: %s", iteration, note)
+        f = errors.force_rmse
+        logger.info("iteration %d: %d frames, accurate %.1f%%, candidate %.1f%%, failed %.1f%%; labelled %d; "
+                    "test force RMSE %s%s", iteration, n_frames, 100 * ratio["accurate"], 100 * ratio["candidate"],
+                    100 * ratio["failed"], len(new_ids), "n/a" if f is None else f"{f:.3f} eV/Å",
+                    f"; stop: {stop}" if stop else "")
+        if conv.recycle_calibration:  # they have calibrated this committee; the next ones may learn from them
+            all_ids = list(dict.fromkeys(all_ids + cal_ids))
+        return Decision(doc, status, stop, all_ids, state)

@@ -1,0 +1,22 @@
+"""The package's layers: no import cycles between them, and the light modules import no torch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LIGHT = ("almat.schemas, almat.settings, almat.stores, almat.uncertainty, almat.learner.hyperparameters, "
+         "almat.select, almat.oracle.calculators")
+
+
+def test_light_modules_import_no_torch():
+    code = f"import {LIGHT}; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_import_linter_layers_contract():
+    lint = Path(sys.executable).with_name("lint-imports")
+    run = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
