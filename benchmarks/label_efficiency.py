@@ -5,7 +5,8 @@ at several temperatures, most of them near room temperature, plus rarer strained
 and hot frames. The held-out test set is oracle-labelled frames of *independent* MD runs (other
 seeds), the same number for every condition, so the rare regions weigh as much as the common one.
 
-Methods, side by side, on ``almat.pool.run_pool_loop`` (the pool core, not a copy of it), with the
+Methods, side by side, on ``run_pool_loop`` below (the pool explorer's state, acquisition and stop rule,
+in process, with an external test set), with the
 same budget sequence (``n_init`` random labels, then ``budget`` per iteration) and the same seeds
 (the initial random labels of a seed are the same for every method):
 
@@ -37,9 +38,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import math
+import logging
 import numpy as np
+from ase import Atoms
+
+from almat.campaign.config import acquisition_policy
+from almat.campaign.jobs import test_errors
+from almat.campaign.pool import Acquired, PoolState, acquire, decide_stop
+from almat.schemas import PoolIterationDoc
+
+logger = logging.getLogger("almat.benchmarks.label_efficiency")
 
 METHODS = {
     "committee": {"acquisition": "committee", "options": {}},
@@ -133,7 +144,6 @@ def md_frames(temperature: float, strain: float, vacancies: int, n_frames: int, 
 
 def build_data(spec: PoolSpec, log: Callable[[str], None] = print):
     """The pool (unlabelled frames, with their condition) and the labelled held-out test set."""
-    from almat.pool import calculator_oracle
     from ase.calculators.emt import EMT
 
     pool, test, where = [], [], []
@@ -155,6 +165,181 @@ def build_data(spec: PoolSpec, log: Callable[[str], None] = print):
     return pool, test
 
 
+# -- the pool loop in process: the pool explorer's functions, an ASE calculator as oracle, an external test set --
+
+
+def calculator_oracle(make_calculator: Callable[[], Any]) -> Callable[[Sequence[Atoms]], list[Atoms | None]]:
+    """An oracle function for :func:`run_pool_loop` from an ASE calculator factory (``EMT``, ...).
+
+    Each frame comes back as a copy carrying energy and forces as SinglePointCalculator results;
+    a frame whose calculation fails or is not finite comes back as ``None``.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def oracle(frames: Sequence[Atoms]) -> list[Atoms | None]:
+        out: list[Atoms | None] = []
+        calc = make_calculator()
+        for atoms in frames:
+            a = atoms.copy()
+            a.calc = calc
+            try:
+                e, f = float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=float)
+                if not (math.isfinite(e) and np.isfinite(f).all()):
+                    raise FloatingPointError("non-finite energy or forces")
+            except Exception as exc:  # noqa: BLE001 - a failed label must not stop the loop
+                logger.warning("oracle failed: %s: %s", type(exc).__name__, exc)
+                out.append(None)
+                continue
+            a.calc = SinglePointCalculator(a, energy=e, forces=f)
+            out.append(a)
+        return out
+
+    return oracle
+
+
+def mace_committee_trainer(hyperparameters=None, n_models: int = 2, base_seed: int = 0, warm_start: bool = True):
+    """A train function for :func:`run_pool_loop`: ``n_models`` MACE models, as ``TrainCommitteeMaker``
+    trains them (seed ``base_seed + 1000 * iteration + k``; member k continues from the previous
+    member k with ``warm_start``)."""
+    from almat.learner.committee import Committee
+    from almat.learner.mace import MaceHyperParameters, train_mace
+
+    if n_models < 2:
+        raise ValueError(f"a committee needs at least 2 models, got n_models={n_models}")
+    hp = hyperparameters if isinstance(hyperparameters, MaceHyperParameters) else MaceHyperParameters(
+        **(hyperparameters or {}))
+
+    def train(frames: Sequence[Atoms], iteration: int, previous=None) -> Committee:
+        ids = [str(i) for i in range(len(frames))]
+        models = []
+        for k in range(n_models):
+            init = previous.models[k] if (warm_start and previous is not None and k < len(previous.models)) else None
+            result = train_mace(list(frames), ids, hp, seed=base_seed + 1000 * iteration + k, init_model=init)
+            models.append(result.model)
+        return Committee(models, [f"it{iteration}-m{k}" for k in range(n_models)], device=hp.device)
+
+    return train
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolRunResult:
+    """The records of a pool run (one ``PoolIterationDoc`` per iteration) and its final state."""
+
+    records: list
+    state: PoolState
+    committee: Any = None
+    oracle_calls: int = 0
+    wall_time: float = 0.0
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.records[-1].stop_reason if self.records else None
+
+
+def run_pool_loop(
+    pool: Sequence[Atoms],
+    oracle_fn: Callable[[Sequence[Atoms]], list[Atoms | None]],
+    train_fn: Callable[..., Any],
+    *,
+    n_init: int = 8,
+    budget: int = 8,
+    total_budget: int | None = None,
+    acquisition: str = "committee",
+    acquisition_options: dict[str, Any] | None = None,
+    test_fraction: float = 0.2,
+    n_test: int | None = None,
+    test_set: Sequence[Atoms] | None = None,
+    max_iterations: int = 10,
+    target_force_rmse: float | None = None,
+    seed: int = 0,
+    name: str = "pool",
+    on_iteration: Callable[[Any], None] | None = None,
+) -> PoolRunResult:
+    """Run pool-based active learning in process: label ``n_init`` random structures, then repeat
+    train → score on the held-out part → (stop?) → acquire ``budget`` → label.
+
+    ``oracle_fn(frames)`` returns labelled copies (``None`` for a failure); ``train_fn(frames,
+    iteration, previous_committee)`` returns a committee (see :func:`mace_committee_trainer`).
+    ``test_set`` (labelled frames) replaces the held-out part of the pool; otherwise ``n_test`` or
+    ``test_fraction`` of the pool is held out and labelled once. Returns one
+    :class:`~almat.schemas.PoolIterationDoc` per iteration.
+    """
+    start = time.perf_counter()
+    frames = list(pool)
+    if not frames:
+        raise ValueError("the pool is empty: give at least one structure")
+    policy = acquisition_policy(acquisition, acquisition_options)
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    if test_set is not None:
+        state = PoolState.create(len(frames), n_init, n_test=0, seed=seed)
+        test_labels = [a for a in test_set if a is not None]
+        calls = 0
+    else:
+        state = PoolState.create(len(frames), n_init, test_fraction=test_fraction, n_test=n_test, seed=seed)
+        test_labels = [a for a in oracle_fn([frames[i] for i in state.test_indices]) if a is not None]
+        calls = len(state.test_indices)
+    rng = np.random.default_rng(seed)
+    labels: dict[int, Atoms] = {}
+    new = list(state.init)
+    committee = None
+    records = []
+    iteration = 0
+    while True:
+        labelled = oracle_fn([frames[i] for i in new])
+        calls += len(new)
+        failed = [i for i, lab in zip(new, labelled) if lab is None]
+        state.add(new, failed)
+        labels.update({i: lab for i, lab in zip(new, labelled) if lab is not None})
+        train = [labels[i] for i in state.trained_on]
+        if len(train) < 2:
+            raise RuntimeError(f"only {len(train)} ok label(s) to train on; the oracle failed on {len(failed)}")
+        t0 = time.perf_counter()
+        committee = train_fn(train, iteration, committee)
+        errors = test_errors(committee, test_labels)
+        _, stop, n_next = decide_stop(state, iteration, errors, budget, total_budget, max_iterations,
+                                   target_force_rmse)
+        acquired = Acquired([], [], 0)
+        if stop is None:
+            acquired = acquire(frames, state, policy, n_next, committee, iteration, rng,
+                               training_frames=train)
+            if not acquired.indices:
+                stop = f"acquisition {acquisition!r} picked nothing new"
+        record = PoolIterationDoc(
+            campaign=name,
+            iteration=iteration,
+            acquisition=acquisition,
+            pool_size=state.n_pool,
+            test_indices=list(state.test_indices),
+            new_indices=list(new),
+            labelled_indices=list(state.labelled),
+            failed_indices=list(state.failed),
+            acquired_indices=acquired.indices,
+            acquired_deviation=[None if not math.isfinite(d) else d for d in acquired.model_deviation],
+            n_labels=len(state.labelled),
+            n_train_labels=len(train),
+            n_unlabelled=len(state.unlabelled),
+            model_ids=list(getattr(committee, "model_ids", [])),
+            test_errors=errors,
+            stop_reason=stop,
+            wall_time=time.perf_counter() - t0,
+        )
+        records.append(record)
+        logger.info("pool %s iteration %d: %d labels, test force RMSE %s%s", name, iteration, record.n_labels,
+                    "n/a" if errors.force_rmse is None else f"{errors.force_rmse:.4f} eV/Å",
+                    f"; stop: {stop}" if stop else "")
+        if on_iteration is not None:
+            on_iteration(record)
+        if stop is not None:
+            break
+        new = acquired.indices
+        iteration += 1
+    return PoolRunResult(records, state, committee, calls, time.perf_counter() - start)
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
@@ -163,7 +348,6 @@ def run_one(method: str, seed: int, pool, test, settings: BenchSettings, threads
     import torch
     from ase.calculators.emt import EMT
 
-    from almat.pool import calculator_oracle, mace_committee_trainer, run_pool_loop
 
     if threads:
         torch.set_num_threads(threads)

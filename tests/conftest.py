@@ -81,3 +81,40 @@ def tiny_committee(cu_data):
     ids = [f"c{i}" for i in range(len(train))]
     results = [train_mace(train, ids, hp, seed=s) for s in (0, 1)]
     return Committee([r.model for r in results]), results
+
+
+# --------------------------------------------------------------------------- a MongoDB server for tests
+# ALMAT_TEST_MONGO_URI: a real MongoDB, or the local stand-in (`bash scripts/mongo/start.sh` prints its URI;
+# .ci/run starts it). Without it the tests that ask for these fixtures skip.
+
+
+@pytest.fixture
+def mongo_uri() -> str:
+    uri = os.environ.get("ALMAT_TEST_MONGO_URI")
+    if not uri:
+        pytest.skip("ALMAT_TEST_MONGO_URI not set (bash scripts/mongo/start.sh starts a local server)")
+    return uri
+
+
+@pytest.fixture
+def new_mongo_database(mongo_uri):
+    """``new_mongo_database()`` gives a fresh database name on the test server; all are dropped afterwards,
+    so concurrent and repeated runs never share data."""
+    import uuid
+
+    names: list[str] = []
+
+    def new() -> str:
+        names.append(f"almat_test_{uuid.uuid4().hex[:12]}")
+        return names[-1]
+
+    yield new
+    if names:
+        from pymongo import MongoClient
+
+        client = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+        try:
+            for name in names:
+                client.drop_database(name)
+        finally:
+            client.close()

@@ -101,7 +101,7 @@ if [[ "$AUTH" != 0 ]]; then
 fi
 t1=$(date +%s.%N)
 echo "--- $(date -Is) start.sh" >>"$LOG"
-setsid nohup "$VPY" "$ROOT/scripts/mongo/server.py" "${args[@]}" >>"$LOG" 2>&1 < /dev/null &
+setsid nohup "$VPY" "$ROOT/scripts/mongo/server.py" "${args[@]}" >>"$LOG" 2>&1 </dev/null 9>&- &
 echo $! > "$STATE/server.pid"
 
 for _ in $(seq 300); do

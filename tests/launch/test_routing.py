@@ -15,7 +15,8 @@ import yaml
 from jobflow import CURRENT_JOB, Flow, Maker, Response, run_locally
 from pydantic import BaseModel
 
-from almat.launch.routing import JOB_KINDS, Routing, RoutingError, apply_routing, job_kind, load_routing
+from almat.campaign.jobs import ROLE_KEY, ROLES, declare_role
+from almat.launch.routing import Routing, RoutingError, apply_routing, job_role, load_routing
 from almat.launch.submit import (
     LaunchPadError,
     SubmitError,
@@ -42,8 +43,11 @@ ROUTING = Routing(train="gpu", explore="gpu", oracle="cpu", register="local", in
 
 
 # --------------------------------------------------------------------------- a small dynamic flow
-# Same job names and the same shape as the campaign (label replaces itself by oracle jobs, decide adds
-# the next iteration) but instant. Each job returns the category it was routed to, as it saw it.
+# The same shape as the campaign (label replaces itself by oracle jobs, decide adds the next iteration)
+# but instant; every job declares its role, as the campaign's do. Each job returns the category it was
+# routed to, as it saw it.
+
+NAMES = {"train": "train it{i}", "explore": "explore it{i} s0 600K", "label": "label it{i}", "decide": "decide it{i}"}
 
 
 def _seen() -> dict:
@@ -61,45 +65,49 @@ def fake_oracle(i: int) -> dict:
 
 
 @store_job
-def fake_label(n: int, iteration: int):
+def fake_label(n: int, iteration: int, routing: dict | None):
     jobs = []
     for i in range(n):
         j = fake_oracle(i)
-        j.name = f"oracle it{iteration} #{i}"
-        jobs.append(j)
+        j.name = f"static {iteration}-{i}"  # named like an atomate2 job: the role routes it, not the name
+        jobs.append(declare_role(j, "oracle", routing))
     return Response(replace=Flow(jobs, output=[j.output for j in jobs]), stored_data={"mine": 1})
 
 
-def _iteration(iteration: int, last: int) -> Flow:
-    train = fake_step()
-    train.name = f"train it{iteration}"
-    explore = fake_step()
-    explore.name = f"explore it{iteration} s0 600K"
-    label = fake_label(2, iteration)
-    label.name = f"label it{iteration}"
-    dec = fake_decide(iteration, last, label.output)
-    dec.name = f"decide it{iteration}"
-    return Flow([train, explore, label, dec], output=dec.output)
+def _iteration(iteration: int, last: int, routing: dict | None) -> Flow:
+    train, explore = fake_step(), fake_step()
+    label = fake_label(2, iteration, routing)
+    dec = fake_decide(iteration, last, label.output, routing)
+    jobs = dict(zip(NAMES, (train, explore, label, dec)))
+    for role, job in jobs.items():
+        job.name = NAMES[role].format(i=iteration)
+        declare_role(job, role, routing)
+    return Flow(list(jobs.values()), output=dec.output)
 
 
 @store_job
-def fake_decide(iteration: int, last: int, labels: list):
+def fake_decide(iteration: int, last: int, labels: list, routing: dict | None):
     assert len(labels) == 2
     if iteration >= last:
         return _seen()
-    return Response(output=_seen(), addition=_iteration(iteration + 1, last))
+    return Response(output=_seen(), addition=_iteration(iteration + 1, last, routing))
 
 
-def fake_campaign(last: int = 1) -> Flow:
-    register = fake_step()
+def fake_campaign(last: int = 1, routing: Routing | None = None) -> Flow:
+    routing = routing.model_dump() if routing is not None else None
+    register = declare_role(fake_step(), "register", routing)
     register.name = "register campaign"
-    return Flow([register, _iteration(0, last)])
+    return Flow([register, _iteration(0, last, routing)])
+
+
+def _role(name: str) -> str:
+    return "oracle" if name.startswith("static") else name.split()[0]
 
 
 # --------------------------------------------------------------------------- routing
 
 
-def test_every_job_of_the_campaign_flow_is_routed(tmp_path):
+def test_every_job_of_the_campaign_flow_is_routed_by_its_role(tmp_path):
     from jobflow.managers.fireworks import flow_to_workflow
 
     from almat.campaign import CampaignMaker, load_config
@@ -111,8 +119,7 @@ def test_every_job_of_the_campaign_flow_is_routed(tmp_path):
     assert got == {
         "register campaign": "local", "initial structures": "local", "label initial": "local",
         "train it0": "gpu", "explore it0 s0 600K": "gpu", "explore it0 s0 900K": "gpu",
-        "select it0": "local", "label it0": "local", "decide it0": "local",
-        "calibration sample it0": "local", "label calibration it0": "local",
+        "select it0": "local", "label it0": "local", "label calibration it0": "local", "decide it0": "local",
     }
     # defaults: gpu for the learner and the sampler, cpu for everything else
     flow = CampaignMaker.from_config(load_config(CONFIG)).make()
@@ -122,24 +129,56 @@ def test_every_job_of_the_campaign_flow_is_routed(tmp_path):
     assert set(cats.values()) == {"gpu", "cpu"}
 
 
+def test_vasp_oracle_jobs_are_routed_by_role_whatever_atomate2_names_them(tmp_path, mock_launchpad, job_store):
+    """An MD campaign with a VASP oracle, submitted: atomate2's ``relax`` and ``static`` jobs land on cpu,
+    train and explore on gpu, bookkeeping where config/fireworks/routing.yaml says."""
+    from jobflow.managers.fireworks import flow_to_workflow
+
+    from almat.campaign.jobs import label_batch
+    from almat.schemas import StructureDoc, StructureSource, to_structure
+
+    routing = load_routing(Path(__file__).resolve().parents[2] / "config" / "fireworks" / "routing.yaml")
+    vasp = {**CONFIG, "name": "cu-vasp", "oracle": {"kind": "vasp"}, "prerelax": {"enabled": True}}
+    _worker_files(tmp_path)
+    result = submit_campaign(vasp, mock_launchpad, routing, job_store=job_store, dry_run=True)
+    cats = result.categories
+    assert cats["relax"] == "cpu" and cats["vasp relax labels"] == "cpu"  # atomate2's RelaxMaker and its parse job
+    assert cats["train it0"] == cats["explore it0 s0 600K"] == "gpu"
+    for name in ("register campaign", "initial structures", "label initial", "select it0", "label it0",
+                 "label calibration it0", "decide it0"):
+        assert cats[name] == getattr(routing, _role(name) if _role(name) != "label" else "label"), name
+    # the static labels are made while the campaign runs, by the label jobs: they are routed as oracle jobs
+    from almat.campaign import CampaignMaker
+
+    maker = CampaignMaker.from_config(vasp, routing=routing.model_dump())
+    doc = StructureDoc(structure=to_structure(bulk_cu()), source=StructureSource.md)
+    response = label_batch.original([doc, doc], maker.oracle, "cu-vasp", 0, routing=maker.routing)
+    fws = flow_to_workflow(response.replace).fws
+    assert {fw.name for fw in fws} == {"static", "vasp oracle labels"}
+    assert {fw.spec["_category"] for fw in fws} == {"cpu"}
+
+
+def bulk_cu():
+    from ase.build import bulk
+
+    return bulk("Cu", "fcc", a=3.61)
+
+
 def test_routing_keeps_other_manager_config_keys():
-    job = fake_step()
-    job.name = "train it3"
+    job = declare_role(fake_step(), "train")
     job.config.manager_config = {"_priority": 5}
     apply_routing(job, {"train": "big-gpu"})
     assert job.config.manager_config == {"_priority": 5, "_category": "big-gpu"}
     assert job.config.pass_manager_config is False
 
 
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [("register campaign", "register"), ("initial structures", "initial"), ("label initial", "label"),
-     ("label it12", "label"), ("train it0", "train"), ("explore it1 s2 900K", "explore"),
-     ("select it4", "select"), ("oracle it-1 #7", "oracle"), ("oracle it3 #0", "oracle"),
-     ("vasp oracle labels", "oracle"), ("decide it2", "decide"), ("store_inputs", "default"), (None, "default")],
-)
-def test_job_kind(name, kind):
-    assert job_kind(name) == kind
+def test_declared_roles():
+    job = fake_step()
+    assert job_role(job) is None and Routing().category(job_role(job)) == "cpu"  # no role: default
+    declare_role(job, "train")
+    assert job.metadata[ROLE_KEY] == "train" and job_role(job) == "train"
+    with pytest.raises(ValueError, match="unknown job role 'trainer'; valid: register, initial"):
+        declare_role(job, "trainer")
 
 
 def test_load_routing(tmp_path):
@@ -147,18 +186,18 @@ def test_load_routing(tmp_path):
     f.write_text(yaml.safe_dump({"routing": {"oracle": "dft", "decide": "local"}}))
     r = load_routing(f)
     assert (r.oracle, r.decide, r.train) == ("dft", "local", "gpu")
-    with pytest.raises(RoutingError, match="traing.*job kinds"):
+    with pytest.raises(RoutingError, match="traing.*job roles"):
         load_routing({"traing": "gpu"})
     with pytest.raises(RoutingError, match="non-empty"):
         load_routing({"train": ""})
     with pytest.raises(RoutingError, match="not found"):
         load_routing(tmp_path / "nope.yaml")
-    assert set(Routing.model_fields) == {*JOB_KINDS, "default"}
+    assert set(Routing.model_fields) == {*ROLES, "default"}
 
 
 @pytest.mark.filterwarnings("ignore:Some jobs are not connected")
 def test_jobs_created_by_responses_carry_the_routing_run_locally(tmp_path, job_store):
-    flow = fake_campaign(last=1)
+    flow = fake_campaign(last=1, routing=ROUTING)
     apply_routing(flow, ROUTING)
     responses = run_locally(flow, store=job_store, create_folders=True, root_dir=tmp_path, log=False)
     seen = {}
@@ -169,9 +208,9 @@ def test_jobs_created_by_responses_carry_the_routing_run_locally(tmp_path, job_s
     # iteration 1 was added by decide it0; the oracle jobs replaced label it0 and label it1
     assert seen == {
         "register campaign": "local",
-        "train it0": "gpu", "explore it0 s0 600K": "gpu", "oracle it0 #0": "cpu", "oracle it0 #1": "cpu",
+        "train it0": "gpu", "explore it0 s0 600K": "gpu", "static 0-0": "cpu", "static 0-1": "cpu",
         "decide it0": "local",
-        "train it1": "gpu", "explore it1 s0 600K": "gpu", "oracle it1 #0": "cpu", "oracle it1 #1": "cpu",
+        "train it1": "gpu", "explore it1 s0 600K": "gpu", "static 1-0": "cpu", "static 1-1": "cpu",
         "decide it1": "local",
     }
 
@@ -268,7 +307,7 @@ def test_fireworks_routes_dynamic_jobs_and_stores_run_record(tmp_path, monkeypat
     monkeypatch.setenv("SLURM_JOB_PARTITION", "somewhere")
     monkeypatch.chdir(tmp_path)
     lp = load_launchpad(mock_launchpad)
-    flow = fake_campaign(last=1)
+    flow = fake_campaign(last=1, routing=ROUTING)
     apply_routing(flow, ROUTING)
     lp.add_wf(flow_to_workflow(flow))
     workers = {c: FWorker(name=f"w-{c}", category=[c]) for c in ("local", "cpu", "gpu")}
@@ -280,9 +319,9 @@ def test_fireworks_routes_dynamic_jobs_and_stores_run_record(tmp_path, monkeypat
     fws = [lp.get_fw_by_id(i) for i in lp.get_fw_ids()]
     assert all(fw.state == "COMPLETED" for fw in fws), [(fw.name, fw.state) for fw in fws]
     names = sorted(fw.name for fw in fws)
-    assert "decide it1" in names and "oracle it1 #1" in names  # iteration 1 was added at run time
+    assert "decide it1" in names and "static 1-1" in names  # iteration 1 was added at run time
     for fw in fws:
-        expected = ROUTING.category(fw.name)
+        expected = ROUTING.category(_role(fw.name))
         assert fw.spec["_category"] == expected, fw.name
         launch = fw.launches[-1]
         assert launch.fworker.category == [expected], fw.name  # run by the worker of that category
@@ -292,7 +331,7 @@ def test_fireworks_routes_dynamic_jobs_and_stores_run_record(tmp_path, monkeypat
     label = next(fw for fw in fws if fw.name == "label it0")
     assert label.launches[-1].action.stored_data["mine"] == 1  # the job's own stored_data is kept
     job_store.connect()
-    doc = job_store.query_one({"name": "oracle it1 #0"})
+    doc = job_store.query_one({"name": "static 1-0"})
     assert doc["output"]["category"] == "cpu"
     assert doc["metadata"][RUN_RECORD_KEY]["slurm_partition"] == "somewhere"
     assert doc["metadata"]["fw_id"] > 0
@@ -318,12 +357,12 @@ def _worker_files(folder, categories=("cpu", "gpu"), partition=True):
 def test_submit_adds_a_routed_workflow(tmp_path, mock_launchpad, job_store):
     _worker_files(tmp_path)
     result = submit_campaign(CONFIG, mock_launchpad, job_store=job_store)
-    assert result.submitted and result.name_checked and result.n_fireworks == 11  # 9 jobs + the held-out calibration sample and its labels
+    assert result.submitted and result.name_checked and result.n_fireworks == 10
     assert result.launchpad == "mongo.example.org:27017"
     assert result.categories["train it0"] == "gpu" and result.categories["decide it0"] == "cpu"
     assert result.partitions == {"cpu": ["part-cpu"], "gpu": ["part-gpu"]}
     assert not result.warnings
-    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 11
+    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 10
 
 
 def test_submit_refuses_an_existing_campaign(tmp_path, mock_launchpad, job_store):
@@ -400,22 +439,20 @@ def test_unhandled_category_warns(tmp_path, mock_launchpad, job_store, caplog):
     assert any("no fworker files" in w for w in warnings)
 
 
-def test_submit_command_returns_a_summary(tmp_path, mock_launchpad, monkeypatch):
-    from almat.launch.cli import submit_command
-
+def test_submit_returns_a_summary(tmp_path, mock_launchpad, monkeypatch):
     _worker_files(tmp_path)
     campaign = tmp_path / "campaign.yaml"
     campaign.write_text(yaml.safe_dump(CONFIG))
     routing = tmp_path / "routing.yaml"
     routing.write_text(yaml.safe_dump({"decide": "cpu", "oracle": "gpu"}))
-    out = submit_command(campaign, mock_launchpad, routing, dry_run=True)
+    out = submit_campaign(campaign, mock_launchpad, routing, dry_run=True).as_dict()
     assert out["campaign"] == "cu-route" and out["categories"]["decide it0"] == "cpu"
     assert out["categories"]["label initial"] == "cpu"
     with pytest.raises(SubmitError, match="campaign file not found"):
-        submit_command(tmp_path / "none.yaml", mock_launchpad)
+        submit_campaign(tmp_path / "none.yaml", mock_launchpad)
     routing.write_text(yaml.safe_dump({"oracles": "gpu"}))
     with pytest.raises(SubmitError, match="oracles"):
-        submit_command(campaign, mock_launchpad, routing)
+        submit_campaign(campaign, mock_launchpad, routing)
 
 
 def test_config_templates_are_consistent(tmp_path, monkeypatch):
@@ -454,28 +491,29 @@ def test_jobflow_config_names_almat_store(tmp_path, settings):
     assert "data" in store.additional_stores
 
 
+BOOKKEEPING = {"register campaign": "cpu", "label initial": "cpu", "label it0": "cpu", "decide it0": "cpu"}
+
+
 @pytest.mark.parametrize("workflow, expected", [
-    ("cu_pool_emt.yaml", {"setup pool": "cpu", "label held-out": "cpu", "label pool it0": "cpu", "train it0": "gpu",
-                          "pool step it0": "gpu"}),
-    ("cu_nft_emt.yaml", {"register NFT campaign": "cpu", "initial structures": "cpu", "label initial": "cpu",
-                         "train it0": "gpu", "nft chunks it0": "gpu", "label chunks it0": "cpu",
-                         "nft decide it0": "cpu"}),
+    ("cu_pool_emt.yaml", {**BOOKKEEPING, "label held-out": "cpu", "start pool": "cpu", "train it0": "gpu",
+                          "explore it0": "gpu"}),
+    ("cu_nft_emt.yaml", {**BOOKKEEPING, "initial structures": "cpu", "train it0": "gpu", "explore it0": "gpu"}),
 ])
 def test_pool_and_nft_campaigns_are_submitted_and_routed(tmp_path, mock_launchpad, job_store, workflow, expected):
     """Every campaign kind goes to FireWorks the same way: the committee's jobs on gpu, the rest on cpu."""
+    from almat.campaign import load_config
+    from almat.schemas import CampaignDoc
+
     path = Path(__file__).resolve().parents[2] / "workflows" / workflow
     _worker_files(tmp_path)
     result = submit_campaign(path, mock_launchpad, job_store=job_store)
     assert result.submitted and result.name_checked and not result.warnings
     assert {n: c for n, c in result.categories.items() if n != "store_inputs"} == expected
-    # the name is checked against the store like an MD campaign's: a stored campaign of that name is refused
-    from almat.campaign.kinds import load_campaign_config
-    from almat.schemas import CampaignDoc
-
-    name = load_campaign_config(path).name
+    # the name is checked against the store as for an MD campaign: a stored campaign of that name is refused
+    name = load_config(path).name
     with CampaignDB.from_job_store(job_store).connect() as db:
         db.upsert("campaigns", [CampaignDoc(name=name, config={}, config_fingerprint="x")])
     with pytest.raises(SubmitError, match="already exists"):
         submit_campaign(path, mock_launchpad, job_store=job_store)
-    with pytest.raises(SubmitError, match="not supported"):
+    with pytest.raises(SubmitError, match="different configuration"):
         submit_campaign(path, mock_launchpad, job_store=job_store, resume=True)

@@ -164,8 +164,8 @@ class Cluster:
     def submit(self) -> dict:
         campaign = self.root / "campaign.yaml"
         campaign.write_text(yaml.safe_dump(CONFIG))
-        code = ("import json, sys; from almat.launch.cli import submit_command; "
-                "sys.stdout.write(json.dumps(submit_command(sys.argv[1], sys.argv[2])))")
+        code = ("import json, sys; from almat.launch.submit import submit_campaign; "
+                "sys.stdout.write(json.dumps(submit_campaign(sys.argv[1], sys.argv[2]).as_dict(), default=str))")
         out = _run([sys.executable, "-c", code, str(campaign), str(self.lp_file)], self.env, self.root)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -327,7 +327,7 @@ def test_each_job_ran_in_the_partition_of_its_category(campaign_run):
     job_ids = set()
     for d in ran:
         rec = d["metadata"]["almat_run"]
-        category = routing.category(d["name"])
+        category = routing.category(d["metadata"].get("almat_role"))
         assert rec["slurm_partition"] == PARTITION[category], (d["name"], rec)
         assert rec["slurm_job_id"] in acct and acct[rec["slurm_job_id"]]["partition"] == PARTITION[category]
         job_ids.add(rec["slurm_job_id"])
@@ -352,7 +352,7 @@ def test_the_next_iteration_was_added_and_ran(campaign_run):
     _, submitted, _, fws = campaign_run
     initial_ids = set(submitted["fw_ids"].values())
     added = {f["name"]: f for f in fws if f["fw_id"] not in initial_ids}
-    for name in ("train it1", "explore it1 s0 600K", "select it1", "decide it1", "oracle it-1 #0"):
+    for name in ("train it1", "explore it1 s0 600K", "select it1", "decide it1", "oracle initial it-1 #0"):
         assert name in added and added[name]["state"] == "COMPLETED", name
     assert added["train it1"]["category"] == "gpu" and added["decide it1"]["category"] == "cpu"
     assert all(f["category"] == "cpu" for n, f in added.items() if n.startswith("oracle"))

@@ -64,6 +64,7 @@ class Explorer(MSONable):
     kind: ClassVar[str]
     records: ClassVar[str]  # the collection of its per-iteration records
     record_class: ClassVar[type[AlmatDocument]]
+    held_out_each_iteration: ClassVar[bool] = False  # whether ``Exploration.held_out`` is ever filled
 
     def check(self, config) -> None:
         """Refuse, before any job runs, what the config allows but this kind can't do."""

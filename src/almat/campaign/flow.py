@@ -122,11 +122,12 @@ class CampaignMaker(Maker):
         self.declare(train, "train")
         explore_jobs, exploration = self.explorer.explore(self, iteration, train.output, label_ids, state)
         label = self.label(exploration.candidates, iteration, force_weights=exploration.force_weights)
-        held = self.label(exploration.held_out, iteration, "calibration")
-        dec = decide(self, iteration, train.output, exploration, label.output, held.output, label_ids, state)
+        held = [self.label(exploration.held_out, iteration, "calibration")] if self.explorer.held_out_each_iteration else []
+        dec = decide(self, iteration, train.output, exploration, label.output, held[0].output if held else None,
+                     label_ids, state)
         dec.name = f"decide it{iteration}"
         self.declare(dec, "decide")
-        return Flow([train, *explore_jobs, label, held, dec], output=dec.output,
+        return Flow([train, *explore_jobs, label, *held, dec], output=dec.output,
                     name=f"{self.config.name} iteration {iteration}")
 
     def label(self, structures: Any, iteration: int, purpose: str = "", force_weights: Any = None):

@@ -28,13 +28,17 @@ ROLE_KEY = "almat_role"
 ROLES = ("register", "initial", "label", "train", "explore", "select", "oracle", "decide")
 
 
+def all_jobs(flow: Job | Flow) -> list[Job]:
+    """Every job of a flow, at any depth (a job is its own list)."""
+    return [j for x in flow.jobs for j in all_jobs(x)] if isinstance(flow, Flow) else [flow]
+
+
 def declare_role(job: Job | Flow, role: str, routing: dict[str, str] | None = None) -> Job | Flow:
     """Say what a job (or every job of a flow) is; with a ``routing`` (role -> FireWorks category), route
     it too, and keep jobflow from overwriting that with the category of the job that created it."""
     if role not in ROLES:
         raise ValueError(f"unknown job role {role!r}; valid: {', '.join(ROLES)}")
-    for j in job.iterflow() if isinstance(job, Flow) else [job]:
-        j = j[0] if isinstance(j, tuple) else j
+    for j in all_jobs(job):
         j.metadata[ROLE_KEY] = role
         if routing is not None:
             j.config.manager_config = {**j.config.manager_config, "_category": routing.get(role, routing["default"])}

@@ -142,6 +142,7 @@ class MdExplorer(Explorer):
     kind = "md"
     records = "iterations"
     record_class = IterationDoc
+    held_out_each_iteration = True
 
     explore_maker: ExploreMaker = field(default_factory=ExploreMaker)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
@@ -152,8 +153,8 @@ class MdExplorer(Explorer):
         if cfg.prerelax.enabled and maker.relax is not None:
             starts = []
             for i, structure in enumerate(cfg.load_structures()):
-                relax = (maker.relax.make(structure, campaign=campaign, iteration=-1) if cfg.oracle.kind == "vasp"
-                         else maker.relax.make(structure, campaign=campaign, iteration=-1, start_index=i))
+                relax = (maker.relax.make(structure, campaign=cfg.name, iteration=-1) if cfg.oracle.kind == "vasp"
+                         else maker.relax.make(structure, campaign=cfg.name, iteration=-1, start_index=i))
                 relax.name = f"relax s{i}"
                 maker.declare(relax, "oracle")
                 if cfg.oracle.kind == "vasp":

@@ -50,7 +50,7 @@ def stop_decision(max_uncertainty: float, history: list[float], iteration: int, 
 
 
 @store_job(output_schema=Exploration)
-def explore_nft(config, iteration: int, committee: Any, history: list[float]) -> Exploration:
+def explore_nft(config, iteration: int, committee: Any, train_ids: list, history: list[float]) -> Exploration:
     """Per-atom uncertainty of the target with this iteration's committee, the stop decision and, when
     the campaign goes on, the chunks around the most uncertain atoms (stored as ``nft-chunk`` structures)."""
     c = config.chunks
@@ -78,9 +78,9 @@ def explore_nft(config, iteration: int, committee: Any, history: list[float]) ->
             central, skipped = list(groups.central_atoms), list(groups.skipped)
         else:  # record what would have been picked, cut nothing
             (threshold, uncertain), chunks, central, skipped = select_uncertain_atoms(u, c.percentile), [], [], []
-        # a chunk labelled in an earlier iteration (same structure hash) would add nothing: skipped this time
-        earlier = {d["structure_hash"] for d in db.structures.query(
-            {"campaign": config.name, "source": StructureSource.nft_chunk.value}, properties=["structure_hash"])}
+        # a chunk the committee was trained on already (same structure hash) would add nothing: skipped this time
+        earlier = {d["structure_hash"] for d in db.labels.query({"label_id": {"$in": ok_ids(train_ids)}},
+                                                                properties=["structure_hash"])}
         structures, records, weights = [], [], []
         for chunk in chunks:
             doc = StructureDoc(structure=to_structure(chunk.atoms), source=StructureSource.nft_chunk,
@@ -91,7 +91,7 @@ def explore_nft(config, iteration: int, committee: Any, history: list[float]) ->
             if doc.structure_hash in earlier:
                 central = [i for i in central if i not in chunk.central_target]
                 skipped += chunk.central_target
-                logger.info("NFT iteration %d: the chunk around atom(s) %s was labelled before; skipped",
+                logger.info("NFT iteration %d: the committee was trained on the chunk around atom(s) %s; skipped",
                             iteration, chunk.central_target)
                 continue
             structures.append(doc)
@@ -145,7 +145,7 @@ class NftExplorer(Explorer):
         return [maker.declare(init, "initial"), label], label.output, []
 
     def explore(self, maker, iteration, committee, train_ids, state):
-        j = explore_nft(maker.config, iteration, committee, list(state or []))
+        j = explore_nft(maker.config, iteration, committee, train_ids, list(state or []))
         j.name = f"explore it{iteration}"
         return [maker.declare(j, "explore")], j.output
 

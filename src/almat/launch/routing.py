@@ -21,7 +21,8 @@ default       any job without a role                                          cp
 
 The jobs a campaign adds while it runs (a batch's oracle jobs, the next iteration) are routed when they
 are made: the campaign Maker carries the routing (``CampaignMaker.routing``) and each job keeps its own
-category rather than its parent's (``pass_manager_config`` off).
+category rather than its parent's (``pass_manager_config`` off); jobflow's own ``store_inputs`` jobs get
+the ``default`` category.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jobflow.core.job import store_inputs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from almat.campaign.jobs import ROLE_KEY, ROLES
+from almat.campaign.jobs import ROLE_KEY, ROLES, all_jobs
 
 CATEGORY_KEY = "_category"
 
@@ -101,10 +103,6 @@ def load_routing(routing: Routing | dict | str | Path | None = None) -> Routing:
         raise RoutingError(f"{source}: {errors} (job roles: {', '.join(Routing.model_fields)})") from None
 
 
-def _jobs(flow: Any) -> list:
-    return [j for j, _ in flow.iterflow()] if hasattr(flow, "iterflow") else [flow]
-
-
 def job_role(job: Any) -> str | None:
     return (job.metadata or {}).get(ROLE_KEY)
 
@@ -113,7 +111,10 @@ def apply_routing(flow: Any, routing: Routing | dict | str | Path | None = None)
     """Set ``manager_config["_category"]`` on every job of ``flow`` (a Flow or a Job) from its role, keeping
     the other keys. Jobs made later are routed by the campaign Maker's ``routing`` (set it before ``make``)."""
     routing = load_routing(routing)
-    for j in _jobs(flow):
+    # jobflow's own store_inputs jobs (made when a job replaces itself) have no role: the default category
+    flow.update_config({"_set": {f"manager_config->{CATEGORY_KEY}": routing.default}}, function_filter=store_inputs,
+                       dynamic=True, dict_mod=True)
+    for j in all_jobs(flow):
         j.config.manager_config = {**j.config.manager_config, CATEGORY_KEY: routing.category(job_role(j))}
         j.config.pass_manager_config = False
     return routing
@@ -121,4 +122,4 @@ def apply_routing(flow: Any, routing: Routing | dict | str | Path | None = None)
 
 def routed_categories(flow: Any) -> dict[str, str | None]:
     """``{job name: category}`` for the jobs of a Flow (or Job) as they stand now."""
-    return {j.name: j.config.manager_config.get(CATEGORY_KEY) for j in _jobs(flow)}
+    return {j.name: j.config.manager_config.get(CATEGORY_KEY) for j in all_jobs(flow)}

@@ -18,8 +18,16 @@ keep ASE's convention in eV/Å³::
 
     stress_ase [eV/Å³] = -stress_vasp [kBar] * 0.1 [GPa/kBar] * ase.units.GPa [eV/Å³ per GPa]
 
-(1 kBar = 6.2415e-4 eV/Å³.) Energies are VASP's free energy (``e_fr_energy``, TOTEN), the energy whose
-derivatives are the forces; it is also the ``TaskDoc``'s final energy.
+(1 kBar = 6.2415e-4 eV/Å³.)
+
+Energies are VASP's free energy of each ionic step, ``e_fr_energy`` (OUTCAR's ``free energy TOTEN``): with
+smearing this is the Mermin free energy E - TS, the energy whose derivatives are the forces and the stress
+VASP reports, so a label's energy, forces and stress belong to one potential-energy surface. It is *not*
+the ``TaskDoc``'s final energy (``output.energy``, pymatgen's ``Vasprun.final_energy``): that one is the
+energy extrapolated to zero smearing (``energy(sigma->0)``, ``e_0_energy``), whose derivatives are not the
+forces. The two are equal only when the smearing entropy T·S (OUTCAR's ``EENTRO``) is zero, as for
+insulators or tetrahedron smearing (ISMEAR = -5); for metals with ISMEAR >= 0 they differ, more with
+more atoms and a larger SIGMA. ``oracle_settings["actual"]["energy"]`` names the key stored.
 
 Failures
 --------
@@ -37,6 +45,12 @@ ENCUT, k-point density (pymatgen's ``reciprocal_density``, k-points per Å⁻³)
 the set's POTCAR choice per element. It does not depend on the structure, so labels of every
 composition in a campaign share one fingerprint. Each label's ``oracle_settings`` also records what the
 run actually used (POTCAR symbols, ENCUT, k-point grid, INCAR of the final calculation).
+
+``settings_from_task`` (labels without a Maker) and ``oracle_settings["actual"]`` take the values VASP
+used from vasprun.xml's ``<parameters>`` (``input.parameters`` of the ``TaskDoc``), not from the INCAR: a
+tag the INCAR omits (ENCUT, recorded there as ENMAX; ISPIN; GGA ...) has VASP's default there, where the
+INCAR would give null. GGA = ``--`` (the INCAR sets none) is the POTCARs' functional. ``actual["used"]``
+lists those values; ``actual["incar"]`` keeps the INCAR as written.
 """
 
 from __future__ import annotations
@@ -85,9 +99,9 @@ def vasp_stress_to_ase(stress_kbar) -> np.ndarray:
 # settings and fingerprint
 
 
-def _functional(incar: dict[str, Any], hubbard: dict[str, float] | None) -> str:
-    gga = str(incar.get("GGA", "PE") or "PE").upper()
-    name = {"PE": "PBE", "PS": "PBEsol", "91": "PW91", "RP": "RPBE", "AM": "AM05", "--": "PBE"}.get(gga, gga)
+def _functional(incar: dict[str, Any], hubbard: dict[str, float] | None, potcar_functional: str = "PBE") -> str:
+    gga = str(incar.get("GGA") or "--").strip().upper()  # "--": the functional of the POTCARs
+    name = {"PE": "PBE", "PS": "PBEsol", "91": "PW91", "RP": "RPBE", "AM": "AM05", "--": potcar_functional}.get(gga, gga)
     if incar.get("METAGGA") and str(incar["METAGGA"]).lower() not in ("none", "--"):
         name = str(incar["METAGGA"]).upper()
     if incar.get("LHFCALC"):
@@ -175,13 +189,35 @@ def _to_structure(x: Any) -> Structure:
     return x if isinstance(x, Structure) else Structure.from_dict(x)
 
 
+#: tags whose value VASP used is recorded in vasprun.xml's <parameters> (``input.parameters`` of a TaskDoc)
+#: under another name
+_PARAMETER_NAMES = {"ENCUT": "ENMAX"}
+#: what ``oracle_settings["actual"]["used"]`` records of each run
+_USED_TAGS = ("ENCUT", "PREC", "GGA", "METAGGA", "ISPIN", "ISMEAR", "SIGMA", "EDIFF", "NELM", "LASPH", "LREAL", "LDAU")
+
+
+def _used(inp: Any, tag: str) -> Any:
+    """The value of an INCAR tag that VASP ran with: vasprun.xml's <parameters> (what VASP used, its own
+    defaults included for tags the INCAR omits), else the INCAR (a TaskDoc without parameters)."""
+    value = _get(inp, "parameters", _PARAMETER_NAMES.get(tag, tag))
+    if value is None or tag == "PREC":  # (<parameters> cuts PREC to 6 letters: "Accura")
+        value = _get(inp, "incar", tag, default=value)
+    if tag == "ENCUT" and value is not None:
+        value = float(value)
+    if tag == "METAGGA" and str(value).strip().lower() in ("none", "--", ""):
+        value = None
+    return value
+
+
 def settings_from_task(task: Any) -> dict[str, Any]:
-    """The level of theory as run, from a ``TaskDoc`` (or its dict): for labels without a Maker."""
+    """The level of theory as run, from a ``TaskDoc`` (or its dict): for labels without a Maker.
+
+    Values are those VASP used (vasprun.xml's <parameters>), so a tag the INCAR omits (ENCUT, ISPIN,
+    GGA, ...) is recorded with VASP's default rather than as null."""
     t = _as_task_dict(task)
     calc = t["calcs_reversed"][0]
     inp = calc["input"]
     incar = dict(_get(inp, "incar", default={}))
-    params = dict(_get(inp, "parameters", default={}))
     structure = _to_structure(_get(inp, "structure") or calc["output"]["structure"])
     kpts = _get(inp, "kpoints")
     grid = _get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
@@ -191,17 +227,24 @@ def settings_from_task(task: Any) -> dict[str, Any]:
     symbols = [str(s) for s in _get(inp, "potcar", default=[])]
     elements = [str(el) for el in structure.composition.elements]
     hubbards = _get(inp, "hubbards", default={}) or {}
+    potcar_functional = _potcar_functional(inp)
+    used = {tag: _used(inp, tag) for tag in ("GGA", "METAGGA", "LHFCALC", "AEXX", "HFSCREEN")}
     return {
         "code": "vasp",
         "input_set": None,
-        "functional": _functional({**params, **incar}, hubbards),
-        "ENCUT": incar.get("ENCUT", params.get("ENCUT")),
-        "kpoint_density": {"kpoints_per_inv_A3": density} if density else {"KSPACING": incar.get("KSPACING")},
-        "potcar_functional": str(_get(inp, "potcar_type", 0, default="PAW_PBE")).replace("PAW_", ""),
+        "functional": _functional({**incar, **{k: v for k, v in used.items() if v is not None}}, hubbards,
+                                  "LDA" if potcar_functional.startswith("LDA") else "PBE"),
+        "ENCUT": _used(inp, "ENCUT"),
+        "kpoint_density": {"kpoints_per_inv_A3": density} if density else {"KSPACING": _used(inp, "KSPACING")},
+        "potcar_functional": potcar_functional,
         "potcar_symbols": dict(sorted(zip(elements, symbols))) if len(elements) == len(symbols) else symbols,
         "hubbard_u": {k: v for k, v in hubbards.items() if v} or None,
-        "ISPIN": incar.get("ISPIN", params.get("ISPIN")),
+        "ISPIN": _used(inp, "ISPIN"),
     }
+
+
+def _potcar_functional(inp: Any) -> str:
+    return str(_get(inp, "potcar_type", 0, default="PAW_PBE")).replace("PAW_", "").replace("PAW", "LDA")
 
 
 def _actual(t: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +255,11 @@ def _actual(t: dict[str, Any]) -> dict[str, Any]:
     incar = dict(_get(inp, "incar", default={}))
     return {
         "potcar_symbols": [str(s) for s in _get(inp, "potcar", default=[])],
-        "ENCUT": incar.get("ENCUT"),
+        "ENCUT": _used(inp, "ENCUT"),
         "kpoint_grid": list(grid) if grid is not None else None,
-        "incar": jsanitize(incar, strict=False),
+        "used": jsanitize({tag: _used(inp, tag) for tag in _USED_TAGS}, strict=False),  # VASP's values
+        "energy": "e_fr_energy",  # the free energy (TOTEN) of each ionic step; see the module doc
+        "incar": jsanitize(incar, strict=False),  # the INCAR as written: tags it omits are not there
         "vasp_version": calc.get("vasp_version"),
         "task_label": t.get("task_label"),
         "custodian_corrections": len(t.get("custodian") or []),
@@ -351,20 +396,22 @@ def _no_error_on_unsuccessful(maker) -> None:
     maker.stop_children_kwargs.setdefault("handle_unsuccessful", False)
 
 
-def mp_relax_maker(**kwargs):
-    """atomate2 ``RelaxMaker`` whose input set is pymatgen's ``MPRelaxSet`` with its defaults."""
+def mp_relax_maker(**set_kwargs):
+    """atomate2 ``RelaxMaker`` whose input set is pymatgen's ``MPRelaxSet`` (``set_kwargs``, e.g.
+    ``user_incar_settings``, go to the set)."""
     from atomate2.vasp.jobs.core import RelaxMaker
 
-    maker = RelaxMaker(input_set_generator=MPRelaxSet(), **kwargs)
+    maker = RelaxMaker(input_set_generator=MPRelaxSet(**set_kwargs))
     _no_error_on_unsuccessful(maker)
     return maker
 
 
-def mp_static_maker(**kwargs):
-    """atomate2 ``StaticMaker`` whose input set is pymatgen's ``MPStaticSet`` with its defaults."""
+def mp_static_maker(**set_kwargs):
+    """atomate2 ``StaticMaker`` whose input set is pymatgen's ``MPStaticSet`` (``set_kwargs``, e.g.
+    ``user_incar_settings``, go to the set)."""
     from atomate2.vasp.jobs.core import StaticMaker
 
-    maker = StaticMaker(input_set_generator=MPStaticSet(), **kwargs)
+    maker = StaticMaker(input_set_generator=MPStaticSet(**set_kwargs))
     _no_error_on_unsuccessful(maker)
     return maker
 

@@ -1,10 +1,12 @@
-"""Smoke test of the label-efficiency benchmark's core (benchmarks/label_efficiency.py), tiny settings."""
+"""The label-efficiency benchmark (benchmarks/label_efficiency.py): its in-process pool loop on EMT Cu with a
+tiny committee, and a smoke run of the whole benchmark with tiny settings."""
 
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +18,56 @@ def _bench():
     sys.modules["label_efficiency"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def pool(cu_data):
+    """The 32 EMT-labelled Cu8 frames as a pool (labels stripped: the pool is unlabelled)."""
+    frames = []
+    for a in [*cu_data[0], *cu_data[1]]:
+        b = a.copy()
+        b.calc = None
+        frames.append(b)
+    return frames
+
+
+def test_loop_records_cumulative_labels_and_stops_on_the_total_budget(pool, tiny_committee):
+    """The loop with EMT as oracle; a fixed committee stands in for training (fast)."""
+    from ase.calculators.emt import EMT
+
+    bench = _bench()
+    committee, _ = tiny_committee
+    trained_on = []
+
+    def train(frames, iteration, previous):
+        assert all(f.calc is not None for f in frames)
+        trained_on.append(len(frames))
+        return committee
+
+    result = bench.run_pool_loop(pool, bench.calculator_oracle(EMT), train, n_init=4, budget=3, total_budget=9,
+                           acquisition="committee", n_test=6, max_iterations=10, seed=2, name="loop")
+    recs = result.records
+    assert [r.n_labels for r in recs] == [4, 7, 9] and trained_on == [4, 7, 9]
+    assert recs[-1].stop_reason == "total budget (9 labels) spent"
+    for prev, r in zip(recs, recs[1:]):
+        assert r.new_indices == prev.acquired_indices
+        assert r.labelled_indices == prev.labelled_indices + r.new_indices
+    assert not set(recs[-1].labelled_indices) & set(recs[0].test_indices)
+    assert all(r.test_errors.n_structures == 6 and np.isfinite(r.test_errors.force_rmse) for r in recs)
+    assert result.oracle_calls == 6 + 9
+
+
+def test_loop_stops_when_the_pool_is_exhausted(pool, tiny_committee):
+    from ase.calculators.emt import EMT
+
+    bench = _bench()
+    committee, _ = tiny_committee
+    small = pool[:10]
+    with pytest.warns(UserWarning, match="budget 4 is larger than the remaining pool \\(1\\)"):
+        result = bench.run_pool_loop(small, bench.calculator_oracle(EMT), lambda *a: committee, n_init=3, budget=4, n_test=2,
+                               acquisition="random", max_iterations=10)
+    assert [r.n_labels for r in result.records] == [3, 7, 8]
+    assert result.stop_reason.startswith("pool exhausted")
 
 
 def test_labels_to_target_interpolates_in_log_rmse():
