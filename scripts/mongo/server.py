@@ -8,9 +8,11 @@ that user (authSource admin), as on a real deployment. A stand-in for tests, not
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 
+from mongoeco.core.codec import DocumentCodec
 from mongoeco.engines import SQLiteEngine
 from mongoeco.wire import AsyncMongoEcoProxyServer, WireAuthUser
 from mongoeco.wire.handshake import WireHandshakeService
@@ -29,6 +31,20 @@ def _hello_with_mechs(self, *, command_name, body, connection):
 
 
 WireHandshakeService.build_hello_response = _hello_with_mechs
+
+# mongoeco 4.11 gap: it keeps documents as SQLite JSON, which has no NaN/Infinity, and answers "malformed
+# JSON" to a document holding one (MongoDB stores them). Store non-finite doubles as its own tagged
+# "double" value, which it decodes with float(): they come back as NaN/inf (queries on them aside).
+_encode = DocumentCodec.encode
+
+
+def _encode_nonfinite(data):
+    if type(data) is float and not math.isfinite(data):
+        return DocumentCodec._tagged_value("double", repr(data))
+    return _encode(data)
+
+
+DocumentCodec.encode = staticmethod(_encode_nonfinite)
 
 
 async def main() -> None:

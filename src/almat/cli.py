@@ -118,9 +118,28 @@ def run(
                   f"{result.wall_time:.0f} s: {c.stop_reason}")
 
 
-#: per campaign kind: (collection of its per-iteration records, columns of the status table)
-RECORD_COLUMNS = {
-    "md": ("iterations", []),
+def _md_row(it: dict) -> dict:
+    calibration, test = it.get("calibration") or {}, it.get("test_errors") or {}
+    pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
+    return {
+        "iteration": it["iteration"], "frames_explored": it.get("n_frames_explored", 0),
+        "accurate_pct": pct(it.get("accurate_ratio", 0.0)), "candidate_pct": pct(it.get("candidate_ratio", 0.0)),
+        "failed_pct": pct(it.get("failed_ratio", 0.0)), "train_labels": it.get("n_train_labels", 0),
+        "new_labels": it.get("n_labelled", 0), "failed_labels": it.get("n_failed_labels", 0),
+        "test_force_rmse": test.get("force_rmse"), "test_structures": test.get("n_structures", 0),
+        "calibration_factor": calibration.get("factor"), "calibration_spearman": calibration.get("spearman"),
+        "calibration_samples": calibration.get("n_samples", 0), "below_tolerance_pct": pct(it.get("calibrated_fraction")),
+        "converged": it.get("converged", False), "stop_reason": it.get("stop_reason"),
+    }
+
+
+#: per campaign kind: the collection of its per-iteration records, and the columns of its status table
+RECORDS = {
+    "md": ("iterations", [("iteration", "it"), ("frames_explored", "frames"), ("accurate_pct", "accurate %"),
+                          ("candidate_pct", "candidate %"), ("failed_pct", "failed %"), ("train_labels", "train labels"),
+                          ("new_labels", "new labels"),
+                          ("test_force_rmse", "test F RMSE (eV/Å)"), ("calibration_factor", "k"),
+                          ("below_tolerance_pct", "below tol %"), ("stop_reason", "")]),
     "pool": ("pool_iterations", [("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"),
                                  ("n_new_labels", "new"), ("n_unlabelled", "unlabelled"),
                                  ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")]),
@@ -131,81 +150,22 @@ RECORD_COLUMNS = {
 }
 
 
-def _record_rows(kind: str, records: list[dict]) -> list[dict]:
-    _, columns = RECORD_COLUMNS[kind]
-    rows = []
-    for r in records:
-        row = {key: r.get(key) for key, _ in columns}
-        if kind == "nft":
-            row["n_chunks"] = len(r.get("chunks") or [])
-        rows.append(row)
-    return rows
-
-
-def _records_table(kind: str, name: str, records: list[dict]) -> Table:
-    """Per-iteration table of a pool-based or NFT campaign."""
-    _, columns = RECORD_COLUMNS[kind]
-    table = Table(title=f"{kind} campaign {name}")
-    for key, title in columns:
-        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition") else "right")
-    for row in _record_rows(kind, records):
-        table.add_row(*["-" if row[k] is None else (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]))
-                        for k, _ in columns])
-    return table
+def _rows(kind: str, records: list[dict]) -> list[dict]:
+    if kind == "md":
+        return [_md_row(r) for r in records]
+    return [{key: len(r.get("chunks") or []) if key == "n_chunks" else r.get(key) for key, _ in RECORDS[kind][1]}
+            for r in records]
 
 
 def _table(kind: str, name: str, records: list[dict]) -> Table:
-    return _iteration_table(name, records) if kind == "md" else _records_table(kind, name, records)
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def _iteration_rows(iterations: list[dict]) -> list[dict]:
-    rows = []
-    for it in iterations:
-        test = it.get("test_errors") or {}
-        rows.append({
-            "iteration": it["iteration"],
-            "frames_explored": it.get("n_frames_explored", 0),
-            "accurate_pct": round(100 * it.get("accurate_ratio", 0.0), 2),
-            "candidate_pct": round(100 * it.get("candidate_ratio", 0.0), 2),
-            "failed_pct": round(100 * it.get("failed_ratio", 0.0), 2),
-            "train_labels": it.get("n_train_labels", 0),
-            "new_labels": it.get("n_labelled", 0),
-            "failed_labels": it.get("n_failed_labels", 0),
-            "test_force_rmse": test.get("force_rmse"),
-            "test_structures": test.get("n_structures", 0),
-            "calibration_factor": (it.get("calibration") or {}).get("factor"),
-            "calibration_spearman": (it.get("calibration") or {}).get("spearman"),
-            "calibration_samples": (it.get("calibration") or {}).get("n_samples", 0),
-            "below_tolerance_pct": None if it.get("calibrated_fraction") is None
-            else round(100 * it["calibrated_fraction"], 2),
-            "converged": it.get("converged", False),
-            "stop_reason": it.get("stop_reason"),
-        })
-    return rows
-
-
-def _iteration_table(name: str, iterations: list[dict]) -> Table:
-    table = Table(title=f"campaign {name}")
-    for col, justify in [("it", "right"), ("frames", "right"), ("accurate %", "right"),
-                         ("candidate %", "right"), ("failed %", "right"), ("train labels", "right"),
-                         ("new labels", "right"), ("test F RMSE (eV/Å)", "right"), ("k", "right"),
-                         ("below tol %", "right"), ("", "left")]:
-        table.add_column(col, justify=justify)
-    for r in _iteration_rows(iterations):
-        rmse = r["test_force_rmse"]
-        table.add_row(
-            str(r["iteration"]), str(r["frames_explored"]), f"{r['accurate_pct']:.1f}",
-            f"{r['candidate_pct']:.1f}", f"{r['failed_pct']:.1f}", str(r["train_labels"]),
-            str(r["new_labels"]) + (f" (+{r['failed_labels']} failed)" if r["failed_labels"] else ""),
-            "-" if rmse is None else f"{rmse:.3f}",
-            "-" if r["calibration_factor"] is None else f"{r['calibration_factor']:.2f}",
-            "-" if r["below_tolerance_pct"] is None else f"{r['below_tolerance_pct']:.1f}",
-            "converged" if r["converged"] else (r["stop_reason"] or ""),
-        )
+    """The per-iteration table of a campaign of any kind."""
+    table = Table(title=f"{kind} campaign {name}")
+    columns = RECORDS[kind][1]
+    for key, title in columns:
+        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition") else "right")
+    for row in _rows(kind, records):
+        table.add_row(*["-" if row[k] is None else (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]))
+                        for k, _ in columns])
     return table
 
 
@@ -248,10 +208,9 @@ def status_cmd(
             _fail(f"no campaign {campaign!r} in {settings.describe()}"
                   + (f"; known: {', '.join(names)}" if names else ""))
         kind = (doc.get("config") or {}).get("kind", "md")
-        records = sorted(getattr(db, RECORD_COLUMNS[kind][0]).query({"campaign": campaign}),
-                         key=lambda d: d["iteration"])
+        records = sorted(getattr(db, RECORDS[kind][0]).query({"campaign": campaign}), key=lambda d: d["iteration"])
         if as_json:
-            rows = _iteration_rows(records) if kind == "md" else _record_rows(kind, records)
+            rows = _rows(kind, records)
             out = {"name": campaign, "kind": kind, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
                    "labels": doc.get("n_labels", 0), "iterations": rows}
             sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")

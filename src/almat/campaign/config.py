@@ -30,7 +30,6 @@ from almat.uncertainty.deviation import TrustLevels
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("md", "pool", "nft")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 

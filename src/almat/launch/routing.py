@@ -119,7 +119,3 @@ def apply_routing(flow: Any, routing: Routing | dict | str | Path | None = None)
         j.config.pass_manager_config = False
     return routing
 
-
-def routed_categories(flow: Any) -> dict[str, str | None]:
-    """``{job name: category}`` for the jobs of a Flow (or Job) as they stand now."""
-    return {j.name: j.config.manager_config.get(CATEGORY_KEY) for j in all_jobs(flow)}

@@ -15,5 +15,5 @@ from almat.schemas.documents import (
     TestErrors,
     utcnow,
 )
-from almat.schemas.records import NftChunkRecord, NftIterationDoc, NftSelection, PoolIterationDoc, StopKind
+from almat.schemas.records import NftChunkRecord, NftIterationDoc, PoolIterationDoc, StopKind
 from almat.schemas.structure import chemsys_of, structure_hash, to_atoms, to_structure

@@ -67,30 +67,6 @@ class NftChunkRecord(AlmatDocument):
     label_ok: bool | None = None
 
 
-class NftSelection(BaseModel):
-    """Output of the uncertainty / chunk job of one iteration (input of its label and decide jobs)."""
-
-    campaign: str
-    iteration: int
-    model_ids: list[str]
-    target_hash: str
-    n_target_atoms: int
-    atomic_uncertainties: list[float]
-    max_uncertainty: float
-    mean_uncertainty: float
-    threshold: float
-    uncertain_atoms: list[int] = Field(default_factory=list)
-    central_atoms: list[int] = Field(default_factory=list)
-    skipped_atoms: list[int] = Field(default_factory=list)
-    chunks: list[NftChunkRecord] = Field(default_factory=list)
-    structures: list[StructureDoc] = Field(default_factory=list)
-    force_weights: list[list[float]] = Field(default_factory=list)
-    target_force_rmse: float | None = None
-    target_max_force_error: float | None = None
-    stop: StopKind | None = None
-    stop_reason: str | None = None
-
-
 class NftIterationDoc(AlmatDocument):
     """What one NFT round (train -> target uncertainty -> chunks -> label) did, in ``nft_iterations``."""
 

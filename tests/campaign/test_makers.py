@@ -1,0 +1,59 @@
+"""The campaign Maker is built from Makers, as in atomate2: a user's own atomate2 Maker from Python, an
+update of a built flow with ``update_maker_kwargs``, and actors that are not Makers refused at build time."""
+
+import pytest
+from atomate2.vasp.jobs.core import StaticMaker
+from pymatgen.io.vasp.sets import MPStaticSet
+
+from almat.campaign import CampaignMaker, ConfigError
+from almat.campaign.jobs import all_jobs, label_batch
+from almat.oracle.vasp import VaspStaticOracleMaker
+from almat.schemas import StructureDoc, StructureSource
+
+CONFIG = {"name": "cu-vasp", "structures": [{"bulk": {"name": "Cu", "cubic": True}}], "oracle": {"kind": "vasp"},
+          "learner": {"n_models": 2}}
+
+
+def _incar(oracle) -> dict:
+    return oracle.vasp_maker.input_set_generator.user_incar_settings
+
+
+def test_own_atomate2_maker_and_update_maker_kwargs_reach_every_oracle_job():
+    oracle = VaspStaticOracleMaker(vasp_maker=StaticMaker(
+        input_set_generator=MPStaticSet(user_incar_settings={"ENCUT": 600})))
+    maker = CampaignMaker.from_config(CONFIG, oracle=oracle)
+    default = CampaignMaker.from_config(CONFIG)
+    assert maker.oracle_fingerprint != default.oracle_fingerprint  # the labels say which ENCUT ran
+    flow = maker.make()
+    flow.update_maker_kwargs({"_set": {"input_set_generator->user_incar_settings->EDIFF": 1e-6}},
+                             dict_mod=True, class_filter=StaticMaker)
+    jobs = {j.name: j for j in all_jobs(flow)}
+    for name in ("label initial", "label it0", "label calibration it0"):
+        assert _incar(jobs[name].function_args[1]) == {"ENCUT": 600, "EDIFF": 1e-6}, name
+    # the next iterations are built by decide's Maker, which got the update too
+    campaign = jobs["decide it0"].function_args[0]
+    assert isinstance(campaign, CampaignMaker) and _incar(campaign.oracle) == {"ENCUT": 600, "EDIFF": 1e-6}
+    nxt = {j.name: j for j in all_jobs(campaign.iteration_flow(1, ["a", "b"], ["m0", "m1"]))}
+    assert _incar(nxt["label it1"].function_args[1])["EDIFF"] == 1e-6
+    # and the atomate2 static job that a label job makes runs with both settings
+    doc = StructureDoc(structure=campaign.config.load_structures()[0], source=StructureSource.md)
+    (static, parse) = label_batch.original([doc], campaign.oracle, "cu-vasp", 1).replace.jobs[0].jobs
+    assert static.name == "static" and static.maker.input_set_generator.user_incar_settings == {
+        "ENCUT": 600, "EDIFF": 1e-6}
+
+
+def test_the_incar_section_of_a_campaign_file_reaches_the_input_sets():
+    maker = CampaignMaker.from_config({**CONFIG, "oracle": {"kind": "vasp", "incar": {"ENCUT": 520}},
+                                       "prerelax": {"enabled": True}})
+    assert _incar(maker.oracle) == {"ENCUT": 520} and _incar(maker.relax) == {"ENCUT": 520}
+    assert CampaignMaker.from_config(CONFIG).config.fingerprint() != maker.config.fingerprint()
+
+
+def test_actors_that_are_not_makers_are_refused_when_the_campaign_is_built():
+    with pytest.raises(ConfigError, match="oracle: dict is not a jobflow Maker"):
+        CampaignMaker.from_config(CONFIG, oracle={"kind": "vasp"})
+    with pytest.raises(ConfigError, match="trainer: str is not a jobflow Maker"):
+        CampaignMaker.from_config(CONFIG, trainer="mace")
+    pool = {"kind": "pool", "name": "p", "pool": [{"bulk": {"name": "Cu"}}]}
+    with pytest.raises(ConfigError, match="explorer: a pool campaign needs a PoolExplorer"):
+        CampaignMaker.from_config(pool, explorer=CampaignMaker.from_config(CONFIG).explorer)
