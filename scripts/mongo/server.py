@@ -3,7 +3,8 @@
 Binds ``--host`` (127.0.0.1) on ``--port`` (0: a free port chosen by the OS), writes the port it got to
 ``--port-file`` once it listens, and serves until SIGTERM/SIGINT. Needs Python >= 3.13 and
 ``mongoeco[wire]``. With ``--user`` and ``--password-file`` every client must authenticate (SCRAM) as
-that user (authSource admin), as on a real deployment. A stand-in for tests, not a MongoDB: see scripts/mongo/start.sh for its known gaps.
+that user (authSource admin), as on a real deployment. A stand-in for tests, not a MongoDB: its known
+gaps are in scripts/mongo/start.sh and docs/cluster.md; two of them are patched below.
 """
 
 import argparse
@@ -12,6 +13,7 @@ import math
 import os
 import signal
 
+from mongoeco.core.bson_scalars import BsonDouble
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.engines import SQLiteEngine
 from mongoeco.wire import AsyncMongoEcoProxyServer, WireAuthUser
@@ -39,8 +41,9 @@ _encode = DocumentCodec.encode
 
 
 def _encode_nonfinite(data):
-    if type(data) is float and not math.isfinite(data):
-        return DocumentCodec._tagged_value("double", repr(data))
+    value = data.value if isinstance(data, BsonDouble) else data
+    if type(value) is float and not math.isfinite(value):
+        return DocumentCodec._tagged_value("double", repr(value))
     return _encode(data)
 
 
