@@ -48,6 +48,7 @@ from ase import Atoms
 from almat.campaign.config import acquisition_policy
 from almat.campaign.jobs import test_errors
 from almat.campaign.pool import Acquired, PoolState, acquire, decide_stop
+from almat.report.plots import COLORS, STYLE, _pyplot
 from almat.schemas import PoolIterationDoc
 
 logger = logging.getLogger("almat.benchmarks.label_efficiency")
@@ -340,6 +341,49 @@ def run_pool_loop(
     return PoolRunResult(records, state, committee, calls, time.perf_counter() - start)
 
 
+# -- the figure -------------------------------------------------------------------------------
+
+
+def plot_method_comparison(curves: dict[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+                           path: str | Path, title: str = "", target: float | None = None) -> Path:
+    """Several seeds per method: the geometric mean of the held-out force RMSE (line) and the
+    min-max over seeds (band) against the number of labels, log y.
+
+    ``curves[method]`` is a list of ``(n_labels, force_rmse)`` pairs of sequences, one per seed.
+    """
+    path = Path(path)
+    plt = _pyplot()
+
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for k, (method, runs) in enumerate(curves.items()):
+            xs = sorted({float(x) for xr, _ in runs for x in xr})
+            table = np.full((len(runs), len(xs)), np.nan)
+            for r, (xr, yr) in enumerate(runs):
+                for x, y in zip(xr, yr):
+                    if y is not None:
+                        table[r, xs.index(float(x))] = y
+            with np.errstate(all="ignore"):
+                logs = np.log(table)
+                mean = np.exp(np.nanmean(logs, axis=0))
+                lo, hi = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+            color = COLORS[k % len(COLORS)]
+            ax.plot(xs, mean, "o-", color=color, lw=2, ms=5, label=f"{method} (n={len(runs)})")
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+        if target is not None:
+            ax.axhline(target, color="0.4", ls=":", lw=1.5, label=f"target {target:.3g} eV/Å")
+        ax.set_yscale("log")
+        ax.locator_params(axis="x", integer=True)
+        ax.set_xlabel("training labels (oracle calls)")
+        ax.set_ylabel("held-out force RMSE (eV/Å)")
+        ax.legend(frameon=False)
+        ax.set_title(title or "label efficiency")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return path
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
@@ -473,7 +517,6 @@ def run_benchmark(settings: BenchSettings, out: Path | None = None, log: Callabl
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "label_efficiency.json").write_text(json.dumps(result, indent=1))
-        from almat.report.learning import plot_method_comparison
 
         curves = {m: [(r["n_labels"], r["force_rmse"]) for r in runs if r["method"] == m] for m in settings.methods}
         plot_method_comparison(curves, out / "label_efficiency.png", target=summary["target_force_rmse"],

@@ -7,11 +7,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LIGHT = ("almat.schemas, almat.settings, almat.stores, almat.uncertainty, almat.learner.hyperparameters, "
-         "almat.select, almat.oracle.calculators")
+         "almat.select, almat.oracle.calculators, almat.campaign.config")
+WORKFLOWS = ROOT / "workflows"
 
 
-def test_light_modules_import_no_torch():
-    code = f"import {LIGHT}; import sys; assert 'torch' not in sys.modules, 'torch was imported'"
+def test_light_modules_import_no_torch_and_campaign_files_validate_without_it():
+    code = (f"import {LIGHT}; import sys; from almat.campaign import load_config\n"
+            f"for f in ('cu_emt', 'cu_pool_emt', 'cu_nft_emt'): load_config(r'{WORKFLOWS}/' + f + '.yaml')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 

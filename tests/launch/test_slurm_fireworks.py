@@ -376,9 +376,9 @@ def test_results_are_in_the_job_store_and_campaign_collections(campaign_run):
             campaign = db.campaigns.query_one({"name": "cu-slurm"})
             assert campaign["status"] in ("converged", "max_iterations") and campaign["n_iterations"] == 2
         finally:
-            db.close()
+            db.close()  # closes the JobStore's data store too (the CampaignDB shares it)
     finally:
-        store.close()
+        store.docs_store.close()
     # almat status reads the same collections from another process, with the workers' settings
     code = "from almat.cli import app; app(['status', 'cu-slurm', '--json'])"
     out = _run([sys.executable, "-c", code], cluster.env, cluster.root)

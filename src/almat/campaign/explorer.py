@@ -33,7 +33,6 @@ class Exploration(BaseModel):
     held_out: list[StructureDoc] = Field(default_factory=list, description="to label, never to train on")
     stop: str | None = Field(None, description="the stop rule that already fired (nothing to label then)")
     stop_reason: str | None = None
-    details: dict[str, Any] = Field(default_factory=dict, description="explorer-specific, for its record")
 
 
 @dataclass
@@ -64,6 +63,7 @@ class Explorer(MSONable):
     kind: ClassVar[str]
     records: ClassVar[str]  # the collection of its per-iteration records
     record_class: ClassVar[type[AlmatDocument]]
+    exploration_class: ClassVar[type[Exploration]] = Exploration  # what its explore step outputs
     held_out_each_iteration: ClassVar[bool] = False  # whether ``Exploration.held_out`` is ever filled
 
     def check(self, config) -> None:

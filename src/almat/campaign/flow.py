@@ -11,7 +11,7 @@ on cpu), whatever its name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobflow import Flow, Maker

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 import numpy as np
 from jobflow import Flow, Job, Response
 
-from almat.campaign.explorer import Exploration
 from almat.campaign.initial import perturbed_structures
 from almat.learner.committee import Committee
 from almat.learner.jobs import flatten_labels
@@ -153,10 +152,6 @@ def label_batch(structures: list[StructureDoc], oracle, campaign: str, iteration
     return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label{tag} it{iteration}"))
 
 
-def _exploration(value: Any) -> Exploration:
-    return value if isinstance(value, Exploration) else Exploration.model_validate(value)
-
-
 @store_job
 def decide(maker, iteration: int, committee: Any, exploration: Any, labels: list, held_out: list | None,
            train_ids: list, state: Any = None):
@@ -166,8 +161,10 @@ def decide(maker, iteration: int, committee: Any, exploration: Any, labels: list
     model_ids = list(committee["model_ids"] if isinstance(committee, dict) else committee.model_ids)
     db = require_db()
     try:
+        kind = maker.explorer.exploration_class  # a reference resolves to a dict, or to the class jobflow stored
+        exploration = kind.model_validate(exploration if isinstance(exploration, dict) else exploration.model_dump())
         decision = maker.explorer.decide(maker, db, iteration, Committee.from_store(db, model_ids),
-                                         _exploration(exploration), as_labels(labels), as_labels(held_out or []),
+                                         exploration, as_labels(labels), as_labels(held_out or []),
                                          ok_ids(train_ids), state)
         db.upsert(maker.explorer.records, [decision.record])
         raw = db.campaigns.query_one({"name": cfg.name})

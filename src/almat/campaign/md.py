@@ -14,6 +14,8 @@ import numpy as np
 from ase import Atoms
 
 from almat.campaign.config import SamplerSettings, SelectionSettings
+from pydantic import Field
+
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import initial_structures, ok_ids, test_errors
 from almat.learner.committee import Committee
@@ -68,9 +70,16 @@ def calibration_frames(db: CampaignDB, explored: list[ExploreDoc], selected: lis
     return [frames[k] for k in picks]
 
 
-@store_job(output_schema=Exploration)
+class MdExploration(Exploration):
+    """What the MD explored: each trajectory's summary (``ExploreDoc`` without its candidates)."""
+
+    explored: list[ExploreDoc] = Field(default_factory=list)
+    n_candidates: int = 0
+
+
+@store_job(output_schema=MdExploration)
 def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list[ExploreDoc],
-              label_ids: list, calibration_samples: int, calibration_seed: int) -> Exploration:
+              label_ids: list, calibration_samples: int, calibration_seed: int) -> MdExploration:
     """Pick at most ``max_select`` candidates over all trajectories with the selection policy (policies
     that look at descriptors get them from the committee), and the held-out calibration frames."""
     sel = explorer.selection
@@ -111,10 +120,9 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
         db.close()
     logger.info("iteration %d: selected %d of %d candidates (%s); %d held-out calibration frames", iteration,
                 len(selected), len(candidates), policy.name, len(held_out))
-    details = {"explored": [d.model_dump(mode="json", exclude={"candidates"}) for d in explored],
-               "n_candidates": len(candidates)}
-    return Exploration(campaign=campaign, iteration=iteration, candidates=selected, held_out=held_out,
-                       details=details)
+    return MdExploration(campaign=campaign, iteration=iteration, candidates=selected, held_out=held_out,
+                         explored=[d.model_copy(update={"candidates": []}) for d in explored],
+                         n_candidates=len(candidates))
 
 
 def previous_calibration_ids(db: CampaignDB, campaign: str, before: int | None = None) -> list[str]:
@@ -142,6 +150,7 @@ class MdExplorer(Explorer):
     kind = "md"
     records = "iterations"
     record_class = IterationDoc
+    exploration_class = MdExploration
     held_out_each_iteration = True
 
     explore_maker: ExploreMaker = field(default_factory=ExploreMaker)
@@ -196,7 +205,7 @@ class MdExplorer(Explorer):
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
         cfg, conv = maker.config, maker.config.convergence
-        explored = [ExploreDoc.model_validate(d) for d in exploration.details.get("explored", [])]
+        explored = exploration.explored
         deviations = np.array([d for doc in explored for d in doc.model_deviation])
         counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
         n_frames = int(sum(counts.values()))
@@ -241,7 +250,7 @@ class MdExplorer(Explorer):
         doc = IterationDoc(
             campaign=cfg.name, iteration=iteration, n_frames_explored=n_frames, accurate_ratio=ratio["accurate"],
             candidate_ratio=ratio["candidate"], failed_ratio=ratio["failed"],
-            n_candidates=exploration.details.get("n_candidates", 0), n_selected=len(exploration.candidates),
+            n_candidates=exploration.n_candidates, n_selected=len(exploration.candidates),
             n_labelled=len(new_ids), n_failed_labels=sum(not lab.ok for lab in labels),
             n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from), n_train_labels=len(train_ids),
             trust_lo=cfg.sampler.trust_lo, trust_hi=cfg.sampler.trust_hi, test_errors=errors,

@@ -49,8 +49,15 @@ def stop_decision(max_uncertainty: float, history: list[float], iteration: int, 
     return None, None
 
 
-@store_job(output_schema=Exploration)
-def explore_nft(config, iteration: int, committee: Any, train_ids: list, history: list[float]) -> Exploration:
+class NftExploration(Exploration):
+    """The iteration's record as far as the exploration knows it: the target's atomic uncertainties, the
+    threshold, the central and skipped atoms, the chunks (without their labels yet)."""
+
+    record: NftIterationDoc
+
+
+@store_job(output_schema=NftExploration)
+def explore_nft(config, iteration: int, committee: Any, train_ids: list, history: list[float]) -> NftExploration:
     """Per-atom uncertainty of the target with this iteration's committee, the stop decision and, when
     the campaign goes on, the chunks around the most uncertain atoms (stored as ``nft-chunk`` structures)."""
     c = config.chunks
@@ -105,13 +112,15 @@ def explore_nft(config, iteration: int, committee: Any, train_ids: list, history
     logger.info("NFT iteration %d: max target uncertainty %.4f eV/Å (threshold %.4f at the %gth percentile); "
                 "%d chunk(s) of %s atoms%s", iteration, max_u, threshold, c.percentile, len(records),
                 ", ".join(str(r.natoms) for r in records) or "0", f"; stop: {reason}" if reason else "")
-    details = {"target_hash": target.structure_hash, "n_target_atoms": len(atoms),
-               "atomic_uncertainties": [float(x) for x in u], "max_uncertainty": max_u,
-               "mean_uncertainty": float(u.mean()), "threshold": float(threshold), "uncertain_atoms": list(uncertain),
-               "central_atoms": central, "skipped_atoms": skipped,
-               "chunks": [r.model_dump(mode="json") for r in records], **errors}
-    return Exploration(campaign=config.name, iteration=iteration, candidates=structures, force_weights=weights,
-                       stop=stop, stop_reason=reason, details=details)
+    record = NftIterationDoc(
+        campaign=config.name, iteration=iteration, model_ids=model_ids, target_hash=target.structure_hash,
+        n_target_atoms=len(atoms), atomic_uncertainties=[float(x) for x in u], max_uncertainty=max_u,
+        mean_uncertainty=float(u.mean()), coefficient=c.coefficient, percentile=c.percentile,
+        threshold=float(threshold), cutoff=c.cutoff, mode=c.mode, uncertain_atoms=list(uncertain),
+        central_atoms=central, skipped_atoms=skipped, chunks=records, n_chunks=len(records), stop=stop,
+        stop_reason=reason, **errors)
+    return NftExploration(campaign=config.name, iteration=iteration, candidates=structures, force_weights=weights,
+                          stop=stop, stop_reason=reason, record=record)
 
 
 @dataclass
@@ -121,6 +130,7 @@ class NftExplorer(Explorer):
     kind = "nft"
     records = "nft_iterations"
     record_class = NftIterationDoc
+    exploration_class = NftExploration
 
     def check(self, config) -> None:
         """A target too small for the chunks is refused before any job runs, naming the sizes."""
@@ -150,20 +160,13 @@ class NftExplorer(Explorer):
         return [maker.declare(j, "explore")], j.output
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
-        cfg, d = maker.config, exploration.details
         by_hash = {lab.structure_hash: lab for lab in labels}
-        chunks = [NftChunkRecord.model_validate(r) for r in d["chunks"]]
-        chunks = [r.model_copy(update={"label_id": by_hash[r.structure_hash].label_id if r.structure_hash in by_hash
-                                       else None, "label_ok": by_hash[r.structure_hash].ok
-                                       if r.structure_hash in by_hash else None}) for r in chunks]
+        chunks = [r.model_copy(update={"label_id": by_hash[r.structure_hash].label_id, "label_ok": by_hash[
+            r.structure_hash].ok} if r.structure_hash in by_hash else {}) for r in exploration.record.chunks]
         new_ids = ok_ids(labels)
-        c = cfg.chunks
-        record = NftIterationDoc(
-            campaign=cfg.name, iteration=iteration, model_ids=committee.model_ids, n_train_labels=len(train_ids),
-            coefficient=c.coefficient, percentile=c.percentile, cutoff=c.cutoff, mode=c.mode, chunks=chunks,
-            chunk_label_ids=[lab.label_id for lab in labels], n_chunks=len(chunks), n_labelled=len(new_ids),
-            n_failed_labels=sum(not lab.ok for lab in labels), stop=exploration.stop,
-            stop_reason=exploration.stop_reason, **{k: v for k, v in d.items() if k != "chunks"})
+        record = exploration.record.model_copy(update={
+            "n_train_labels": len(train_ids), "chunks": chunks, "chunk_label_ids": [lab.label_id for lab in labels],
+            "n_labelled": len(new_ids), "n_failed_labels": sum(not lab.ok for lab in labels)})
         status = _STATUS[exploration.stop] if exploration.stop else CampaignStatus.running
         return Decision(record, status, exploration.stop_reason, list(dict.fromkeys(train_ids + new_ids)),
                         [*(state or []), record.max_uncertainty])

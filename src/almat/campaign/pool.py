@@ -242,8 +242,16 @@ def start_pool(campaign: str, state: PoolState, test_labels: list, init_labels: 
     return state
 
 
-@store_job(output_schema=Exploration)
-def explore_pool(config, iteration: int, committee: Any, train_ids: list, state: PoolState) -> Exploration:
+class PoolExploration(Exploration):
+    """The committee's errors on the held-out part, and the batch it acquired (with its deviations)."""
+
+    test_errors: TestErrors = Field(default_factory=TestErrors)
+    acquired_indices: list[int] = Field(default_factory=list)
+    acquired_deviation: list[float | None] = Field(default_factory=list)
+
+
+@store_job(output_schema=PoolExploration)
+def explore_pool(config, iteration: int, committee: Any, train_ids: list, state: PoolState) -> PoolExploration:
     """Score the committee on the held-out labels and, unless a stop rule fires, acquire the next batch."""
     model_ids = list(committee["model_ids"] if isinstance(committee, dict) else committee.model_ids)
     db = require_db()
@@ -267,11 +275,10 @@ def explore_pool(config, iteration: int, committee: Any, train_ids: list, state:
     logger.info("pool %s iteration %d: %d labels, test force RMSE %s%s", config.name, iteration, len(state.labelled),
                 "n/a" if f is None else f"{f:.4f} eV/Å",
                 f"; stop: {stop}" if stop else f"; acquired {len(picked.indices)} ({config.acquisition.name})")
-    return Exploration(
-        campaign=config.name, iteration=iteration, candidates=[by_index[i] for i in picked.indices],
-        stop=kind, stop_reason=stop,
-        details={"test_errors": errors.model_dump(), "acquired_indices": picked.indices,
-                 "acquired_deviation": [None if not math.isfinite(d) else float(d) for d in picked.model_deviation]})
+    return PoolExploration(
+        campaign=config.name, iteration=iteration, candidates=[by_index[i] for i in picked.indices], stop=kind,
+        stop_reason=stop, test_errors=errors, acquired_indices=picked.indices,
+        acquired_deviation=[None if not math.isfinite(d) else float(d) for d in picked.model_deviation])
 
 
 @dataclass
@@ -281,6 +288,7 @@ class PoolExplorer(Explorer):
     kind = "pool"
     records = "pool_iterations"
     record_class = PoolIterationDoc
+    exploration_class = PoolExploration
 
     def elements(self, config):
         if any(s.query is not None for s in config.pool):
@@ -321,21 +329,21 @@ class PoolExplorer(Explorer):
         return set(last["test_label_ids"]) if last else set()
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
-        cfg, d = maker.config, exploration.details
+        cfg, x = maker.config, exploration
         state = state if isinstance(state, PoolState) else PoolState.model_validate(state)
         status = {None: CampaignStatus.running, "converged": CampaignStatus.converged,
                   "max_iterations": CampaignStatus.max_iterations}.get(exploration.stop, CampaignStatus.stopped)
         record = PoolIterationDoc(
             campaign=cfg.name, iteration=iteration, acquisition=cfg.acquisition.name, pool_size=state.n_pool,
             test_indices=state.test_indices, new_indices=state.new, labelled_indices=state.labelled,
-            failed_indices=state.failed, acquired_indices=d["acquired_indices"],
-            acquired_deviation=d["acquired_deviation"], n_labels=len(state.labelled), n_train_labels=len(train_ids),
+            failed_indices=state.failed, acquired_indices=x.acquired_indices,
+            acquired_deviation=x.acquired_deviation, n_labels=len(state.labelled), n_train_labels=len(train_ids),
             n_unlabelled=len(state.unlabelled), label_ids=train_ids, test_label_ids=state.test_label_ids,
-            model_ids=committee.model_ids, test_errors=TestErrors.model_validate(d["test_errors"]),
+            model_ids=committee.model_ids, test_errors=x.test_errors,
             stop_reason=exploration.stop_reason)
         if status == CampaignStatus.running:
             state = state.model_copy(deep=True)
-            state.add(d["acquired_indices"], _failed(db, cfg.name, d["acquired_indices"], labels))
+            state.add(x.acquired_indices, _failed(db, cfg.name, x.acquired_indices, labels))
         return Decision(record, status, exploration.stop_reason, list(dict.fromkeys(train_ids + ok_ids(labels))),
                         state)
 

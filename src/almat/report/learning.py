@@ -4,7 +4,7 @@ and the NFT target's atomic uncertainty per iteration."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def learning_curves(source: Any, db=None) -> dict[str, dict[str, list]]:
         missing = [n for n, r in groups.items() if not r]
         if missing:
             raise KeyError(f"no pool_iterations records for campaign(s) {', '.join(missing)}")
-    elif isinstance(source, Mapping):
+    elif isinstance(source, dict):
         groups = {str(k): _records(v) for k, v in source.items()}
     else:
         records = _records(source)
@@ -82,46 +82,6 @@ def plot_learning_curves(source: Any, path: str | Path, db=None, title: str = ""
         ax.set_ylabel("held-out force RMSE (eV/Å)")
         ax.legend(frameon=False)
         ax.set_title(title or "pool-based active learning")
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-    return path
-
-
-def plot_method_comparison(curves: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
-                           path: str | Path, title: str = "", target: float | None = None) -> Path:
-    """Several seeds per method: the geometric mean of the held-out force RMSE (line) and the
-    min-max over seeds (band) against the number of labels, log y.
-
-    ``curves[method]`` is a list of ``(n_labels, force_rmse)`` pairs of sequences, one per seed.
-    """
-    path = Path(path)
-    plt = _pyplot()
-
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for k, (method, runs) in enumerate(curves.items()):
-            xs = sorted({float(x) for xr, _ in runs for x in xr})
-            table = np.full((len(runs), len(xs)), np.nan)
-            for r, (xr, yr) in enumerate(runs):
-                for x, y in zip(xr, yr):
-                    if y is not None:
-                        table[r, xs.index(float(x))] = y
-            with np.errstate(all="ignore"):
-                logs = np.log(table)
-                mean = np.exp(np.nanmean(logs, axis=0))
-                lo, hi = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
-            color = COLORS[k % len(COLORS)]
-            ax.plot(xs, mean, "o-", color=color, lw=2, ms=5, label=f"{method} (n={len(runs)})")
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
-        if target is not None:
-            ax.axhline(target, color="0.4", ls=":", lw=1.5, label=f"target {target:.3g} eV/Å")
-        ax.set_yscale("log")
-        ax.locator_params(axis="x", integer=True)
-        ax.set_xlabel("training labels (oracle calls)")
-        ax.set_ylabel("held-out force RMSE (eV/Å)")
-        ax.legend(frameon=False)
-        ax.set_title(title or "label efficiency")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
