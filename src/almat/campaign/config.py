@@ -68,16 +68,10 @@ def _bulk(kwargs: dict[str, Any]) -> Atoms:
         raise ConfigError(f"cannot build bulk({kwargs}): {exc}") from None
 
 
-def _check_supercell(value: list[int]) -> list[int]:
-    if any(n < 1 for n in value):
-        raise ValueError(f"supercell multiples must be >= 1, got {value}")
-    return value
+class _Source(Section):
+    """Exactly one source of structures (``sources`` names the choices), repeated by ``supercell``."""
 
-
-class StructureSource(Section):
-    """A start structure: a file (CIF, POSCAR, extxyz, ...), an ``ase.build.bulk`` prototype, or a
-    pymatgen ``Structure`` (or its dict) given from Python."""
-
+    sources: ClassVar[tuple[str, ...]] = ("file", "bulk", "structure")
     file: Path | None = None
     bulk: dict[str, Any] | None = Field(None, description="kwargs of ase.build.bulk, e.g. {name: Cu, cubic: true}")
     structure: dict[str, Any] | None = Field(None, description="Structure.as_dict(), for campaigns built in Python")
@@ -91,13 +85,22 @@ class StructureSource(Section):
     @field_validator("supercell")
     @classmethod
     def _supercell(cls, value):
-        return _check_supercell(value)
+        if any(n < 1 for n in value):
+            raise ValueError(f"supercell multiples must be >= 1, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(x is not None for x in (self.file, self.bulk, self.structure)) != 1:
-            raise ValueError("give exactly one of 'file', 'bulk' or 'structure' for each structure")
+        given = [k for k in self.sources if getattr(self, k) is not None]
+        if len(given) != 1:
+            choices = ", ".join(repr(k) for k in self.sources[:-1]) + f" or {self.sources[-1]!r}"
+            raise ValueError(f"give exactly one of {choices} for each source (got {', '.join(given) or 'none'})")
         return self
+
+
+class StructureSource(_Source):
+    """A start structure: a file (CIF, POSCAR, extxyz, ...), an ``ase.build.bulk`` prototype, or a
+    pymatgen ``Structure`` (or its dict) given from Python."""
 
     def load(self, base_dir: Path | None = None) -> Structure:
         if self.bulk is not None:
@@ -337,38 +340,21 @@ class PoolQuery(Section):
     limit: int | None = Field(None, ge=1)
 
 
-class PoolSource(Section):
+class PoolSource(_Source):
     """One source of pool structures (exactly one of file, bulk, structure, structures, query), each with
     ``supercell`` and an optional ``perturb``."""
 
-    file: Path | None = None
+    sources: ClassVar[tuple[str, ...]] = ("file", "bulk", "structure", "structures", "query")
     index: str = Field(":", description="ASE's frame selection for multi-frame files")
     format: str | None = Field(None, description="ASE file format (default: from the extension)")
-    bulk: dict[str, Any] | None = None
-    structure: dict[str, Any] | None = None
     structures: list[dict[str, Any]] | None = None
     query: PoolQuery | None = None
-    supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
     perturb: PerturbSettings | None = None
 
-    @field_validator("structure", "structures", mode="before")
+    @field_validator("structures", mode="before")
     @classmethod
     def _as_dicts(cls, value):
-        return None if value is None else (
-            [_structure_dict(v) for v in value] if isinstance(value, (list, tuple)) else _structure_dict(value))
-
-    @field_validator("supercell")
-    @classmethod
-    def _supercell(cls, value):
-        return _check_supercell(value)
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        given = [k for k in ("file", "bulk", "structure", "structures", "query") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'file', 'bulk', 'structure', 'structures' or 'query' "
-                             f"for each pool source (got {', '.join(given) or 'none'})")
-        return self
+        return None if value is None else [_structure_dict(v) for v in value]
 
     def _raw(self, base_dir: Path | None, db) -> list[Atoms]:
         if self.bulk is not None:
