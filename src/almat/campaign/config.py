@@ -22,8 +22,11 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pymatgen.core import Structure
 
+from almat.campaign.initial import perturbed_structures
 from almat.learner.hyperparameters import MaceHyperParameters
 from almat.oracle.calculators import CalculatorSpec
+from almat.oracle.jobs import AseOracleMaker
+from almat.oracle.relax import AseRelaxMaker
 from almat.schemas import structure_hash, to_atoms, to_structure
 from almat.select.policies import SELECTION_POLICIES, get_policy
 from almat.uncertainty.deviation import TrustLevels
@@ -149,8 +152,6 @@ class OracleSettings(Section):
             from almat.oracle.vasp import VaspStaticOracleMaker, mp_static_maker
 
             return VaspStaticOracleMaker(vasp_maker=mp_static_maker(user_incar_settings=self.incar))
-        from almat.oracle.jobs import AseOracleMaker
-
         return AseOracleMaker(calculator=self.calculator.spec(), compute_stress=self.compute_stress)
 
     def relax_maker(self, prerelax: "PrerelaxSettings"):
@@ -160,8 +161,6 @@ class OracleSettings(Section):
 
             return VaspRelaxFlowMaker(vasp_maker=mp_relax_maker(user_incar_settings=self.incar),
                                       trajectory_stride=prerelax.trajectory_stride)
-        from almat.oracle.relax import AseRelaxMaker
-
         return AseRelaxMaker(calculator=self.calculator.spec(), fmax=prerelax.fmax, steps=prerelax.steps,
                              relax_cell=prerelax.relax_cell, trajectory_stride=prerelax.trajectory_stride)
 
@@ -389,8 +388,6 @@ class PoolSource(_Source):
 
     def load(self, base_dir: Path | None = None, db=None) -> list[Atoms]:
         """The source's structures as ASE Atoms (``info`` keeps e.g. an MD ``temperature``)."""
-        from almat.campaign.initial import perturbed_structures
-
         frames = self._raw(base_dir, db)
         if self.supercell != [1, 1, 1]:
             frames = [_repeat(a, self.supercell) for a in frames]
