@@ -15,7 +15,7 @@ from almat.campaign.config import PoolCampaignConfig, acquisition_policy
 from almat.campaign.jobs import test_errors
 from almat.campaign.pool import PoolState, acquire, decide_stop
 from almat.report.learning import plot_learning_curves
-from almat.schemas import CampaignStatus, PoolIterationDoc, StructureDoc, TestErrors
+from almat.schemas import CampaignStatus, StructureDoc, TestErrors
 from almat.stores import CampaignDB
 
 

@@ -1,28 +1,11 @@
 """Route each campaign job to a FireWorks worker category (``spec._category``) by its declared role.
 
 A category names a kind of worker: an fworker file declares the categories it pulls (``category: [gpu]``)
-and its qadapter sends it to a SLURM partition. Every job the campaign makes declares what it is when it
-is made (``almat.campaign.jobs.declare_role``: ``metadata["almat_role"]``), whatever its name, so an
-atomate2 VASP job named ``static`` or ``relax`` is an ``oracle`` job:
-
-============  ==============================================================  =======
-role          jobs                                                            default
-============  ==============================================================  =======
-train         the committee's training                                        gpu
-explore       committee MD; scoring a pool; the atomic uncertainty of a target gpu
-oracle        one label (or relaxation) each: EMT, xTB, atomate2 VASP flows     cpu
-register      register the campaign (store a pool or a target)                cpu
-initial       the initial structures                                          cpu
-label         a batch that replaces itself by oracle jobs                     cpu
-select        pick candidates and held-out frames; the pool's start state     cpu
-decide        record the iteration, add the next one                          cpu
-default       any job without a role                                          cpu
-============  ==============================================================  =======
-
-The jobs a campaign adds while it runs (a batch's oracle jobs, the next iteration) are routed when they
-are made: the campaign Maker carries the routing (``CampaignMaker.routing``) and each job keeps its own
-category rather than its parent's (``pass_manager_config`` off); jobflow's own ``store_inputs`` jobs get
-the ``default`` category.
+and its qadapter sends it to a SLURM partition. Every job the campaign makes declares its role when it is
+made (``almat.campaign.jobs.declare_role``), whatever its name: an atomate2 VASP job named ``static`` is an
+``oracle`` job. The roles and their default categories are in ``docs/cluster.md``. Jobs that the campaign
+adds while it runs are routed when they are made, by the routing that the campaign Maker carries
+(``CampaignMaker.routing``); jobflow's own ``store_inputs`` jobs get the ``default`` category.
 """
 
 from __future__ import annotations

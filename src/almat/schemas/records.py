@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from almat.schemas.documents import AlmatDocument, StructureDoc, TestErrors, utcnow
+from almat.schemas.documents import AlmatDocument, TestErrors, utcnow
 
 
 class PoolIterationDoc(AlmatDocument):
