@@ -35,9 +35,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_slurm_fireworks import CONFIG as MD_CONFIG
-from test_slurm_fireworks import PARTITION, VENV_BIN, Cluster, _job_store, _require_slurm, _run
+from test_slurm_fireworks import (
+    PARTITION,
+    VENV_BIN,
+    Cluster,
+    _job_store,
+    _require_slurm,
+    _run,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo]
 
@@ -159,13 +165,13 @@ class Workers:
         launch_dir.mkdir(parents=True)
         self.procs: list[tuple[subprocess.Popen, object]] = []
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         c = self.cluster
         for category in PARTITION:
             cmd = [str(VENV_BIN / "qlaunch"), "-l", str(c.lp_file), "-w", str(c.fworkers[category]),
                    "-q", str(c.qadapters[category]), "--launch_dir", str(self.launch_dir), "rapidfire",
                    "--nlaunches", "infinite", "--sleep", "2", "--maxjobs_queue", "1"]
-            log = open(self.launch_dir / f"qlaunch_{category}.log", "w")
+            log = open(self.launch_dir / f"qlaunch_{category}.log", "w")  # noqa: SIM115 - closed in stop()
             self.procs.append((subprocess.Popen(cmd, env=c.env, cwd=self.launch_dir, stdout=log,
                                                 stderr=subprocess.STDOUT), log))
         return self
@@ -216,13 +222,17 @@ def _interval(launch: dict) -> tuple[float, float] | None:
     return _t(hist["RUNNING"]["created_on"]), _t(hist["COMPLETED"]["created_on"])
 
 
-def max_concurrency(intervals: list[tuple[float, float]]) -> int:
+def concurrency(intervals: list[tuple[float, float]]) -> tuple[int, float]:
+    """Most intervals open at one moment, and the seconds during which at least two were open."""
     events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda e: (e[0], e[1]))
     best = now = 0
-    for _, step in events:
+    overlap, last = 0.0, None
+    for t, step in events:
+        if now >= 2:
+            overlap += t - last
         now += step
-        best = max(best, now)
-    return best
+        best, last = max(best, now), t
+    return best, overlap
 
 
 def _rocket_dir(launch: dict) -> str:
@@ -317,7 +327,9 @@ def concurrent_run(cluster):
     for launch in launches:
         if _interval(launch):
             per_cat[_category(launch)].append(_interval(launch))
-    run["max_concurrent"] = {c: max_concurrency(iv) for c, iv in per_cat.items()}
+    run["max_concurrent"] = {c: concurrency(iv)[0] for c, iv in per_cat.items()}
+    run["overlap_s"] = {c: round(concurrency(iv)[1], 1) for c, iv in per_cat.items()}
+    run["n_launches"] = {c: len(iv) for c, iv in per_cat.items()}
     run["rockets_used"] = {c: len({_rocket_dir(l) for l in launches if _category(l) == c}) for c in PARTITION}
     jobs = defaultdict(set)
     for r in run["rockets"]:
@@ -327,7 +339,9 @@ def concurrent_run(cluster):
           f"({', '.join(f'{n}: {len(i)}' for n, i in fw_ids.items())}); "
           f"SLURM worker jobs per partition {({p: len(j) for p, j in jobs.items()})} "
           f"x {ROCKETS_PER_JOB} rockets; rockets that ran fireworks {run['rockets_used']}; "
-          f"max concurrent rockets per category {run['max_concurrent']}; "
+          f"launches per category {run['n_launches']}, max concurrent rockets per category "
+          f"{run['max_concurrent']} (seconds with 2 running: {run['overlap_s']}); "
+          f"SLURM states {sorted({run['acct'].get(j, {}).get('state') for js in jobs.values() for j in js})}; "
           f"wall {wall:.0f} s (submit {t_submit:.0f} s)")
     return run
 
@@ -338,7 +352,10 @@ def kill_run(cluster):
     name = KILL["name"]
     t0 = time.perf_counter()
     (submitted,) = cluster.submit_all([KILL])
-    ids = lambda: cluster.wf_fw_ids(name)  # noqa: E731
+
+    def ids() -> list[int]:
+        return cluster.wf_fw_ids(name)
+
     report: dict = {"submitted": submitted}
     workers = Workers(cluster, cluster.launch_dir / "kill_1").start()
     try:
@@ -411,7 +428,7 @@ def kill_run(cluster):
           f"{report['launches_after_detect']}, archived {report['archived_after_detect']}); workers again: fw "
           f"{' -> '.join(seen)}; launches now {final['launches']} + archived {final.get('archived_launches')} "
           f"= {len(final['launches']) + len(final.get('archived_launches', [])) - 1} relaunch; phase wall "
-          f"{report['wall']:.0f} s")
+          f"{report['wall']:.0f} s\n[detect_lostruns output] {report['detect_output'][-600:]}")
     return report
 
 

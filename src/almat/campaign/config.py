@@ -137,14 +137,16 @@ class CalculatorConfig(Section):
 
 
 class OracleSettings(Section):
-    """The oracle: an ASE calculator (``kind: ase``) or VASP through atomate2 (``kind: vasp``: MPStaticSet
-    labels, MPRelaxSet pre-relaxations; ``incar`` adds ``user_incar_settings`` to both)."""
+    """The oracle: an ASE calculator (``kind: ase``), VASP through atomate2 (``kind: vasp``: MPStaticSet
+    labels, MPRelaxSet pre-relaxations; ``incar`` adds ``user_incar_settings`` to both) or CP2K through
+    atomate2 (``kind: cp2k``: static labels; ``cp2k`` settings, see ``almat.oracle.cp2k.cp2k_static_maker``)."""
 
-    kind: Literal["ase", "vasp"] = "ase"
+    kind: Literal["ase", "vasp", "cp2k"] = "ase"
     calculator: CalculatorConfig = Field(
         default_factory=lambda: CalculatorConfig(module="ase.calculators.emt", **{"class": "EMT"}))
     compute_stress: bool = True
     incar: dict[str, Any] = Field(default_factory=dict, description="VASP: user_incar_settings of the input sets")
+    cp2k: dict[str, Any] = Field(default_factory=dict, description="CP2K: user_input_settings, and kpoints")
 
     def label_maker(self):
         """The Maker whose ``make(structure, campaign, iteration)`` labels one structure."""
@@ -152,10 +154,16 @@ class OracleSettings(Section):
             from almat.oracle.vasp import VaspStaticOracleMaker, mp_static_maker
 
             return VaspStaticOracleMaker(vasp_maker=mp_static_maker(user_incar_settings=self.incar))
+        if self.kind == "cp2k":
+            from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker
+
+            return Cp2kStaticOracleMaker(cp2k_maker=cp2k_static_maker(**self.cp2k))
         return AseOracleMaker(calculator=self.calculator.spec(), compute_stress=self.compute_stress)
 
     def relax_maker(self, prerelax: "PrerelaxSettings"):
         """The Maker that relaxes a start structure with this oracle."""
+        if self.kind == "cp2k":
+            raise ConfigError("pre-relaxation with CP2K is not supported yet (set prerelax.enabled: false)")
         if self.kind == "vasp":
             from almat.oracle.vasp import VaspRelaxFlowMaker, mp_relax_maker
 
@@ -298,8 +306,9 @@ class _Campaign(Section):
         data = self.model_dump(mode="json", by_alias=True, exclude=set(self.unfingerprinted))
         if isinstance(data.get("selection"), dict) and not data["selection"].get("options"):
             data["selection"].pop("options", None)  # keep the fingerprints of campaigns without options
-        if not data["oracle"].get("incar"):
-            data["oracle"].pop("incar")  # keep the fingerprints of campaigns without INCAR settings
+        for key in ("incar", "cp2k"):  # keep the fingerprints of campaigns without INCAR or CP2K settings
+            if not data["oracle"].get(key):
+                data["oracle"].pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def load_structures(self) -> list[Structure]:

@@ -1,38 +1,6 @@
 """Derivative-structure enumeration of partially occupied structures (pure functions).
 
-``enumerate_derivatives`` turns a disordered structure (partial occupancies, vacancies) into ordered
-structures, symmetrically distinct, ranked by their Ewald energy. Two backends run the same
-Hart–Forcade algorithm:
-
-- ``"enumlib"``: pymatgen's ``EnumerateStructureTransformation`` calling enumlib's ``enum.x`` and
-  ``makestr.x`` (must be on ``PATH``);
-- ``"icet"``: ``icet.tools.enumerate_structures`` (pure Python + C++ extension, pip-installable).
-
-``"auto"`` takes enumlib when its executables are on ``PATH``, icet otherwise.
-
-The icet path, step by step:
-
-1. The parent cell is taken as given (``min_cell_size``/``max_cell_size`` count multiples of it;
-   reduce to the primitive cell first for small enumerations). Sites are grouped into sublattices by
-   symmetry (``SpacegroupAnalyzer`` at ``symm_prec``): every site of a sublattice has the same species
-   and occupancies.
-2. For each cell size the occupancies must give whole numbers of atoms on every sublattice; sizes that
-   don't are skipped, and if none in the range works the error names the site and the fractions that
-   would work.
-3. Every site becomes a list of icet chemical symbols: ordered sites their element, partial sites their
-   elements plus ``'X'`` (a vacancy) when the occupancies sum to less than 1.
-4. icet's generator is streamed; each structure is kept only if every sublattice has exactly its
-   target composition (icet's concentration window is global, the filter is per sublattice), then
-   converted back to pymatgen with the oxidation states of the parent.
-5. At most ``max_candidates`` are kept (a log line says so when the cap stops the stream), ranked by
-   Ewald energy per atom (``_rank``: ties in a fixed order, the same on any CPU), and reduced to
-   ``n_structures`` distinct ones under pymatgen's ``StructureMatcher`` (only structures with equal
-   Ewald energies can match, so only those are compared). ``sort_criteria=None`` skips the ranking (no
-   oxidation states or charge neutrality needed) and keeps icet's order.
-
-icet builds all labelings of one supercell shape in memory before it yields the first; a guard
-(``max_labelings``) refuses cell sizes whose number of labelings would not fit, before icet starts.
-"""
+Details: ``docs/architecture.md``, module notes (almat/enumeration/core.py)."""
 
 from __future__ import annotations
 

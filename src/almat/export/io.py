@@ -1,25 +1,6 @@
 """Export labels for training and exchange; import them into another store.
 
-Formats (chosen by ``fmt`` or the file suffix):
-
-- ``extxyz`` (``.xyz``/``.extxyz``): ready for MACE's CLI with its default keys (mace-torch 0.3.16,
-  ``mace/tools/default_keys.py``): ``REF_energy`` (eV, info), ``REF_forces`` (eV/Å, arrays),
-  ``REF_stress`` (eV/Å³, info, Voigt order xx yy zz yz xz xy, ASE sign convention), ``config_type``
-  (the structure source, so ``--config_type_weights`` can weight e.g. ``md`` frames), plus provenance
-  in info (``label_id``, ``campaign``, ``iteration``, ``structure_hash``, ``oracle``,
-  ``oracle_fingerprint``). Only ok labels. No ``energy``/``forces`` keys, which MACE warns about.
-  Nearsighted-force-training chunks (``config_type`` ``nft-chunk``) carry their loss weights:
-  ``config_energy_weight`` (info, 0: MACE's CLI honours it) and the per-atom ``force_weights``
-  (arrays, 1 on the chunk's central atoms). MACE's CLI has no per-atom force weights, so it would fit
-  the chunks' surface forces too: train on such labels with almat, or drop them
-  (``config_type`` ``nft-chunk``); the writer logs a warning when it writes them.
-- ``ase-db`` (``.db``): an ASE database; results as calculator results, provenance as key-value pairs.
-- ``jsonl`` (``.jsonl``): every ``LabelDoc`` field, one label per line, between a header line and an
-  end line holding the count. This is the lossless format :func:`import_labels` reads back.
-
-Writers refuse an existing file unless ``force=True`` and write to a temporary file renamed at the
-end, so an interrupted export never leaves a half-written file under the final name.
-"""
+Details: ``docs/architecture.md``, module notes (almat/export/io.py)."""
 
 from __future__ import annotations
 

@@ -1,57 +1,6 @@
 """VASP through atomate2: relaxations of enumerated structures and static labels for active learning.
 
-Two Makers, each a jobflow ``Flow`` of two jobs:
-
-1. an atomate2 VASP job (``RelaxMaker`` with pymatgen's ``MPRelaxSet``, or ``StaticMaker`` with
-   ``MPStaticSet``). The pymatgen set itself is the input set generator, with its defaults, so what VASP
-   reads (INCAR, KPOINTS, POSCAR, POTCAR symbols) is exactly what ``MPRelaxSet(structure)`` /
-   ``MPStaticSet(structure)`` give;
-2. a parse job that turns atomate2's ``TaskDoc`` into ``LabelDoc``s (``labels_from_task``) and records
-   them in the campaign collections. It runs even when the VASP job failed (``OnMissing.NONE``): then
-   it writes a *failed* label naming the VASP job, so the campaign goes on.
-
-Units and signs
----------------
-VASP (vasprun.xml, hence the ``TaskDoc``) reports the stress in kBar with the opposite sign to ASE:
-positive VASP stress is compressive (the cell pushes outward), positive ASE stress is tensile. Labels
-keep ASE's convention in eV/Å³::
-
-    stress_ase [eV/Å³] = -stress_vasp [kBar] * 0.1 [GPa/kBar] * ase.units.GPa [eV/Å³ per GPa]
-
-(1 kBar = 6.2415e-4 eV/Å³.)
-
-Energies are VASP's free energy of each ionic step, ``e_fr_energy`` (OUTCAR's ``free energy TOTEN``): with
-smearing this is the Mermin free energy E - TS, the energy whose derivatives are the forces and the stress
-VASP reports, so a label's energy, forces and stress belong to one potential-energy surface. It is *not*
-the ``TaskDoc``'s final energy (``output.energy``, pymatgen's ``Vasprun.final_energy``): that one is the
-energy extrapolated to zero smearing (``energy(sigma->0)``, ``e_0_energy``), whose derivatives are not the
-forces. The two are equal only when the smearing entropy T·S (OUTCAR's ``EENTRO``) is zero, as for
-insulators or tetrahedron smearing (ISMEAR = -5); for metals with ISMEAR >= 0 they differ, more with
-more atoms and a larger SIGMA. ``oracle_settings["actual"]["energy"]`` names the key stored.
-
-Failures
---------
-- the VASP job raised (custodian gave up, VASP crashed, inputs could not be written): no ``TaskDoc``
-  reaches the parse job; one failed label says so and names the VASP job's uuid;
-- the electronic steps of an ionic step reached NELM (not converged): that step's label fails with the
-  number of steps as the reason. For a relaxation every kept ionic step is checked on its own.
-An ionic relaxation that ran out of steps (NSW) is not a failed label: each frame's energy and forces
-are still right for its geometry (logged).
-
-Oracle fingerprint
-------------------
-``vasp_settings(input_set)`` names the level of theory: functional (GGA/METAGGA/+U with its U values),
-ENCUT, k-point density (pymatgen's ``reciprocal_density``, k-points per Å⁻³), the POTCAR functional and
-the set's POTCAR choice per element. It does not depend on the structure, so labels of every
-composition in a campaign share one fingerprint. Each label's ``oracle_settings`` also records what the
-run actually used (POTCAR symbols, ENCUT, k-point grid, INCAR of the final calculation).
-
-``settings_from_task`` (labels without a Maker) and ``oracle_settings["actual"]`` take the values VASP
-used from vasprun.xml's ``<parameters>`` (``input.parameters`` of the ``TaskDoc``), not from the INCAR: a
-tag the INCAR omits (ENCUT, recorded there as ENMAX; ISPIN; GGA ...) has VASP's default there, where the
-INCAR would give null. GGA = ``--`` (the INCAR sets none) is the POTCARs' functional. ``actual["used"]``
-lists those values; ``actual["incar"]`` keeps the INCAR as written.
-"""
+Details: ``docs/architecture.md``, module notes (almat/oracle/vasp.py)."""
 
 from __future__ import annotations
 
@@ -416,17 +365,16 @@ def mp_static_maker(**set_kwargs):
     return maker
 
 
-def _flow(vasp_maker, structure, settings, stride, campaign, iteration, record_relaxed, single, name):
+def _flow(code_maker, structure, campaign, iteration, name, parse):
+    """Flow [atomate2 job, parse job]; ``parse(code_job, doc)`` makes the parse job, which also runs when the
+    code job failed (``OnMissing.NONE``: it then gets None). Shared by the VASP and CP2K oracles."""
     doc = _as_structure_doc(structure, campaign, iteration)
-    vasp_job = vasp_maker.make(doc.structure)
-    parse = vasp_labels(
-        vasp_job.output, doc, settings, trajectory_stride=stride, campaign=campaign, iteration=iteration,
-        vasp_job_uuid=vasp_job.uuid, record_relaxed=record_relaxed, single=single,
-    )
-    parse.name = f"{name} labels"
-    parse.config.on_missing_references = OnMissing.NONE
-    parse.config.expose_store = True
-    return Flow([vasp_job, parse], output=parse.output, name=name)
+    code_job = code_maker.make(doc.structure)
+    parse_job = parse(code_job, doc)
+    parse_job.name = f"{name} labels"
+    parse_job.config.on_missing_references = OnMissing.NONE
+    parse_job.config.expose_store = True
+    return Flow([code_job, parse_job], output=parse_job.output, name=name)
 
 
 @dataclass
@@ -454,8 +402,9 @@ class VaspRelaxFlowMaker(Maker):
 
     def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
              iteration: int | None = None) -> Flow:
-        return _flow(self.vasp_maker, structure, self.settings, self.trajectory_stride, campaign, iteration,
-                     record_relaxed=True, single=False, name=self.name)
+        return _flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
+            j.output, doc, self.settings, trajectory_stride=self.trajectory_stride, campaign=campaign,
+            iteration=iteration, vasp_job_uuid=j.uuid, record_relaxed=True))
 
 
 @dataclass
@@ -486,5 +435,5 @@ class VaspStaticOracleMaker(Maker):
 
     def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
              iteration: int | None = None) -> Flow:
-        return _flow(self.vasp_maker, structure, self.settings, None, campaign, iteration,
-                     record_relaxed=False, single=True, name=self.name)
+        return _flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
+            j.output, doc, self.settings, campaign=campaign, iteration=iteration, vasp_job_uuid=j.uuid, single=True))

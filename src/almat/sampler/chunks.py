@@ -1,30 +1,7 @@
 """Nearsighted force training: per-atom uncertainty of a large target, and chunks cut around its most
 uncertain atoms.
 
-A *chunk* is the neighbourhood of one or more *central* atoms of the target: every atom (periodic images
-included) within ``cutoff`` of a central atom, in one of two shapes:
-
-``cluster``
-    The atoms within ``cutoff`` of the central atoms, alone in an orthorhombic box with ``vacuum`` Å
-    between the cluster and its periodic images. The central atoms' environment within ``cutoff`` is
-    exactly the target's, but the chunk has a surface (under-coordinated outer atoms) and vacuum; the
-    oracle must handle an isolated cluster (an ASE calculator does; a plane-wave code needs enough
-    vacuum, and its cost grows with the box). Images never interact when ``vacuum`` exceeds the
-    interaction range of the oracle and of the model (``r_max``).
-``periodic``
-    Every atom inside an orthorhombic cell of edges ``cell`` centred on the first central atom, made
-    periodic. No surface and no vacuum, but the chunk's images meet at the cell faces (the *seam*),
-    where the structure need not match: atoms that come closer than ``min_distance_factor`` x the
-    target's shortest distance across the seam are dropped. The central atoms' environment within
-    ``cutoff`` is exact as long as each central atom's cutoff sphere lies inside the cell, which
-    needs every edge > 2 x ``cutoff``; the oracle's own range should also stay clear of the seam.
-
-Either way only the forces on the central atoms are trusted (force weight 1); the others get weight 0,
-and so does the chunk's energy. Nearby uncertain atoms share a chunk: an uncertain atom within
-``merge_distance`` of a chunk's first central atom joins that chunk as another central atom (its cutoff
-sphere is added; in ``periodic`` mode only while its sphere still fits in the cell), and at most
-``max_chunks`` chunks are cut per iteration; the uncertain atoms left over are reported as skipped.
-"""
+Details: ``docs/architecture.md``, module notes (almat/sampler/chunks.py)."""
 
 from __future__ import annotations
 

@@ -1,29 +1,6 @@
 """A sidecar SQLite index of a labels collection kept in the embedded MontyStore (sqlite backend).
 
-MontyDB has no secondary indexes: every query decodes every document of the collection in Python
-(about 0.4 ms per 30-atom label, so ~40 s per query at 100,000 labels). This module keeps, next to
-the MontyDB files, a small SQLite database with one row per label holding only the fields queries
-filter on (campaign, iteration, chemsys, elements, formula, source, oracle, oracle_fingerprint,
-status, natoms, created_at, structure_hash, reused_from), with real B-tree indexes. Queries then run
-in SQL and full documents are read back by their MontyDB primary key.
-
-Where: ``<database_path>/.almat-index/<database>/<collection>.sqlite``.
-
-Staying in sync, without hooks in the writers:
-
-- a *token* (mtime and size of the MontyDB collection file and of its WAL) is stored after each sync;
-  when it has not changed, a query does no work at all;
-- otherwise the sync compares MontyDB's keys and the byte length of each stored document with the
-  index (one SQL pass that does not read the documents) and decodes only new or changed documents;
-  deleted documents are dropped;
-- a replaced document of exactly the same byte length is the one change this cannot see: almat's
-  writers call :func:`invalidate_labels` with the label ids they wrote, which drops those
-  rows so the next sync re-reads them.
-
-Reading MontyDB's storage directly relies on its sqlite layout (table ``documents``, columns ``k``
-(key) and ``v`` (BSON)); the layout is checked and the query API falls back to plain (slow)
-MontyStore queries when it is not what this module expects.
-"""
+Details: ``docs/architecture.md``, module notes (almat/stores/sqlindex.py)."""
 
 from __future__ import annotations
 

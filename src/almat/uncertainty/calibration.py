@@ -1,26 +1,6 @@
 """Is the committee's deviation an honest error bar? Recalibration, conformal bounds, a stopping rule.
 
-Per frame, on held-out labelled structures (each iteration's newly labelled ones, which the
-committee has not seen):
-
-* predicted uncertainty ``u``: the max over atoms of the committee's force deviation (eV/Å), the
-  quantity the trust levels act on;
-* observed error ``e``: the max over atoms of ``|F_mean - F_oracle|`` (eV/Å).
-
-**Recalibration factor** ``k`` so that ``k * u`` estimates ``e``:
-
-* ``"lstsq"`` (default): least squares through the origin, ``k = sum(u e) / sum(u^2)``;
-* ``"median"``: the median of ``e / u`` over frames with ``u > 0``, robust to a few outliers.
-
-**Split-conformal bound.** The score of a frame is ``s = e / (k u)``, its error in units of its
-calibrated uncertainty. With ``n`` scores, ``q`` is the ``ceil((n + 1) c) / n`` empirical quantile
-(the finite-sample correction; ``inf`` if that exceeds 1), and for a new exchangeable frame
-``P(e <= q k u) >= c``. Because ``q k`` is the same quantile of ``e / u`` whatever ``k`` is, the
-guarantee holds even with ``k`` fitted on the same frames.
-
-**Stopping rule.** Stop when ``k u`` (or, conservatively, ``q k u``) is below the user's force
-tolerance for a fraction ``>= conv_accuracy`` of the explored frames.
-"""
+Details: ``docs/architecture.md``, module notes (almat/uncertainty/calibration.py)."""
 
 from __future__ import annotations
 
