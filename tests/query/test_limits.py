@@ -6,6 +6,8 @@ import torch
 from almat_query_testutils import cu_structures, label_all
 
 from almat.learner.committee import load_model, save_model
+from almat.learner.hyperparameters import MaceHyperParameters
+from almat.learner.mace import mace_architecture, model_from_architecture
 from almat.schemas import DeviationHistogram, IterationDoc, ModelDoc
 from almat.stores import CAMPAIGN_COLLECTIONS, get_blob, put_blob
 from almat.stores.limits import MAX_DOCUMENT_BYTES, DocumentTooLargeError, assert_document_size, document_size
@@ -13,7 +15,8 @@ from almat.stores.limits import MAX_DOCUMENT_BYTES, DocumentTooLargeError, asser
 
 def test_model_and_trajectory_over_16mb_round_trip_through_the_data_store(db):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(2100, 2100), torch.nn.Linear(2100, 1))  # ~4.4 M floats
+    hp = MaceHyperParameters(radial_mlp=[1500, 1500])  # two 1500x1500 radial layers: ~4.5 M floats
+    model = model_from_architecture(mace_architecture(hp, [29], [-3.5], 12.0, 1.0, 0.0))
     blob_id = save_model(db.data, model, campaign="big")
     stored = db.data.query_one({"blob_uuid": blob_id})
     assert document_size(stored) > MAX_DOCUMENT_BYTES  # the blob itself is larger than a MongoDB document

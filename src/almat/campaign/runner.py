@@ -51,7 +51,8 @@ class _Failures(logging.Handler):
         msg = record.getMessage()
         if " failed with exception:" in msg:
             name, trace = msg.split(" failed with exception:", 1)
-            self.jobs.append(f"job {name!r} failed with {trace.strip().splitlines()[-1]}")
+            kind, sep, text = trace.strip().splitlines()[-1].partition(": ")
+            self.jobs.append(f"job {name!r} failed with {kind.rsplit('.', 1)[-1]}{sep}{text}")
 
 
 def _maker(config: Any) -> CampaignMaker:

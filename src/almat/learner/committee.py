@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from almat.learner.mace import model_from_bytes, model_to_bytes, predict
+from almat.learner.mace import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_inputs, model_to_bytes, predict
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB, get_blob, put_blob
 from almat.uncertainty.deviation import atomic_force_deviation, energy_deviation
@@ -21,13 +21,20 @@ from almat.uncertainty.deviation import atomic_force_deviation, energy_deviation
 def save_model(data_store, model: torch.nn.Module, **metadata) -> str:
     """Store the model's weights as a blob in the data store; returns the blob id."""
     payload = base64.b64encode(model_to_bytes(model)).decode("ascii")
-    return put_blob(data_store, payload, kind="mlip-weights", encoding="torch-pickle+base64", **metadata)
+    return put_blob(data_store, payload, kind="mlip-weights", encoding=f"{MODEL_FORMAT}+base64", **metadata)
 
 
 def load_model(data_store, doc: ModelDoc, device: str = "cpu") -> torch.nn.Module:
-    """Load the model a ``ModelDoc`` refers to from the data store."""
+    """Load the model a ``ModelDoc`` refers to from the data store (only almat's safe format: see
+    ``model_from_bytes``); an ``UnsafeModelError`` names the model otherwise."""
     payload = get_blob(data_store, doc.weights_blob_id)
-    return model_from_bytes(base64.b64decode(payload), device=device)
+    try:
+        if not isinstance(payload, str):
+            raise UnsafeModelError("its weights blob is not base64 text")
+        return model_from_bytes(base64.b64decode(payload), device=device)
+    except (UnsafeModelError, ValueError) as exc:
+        raise UnsafeModelError(f"model {doc.model_id} (campaign {doc.campaign}, iteration {doc.iteration}) "
+                               f"refused: {exc}") from None
 
 
 @dataclass
@@ -36,6 +43,7 @@ class CommitteePrediction:
 
     energies: np.ndarray  # [n_models, n_frames]
     forces: list[np.ndarray]  # per frame [n_models, n_atoms, 3]
+    stresses: np.ndarray | None = None  # [n_models, n_frames, 6] (Voigt, eV/Å³, ASE's sign), when asked for
 
     @property
     def mean_energy(self) -> np.ndarray:
@@ -43,6 +51,9 @@ class CommitteePrediction:
 
     def mean_forces(self, frame: int) -> np.ndarray:
         return self.forces[frame].mean(axis=0)
+
+    def mean_stress(self, frame: int) -> np.ndarray:
+        return self.stresses[:, frame].mean(axis=0)
 
     def atomic_deviation(self, frame: int) -> np.ndarray:
         return atomic_force_deviation(self.forces[frame])
@@ -89,32 +100,51 @@ class Committee:
         energies, forces = predict(self.models, atoms_list, batch_size=batch_size, device=self.device)
         return CommitteePrediction(energies, forces)
 
-    def calculator(self) -> "CommitteeCalculator":
-        return CommitteeCalculator(self)
+    def evaluate(self, atoms_list: Sequence[Atoms], compute_stress: bool = False) -> CommitteePrediction:
+        """All frames in one batch: neighbour lists and collation are built once and shared by the
+        models, each model runs one forward (the batched step of ``almat.sampler.md.run_walkers``)."""
+        from mace.tools.torch_geometric import Batch
+
+        batch = Batch.from_data_list(model_inputs(self.models, atoms_list))
+        if torch.device(self.device).type != "cpu":
+            batch = batch.to(self.device)
+        data, ptr = batch.to_dict(), batch.ptr.cpu().numpy()
+        energies, forces, stresses = [], [], []
+        for model in self.models:
+            out = model(data, training=False, compute_force=True, compute_stress=compute_stress)
+            energies.append(out["energy"].detach().cpu().numpy())
+            forces.append(out["forces"].detach().cpu().numpy())
+            if compute_stress:
+                stresses.append(out["stress"].detach().cpu().numpy())
+        f = np.stack(forces).astype(float)
+        voigt = None
+        if compute_stress:
+            s = np.stack(stresses).astype(float)  # [n_models, n_frames, 3, 3]
+            voigt = s[..., [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        return CommitteePrediction(np.stack(energies).astype(float), [f[:, ptr[i]:ptr[i + 1]] for i in
+                                                                      range(len(atoms_list))], voigt)
+
+    def calculator(self, stress: bool = False) -> "CommitteeCalculator":
+        return CommitteeCalculator(self, stress=stress)
 
 
 class CommitteeCalculator(Calculator):
-    """ASE calculator giving the committee mean energy and forces.
+    """ASE calculator giving the committee mean energy and forces (and stress).
 
     ``results`` also holds ``model_deviation`` (max force deviation, eV/Å), ``energy_deviation``
     (eV/atom) and ``atomic_deviation`` (per-atom force deviation).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, committee: Committee, **kwargs):
+    def __init__(self, committee: Committee, stress: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.committee = committee
+        self.stress = stress  # always compute the stress (NPT); otherwise only when asked for
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from almat.sampler.md import committee_results
+
         super().calculate(atoms, properties, system_changes)
-        pred = self.committee.predict([self.atoms])
-        energy = float(pred.mean_energy[0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": pred.mean_forces(0),
-            "atomic_deviation": pred.atomic_deviation(0),
-            "model_deviation": float(pred.model_deviation[0]),
-            "energy_deviation": float(pred.energy_deviation[0]),
-        }
+        stress = self.stress or "stress" in properties
+        self.results = committee_results(self.committee.evaluate([self.atoms], compute_stress=stress), 0, stress)

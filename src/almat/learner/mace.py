@@ -18,6 +18,7 @@ any weights the training is exactly what it was.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -130,7 +131,6 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int | None = None):
 
 def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.nn.Module:
     """A ``ScaleShiftMACE`` with E0s, scale and shift fitted to the training set."""
-    from e3nn import o3
     from mace import modules
     from mace.data.utils import compute_average_E0s
 
@@ -154,27 +154,55 @@ def build_model(hp: MaceHyperParameters, zs: Sequence[int], train_set) -> torch.
         shift = float(np.atleast_1d(mean)[0])
     if not math.isfinite(scale) or scale < 1e-3:
         scale = 1.0
-    return modules.ScaleShiftMACE(
-        r_max=hp.r_max,
-        num_bessel=hp.num_radial_basis,
-        num_polynomial_cutoff=hp.num_cutoff_basis,
-        max_ell=hp.max_ell,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=hp.num_interactions,
-        num_elements=len(z_table),
-        hidden_irreps=o3.Irreps(hp.hidden_irreps()),
-        MLP_irreps=o3.Irreps(hp.mlp_irreps),
-        atomic_energies=atomic_energies,
-        avg_num_neighbors=avg_num_neighbors,
-        atomic_numbers=z_table.zs,
-        correlation=hp.correlation,
-        gate=torch.nn.functional.silu,
-        radial_MLP=list(hp.radial_mlp),
-        atomic_inter_scale=scale,
-        atomic_inter_shift=shift,
-        pair_repulsion=hp.pair_repulsion,
-    )
+    return model_from_architecture(mace_architecture(hp, z_table.zs, atomic_energies, avg_num_neighbors, scale, shift))
+
+
+def mace_architecture(hp: MaceHyperParameters, zs: Sequence[int], atomic_energies, avg_num_neighbors: float,
+                      scale: float, shift: float) -> dict:
+    """The architecture record of a ``ScaleShiftMACE``: its class, dtype and constructor arguments."""
+    return {
+        "class": "ScaleShiftMACE", "dtype": hp.dtype,
+        "kwargs": {
+            "r_max": hp.r_max, "num_bessel": hp.num_radial_basis, "num_polynomial_cutoff": hp.num_cutoff_basis,
+            "max_ell": hp.max_ell, "num_interactions": hp.num_interactions, "num_elements": len(zs),
+            "hidden_irreps": hp.hidden_irreps(), "MLP_irreps": hp.mlp_irreps,
+            "atomic_energies": [float(e) for e in np.atleast_1d(atomic_energies)],
+            "avg_num_neighbors": float(avg_num_neighbors), "atomic_numbers": [int(z) for z in zs],
+            "correlation": hp.correlation, "radial_MLP": [int(n) for n in hp.radial_mlp],
+            "atomic_inter_scale": float(scale), "atomic_inter_shift": float(shift),
+            "pair_repulsion": bool(hp.pair_repulsion),
+        },
+    }
+
+
+def _scale_shift_mace(kwargs: dict) -> torch.nn.Module:
+    from mace import modules  # before e3nn (the other order fails on torch's weights-only load)
+    from e3nn import o3
+
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    kw = {**kwargs, "hidden_irreps": o3.Irreps(kwargs["hidden_irreps"]), "MLP_irreps": o3.Irreps(kwargs["MLP_irreps"]),
+          "atomic_energies": np.asarray(kwargs["atomic_energies"], dtype=float)}
+    return modules.ScaleShiftMACE(interaction_cls=block, interaction_cls_first=block, gate=torch.nn.functional.silu,
+                                  **kw)
+
+
+#: the model classes a stored architecture record may name, and how each is built from its ``kwargs``
+ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {"ScaleShiftMACE": _scale_shift_mace}
+
+
+def model_from_architecture(record: dict) -> torch.nn.Module:
+    """A model with fresh weights from its architecture record (``model.almat_architecture``)."""
+    if record.get("class") not in ARCHITECTURES:
+        raise UnsafeModelError(f"unknown model class {record.get('class')!r} in the architecture record; "
+                               f"known: {', '.join(ARCHITECTURES)}")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(_torch_dtype(record.get("dtype", "float32")))
+    try:
+        model = ARCHITECTURES[record["class"]](dict(record["kwargs"]))
+    finally:
+        torch.set_default_dtype(previous)
+    model.almat_architecture = record
+    return model
 
 
 def _weighted_statistics(train_set, z_table, config_cls) -> tuple[np.ndarray, float, float]:
@@ -362,18 +390,45 @@ def train_mace(
 
 
 def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model_from_bytes(model_to_bytes(model))
+    return copy.deepcopy(model)
+
+
+class UnsafeModelError(ValueError):
+    """A stored model that is not almat's safe format (state dict + architecture record)."""
+
+
+#: what ``model_to_bytes`` writes: torch's zip format holding only tensors, numbers, strings, lists, dicts
+MODEL_FORMAT = "almat-state-dict/1"
 
 
 def model_to_bytes(model: torch.nn.Module) -> bytes:
+    """The model as its state dict and architecture record: no pickled code, loadable with
+    ``weights_only=True``."""
+    record = getattr(model, "almat_architecture", None)
+    if record is None:
+        raise UnsafeModelError(f"{type(model).__name__} has no architecture record; build it with almat "
+                               "(build_model, model_from_architecture) to store it")
     buffer = io.BytesIO()
-    torch.save(model, buffer)
+    torch.save({"format": MODEL_FORMAT, "architecture": record, "state_dict": model.state_dict()}, buffer)
     return buffer.getvalue()
 
 
 def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
-    # full-module pickles written by almat itself (weights_only=False is needed for nn.Module)
-    model = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+    """Rebuild a model from ``model_to_bytes``. Only tensors and plain values are unpickled
+    (``weights_only=True``, passed explicitly: mace turns torch's safe default off for the process);
+    anything else, such as a whole pickled module, is refused before any of its code can run."""
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise UnsafeModelError(
+            "not an almat state-dict model (a whole pickled module, as almat < 0.3 stored them, is never "
+            "loaded: it could run code); convert trusted old models with scripts/convert_models.py "
+            f"[{type(exc).__name__}]") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UnsafeModelError(f"not an almat model: expected format {MODEL_FORMAT!r}")
+    model = model_from_architecture(payload["architecture"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.to(device)
     model.eval()
     return model
 
