@@ -20,7 +20,8 @@ def _interrupted_then_resumed(config, settings, monkeypatch, tmp_path, at):
         run_campaign(config, settings)
     with CampaignDB.from_settings(settings) as db:
         before = db.labels.count({"campaign": config["name"]})
-        assert db.campaigns.query_one({"name": config["name"]})["status"] == "running"
+        doc = db.campaigns.query_one({"name": config["name"]})
+        assert doc["status"] == "failed" and doc["stop_reason"] == "interrupted (KeyboardInterrupt); resume it"
     monkeypatch.delenv("ALMAT_TEST_INTERRUPT")
     result = run_campaign(config, settings, resume=True)
     with CampaignDB.from_settings(settings) as db:

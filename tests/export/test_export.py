@@ -62,15 +62,19 @@ def test_jsonl_round_trip_is_identical_and_refuses_existing_files(db, other_db, 
     out = tmp_path / "labels.jsonl"
     res = export_labels(db, out, status=None, allow_mixed_oracles=True)
     assert res.n_labels == 8 + 1 + 1 + 2 and res.format == "jsonl"
-    assert import_labels(other_db, out) == {"n_labels": 12, "n_new": 12, "n_replaced": 0}
+    assert import_labels(other_db, out) == {"n_labels": 12, "n_new": 12, "n_replaced": 0, "n_skipped": 0,
+                                            "existing_ids": []}
     src = {d.label_id: d for d in query_labels(db, status=None, allow_mixed_oracles=True)}
     dst = {d.label_id: d for d in query_labels(other_db, status=None, allow_mixed_oracles=True)}
     assert sorted(src) == sorted(dst)
     for label_id, doc in src.items():
         assert _dump(doc) == _dump(dst[label_id])
     assert dst[labels["reused"].label_id].reused_from == labels["ok"][0].label_id
-    # importing again replaces, never duplicates
-    assert import_labels(other_db, out)["n_replaced"] == 12
+    # importing again skips what is stored, saying so; --replace overwrites; never duplicates
+    again = import_labels(other_db, out)
+    assert (again["n_new"], again["n_skipped"], again["n_replaced"]) == (0, 12, 0)
+    assert again["existing_ids"] == sorted(src)
+    assert import_labels(other_db, out, replace=True)["n_replaced"] == 12
     assert other_db.labels.count({}) == 12
     # an existing output is refused unless forced
     with pytest.raises(FileExistsError, match="force"):
@@ -136,6 +140,12 @@ def _rewrite(path, lineno, fn):
     (lambda d: {k: v for k, v in d.items() if k != "oracle_fingerprint"}, r"line 3: missing field\(s\) 'oracle_fingerprint'"),
     (lambda d: {**d, "energy": "high"}, r"line 3: invalid label"),
     (lambda d: {**d, "structure_hash": "0" * 24}, r"line 3: structure_hash .* does not match"),
+    (lambda d: {**d, "energy": float("nan")}, r"line 3: invalid label: energy is not finite"),
+    (lambda d: {**d, "forces": [[0.0, 0.0, float("inf")]] + d["forces"][1:]}, r"line 3: .*forces is not finite"),
+    (lambda d: {**d, "forces": d["forces"][:-1]}, r"line 3: invalid label: forces have shape \(3, 3\) for 4 atoms"),
+    (lambda d: {**d, "stress": [0.1] * 5}, r"line 3: invalid label: stress: stress has 5 components; expected 6"),
+    (lambda d: {**d, "structure": {**d["structure"], "sites": [{**d["structure"]["sites"][0], "species": [
+        {"element": "Xq", "occu": 1}]}] + d["structure"]["sites"][1:]}}, r"line 3: invalid label: .*Xq"),
 ])
 def test_import_rejects_the_whole_file_with_the_line_number(db, other_db, labels, tmp_path, damage, message):
     out = tmp_path / "labels.jsonl"

@@ -13,7 +13,8 @@ from jobflow import Flow, run_locally
 
 from almat.campaign.explorer import ResumeState
 from almat.campaign.flow import CampaignMaker
-from almat.schemas import AlmatDocument, CampaignDoc, CampaignStatus
+from almat.campaign.lease import CampaignBusyError, CampaignLease
+from almat.schemas import AlmatDocument, CampaignDoc, CampaignStatus, utcnow
 from almat.settings import AlmatSettings, get_settings
 from almat.stores import CampaignDB, build_job_store, check_connection
 
@@ -131,11 +132,37 @@ def run_campaign(config: Any, settings: AlmatSettings | None = None, resume: boo
     cfg = maker.config
     settings = settings or get_settings()
     job_store, db = open_store(settings, cfg)
+    reopen = lambda: CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()  # noqa: E731
     try:
-        flow = build_flow(maker, db, resume=resume)
+        with CampaignLease(db, settings, cfg.name):  # a second process on this campaign is refused here
+            flow = build_flow(maker, db, resume=resume)
+            db.close()  # the jobs open their own
+            why = _run(flow, job_store, Path(settings.run_dir) / cfg.name, verbose)
+            db = reopen()
+            records = maker.explorer.load_records(db, cfg.name)
+            raw = db.campaigns.query_one({"name": cfg.name})
+            campaign = CampaignDoc.from_store(raw) if raw else None
+            finished = bool(records) and records[-1].stop_reason is not None
+            if campaign is not None and not finished:
+                _mark_failed(db, campaign, f"did not finish: {why}")
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM, ...: the campaign says so, then go on
+        if not isinstance(exc, (CampaignExistsError, CampaignBusyError)):
+            db.close()
+            db = reopen()
+            raw = db.campaigns.query_one({"name": cfg.name})
+            if raw is not None and raw.get("status") == CampaignStatus.running.value:
+                _mark_failed(db, CampaignDoc.from_store(raw), f"interrupted ({type(exc).__name__}); resume it")
+        raise
     finally:
         db.close()
-    root = Path(settings.run_dir) / cfg.name
+    if campaign is None or not finished:
+        raise RuntimeError(f"campaign {cfg.name} did not finish: {why}; fix the cause, then resume it (--resume)")
+    return CampaignResult(campaign, records, time.perf_counter() - start)
+
+
+def _run(flow: Flow, job_store, root: Path, verbose: bool) -> str:
+    """``run_locally``; why it stopped early, naming each failed job and its exception ("it was
+    interrupted" when no job failed)."""
     root.mkdir(parents=True, exist_ok=True)
     failures = _Failures()
     local_log = logging.getLogger("jobflow.managers.local")
@@ -147,19 +174,9 @@ def run_campaign(config: Any, settings: AlmatSettings | None = None, resume: boo
     finally:
         local_log.removeHandler(failures)
         local_log.setLevel(level)
-    db = CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
-    try:
-        raw = db.campaigns.query_one({"name": cfg.name})
-        records = maker.explorer.load_records(db, cfg.name)
-        campaign = CampaignDoc.from_store(raw) if raw else None
-        finished = bool(records) and records[-1].stop_reason is not None
-        why = "; ".join(failures.jobs) or "it was interrupted"
-        if campaign is not None and not finished:
-            campaign.status = CampaignStatus.failed
-            campaign.stop_reason = f"did not finish: {why}"
-            db.upsert("campaigns", [campaign])
-    finally:
-        db.close()
-    if campaign is None or not finished:
-        raise RuntimeError(f"campaign {cfg.name} did not finish: {why}; fix the cause, then resume it (--resume)")
-    return CampaignResult(campaign, records, time.perf_counter() - start)
+    return "; ".join(failures.jobs) or "it was interrupted"
+
+
+def _mark_failed(db: CampaignDB, campaign: CampaignDoc, reason: str) -> None:
+    campaign.status, campaign.stop_reason, campaign.updated_at = CampaignStatus.failed, reason, utcnow()
+    db.upsert("campaigns", [campaign])

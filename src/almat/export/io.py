@@ -19,11 +19,11 @@ import ase.db
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.extxyz import write_extxyz as ase_write_extxyz
+from pydantic import ValidationError
 
 from almat.query import query_labels
 from almat.schemas import LabelDoc, structure_hash, to_atoms, utcnow
 from almat.stores import CampaignDB
-from almat.stores.sqlindex import invalidate_labels
 
 EXPORT_FORMATS = ("extxyz", "ase-db", "jsonl")
 _SUFFIXES = {".xyz": "extxyz", ".extxyz": "extxyz", ".db": "ase-db", ".jsonl": "jsonl"}
@@ -223,9 +223,13 @@ def _validated(lineno: int, raw: Any, seen: dict[str, int]) -> LabelDoc:
         raise LabelImportError(f"line {lineno}: missing field(s) {', '.join(map(repr, missing))}")
     try:
         label = LabelDoc.model_validate(raw)
-    except Exception as exc:  # noqa: BLE001 - pydantic's message, one line, with the line number
-        msg = " ".join(str(exc).split())
+    except ValidationError as exc:  # pydantic's reasons, on one line, with the line number
+        msg = "; ".join(": ".join([*(".".join(map(str, e["loc"])) for _ in e["loc"][:1]),
+                                   e["msg"].removeprefix("Value error, ").strip().splitlines()[-1]])
+                        for e in exc.errors()[:3])
         raise LabelImportError(f"line {lineno}: invalid label: {msg[:500]}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a structure pymatgen can't read
+        raise LabelImportError(f"line {lineno}: invalid label: {' '.join(str(exc).split())[:500]}") from None
     if structure_hash(label.structure) != label.structure_hash:
         raise LabelImportError(f"line {lineno}: structure_hash {label.structure_hash} does not match the "
                                "structure (edited or corrupted)")
@@ -272,13 +276,15 @@ def read_jsonl(path: str | Path) -> list[LabelDoc]:
     return labels
 
 
-def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200) -> dict[str, int]:
+def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200, replace: bool = False) -> dict[str, Any]:
     """Import a JSON-lines export into ``db``: all labels or none.
 
-    Every line is validated first (no unknown or missing field, a valid ``LabelDoc``, a structure
-    hash that matches its structure, no repeated label id); the first problem rejects the whole file
-    with its line number. If writing fails midway, the labels written so far are removed and the
-    ones they replaced are restored.
+    Every line is validated first (no unknown or missing field, a valid ``LabelDoc``: finite numbers, one
+    force row per atom, a stress of 6 or 9 components, known elements; a structure hash that matches its
+    structure, no repeated label id); the first problem rejects the whole file with its line number.
+    Labels already stored (same ``label_id``) are skipped, or overwritten with ``replace``; the result
+    says which. If writing fails midway, the labels written so far are removed and the ones they
+    replaced are restored.
     """
     labels = read_jsonl(path)
     ids = [lab.label_id for lab in labels]
@@ -287,10 +293,11 @@ def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200) -> di
         for doc in db.labels.query({"label_id": {"$in": ids[start:start + 500]}}):
             doc.pop("_id", None)
             previous[doc["label_id"]] = doc
+    todo = labels if replace else [lab for lab in labels if lab.label_id not in previous]
     written: list[str] = []
     try:
-        for start in range(0, len(labels), batch_size):
-            chunk = labels[start:start + batch_size]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
             db.upsert("labels", chunk)
             written.extend(lab.label_id for lab in chunk)
     except BaseException:
@@ -300,10 +307,11 @@ def import_labels(db: CampaignDB, path: str | Path, batch_size: int = 200) -> di
         restore = [previous[i] for i in written if i in previous]
         if restore:
             db.upsert("labels", restore)
-        invalidate_labels(db, written)
         raise
-    invalidate_labels(db, ids)
-    return {"n_labels": len(labels), "n_new": len(set(ids) - set(previous)), "n_replaced": len(previous)}
+    existing = sorted(previous)
+    return {"n_labels": len(labels), "n_new": len(set(ids) - set(previous)),
+            "n_replaced": len(existing) if replace else 0, "n_skipped": 0 if replace else len(existing),
+            "existing_ids": existing}
 
 
 # -- command-line entry points (wired as `almat export` / `almat import`) ------------------------------
@@ -335,7 +343,7 @@ def export_command(
                              **filters).as_dict()
 
 
-def import_command(path: str | Path, settings=None) -> dict[str, Any]:
+def import_command(path: str | Path, settings=None, replace: bool = False) -> dict[str, Any]:
     """``almat import FILE``: import a JSON-lines export; returns counts (all or nothing)."""
     with CampaignDB.from_settings(settings, check=True) as db:
-        return {"path": str(path), **import_labels(db, path)}
+        return {"path": str(path), **import_labels(db, path, replace=replace)}

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from monty.json import jsanitize
-from pydantic import BaseModel, ConfigDict, Field
+from ase.data import chemical_symbols
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymatgen.core import Structure
 
 from almat.schemas.structure import chemsys_of, structure_hash, to_atoms
@@ -75,6 +76,9 @@ class _ConfigurationDoc(AlmatDocument):
     def model_post_init(self, __context: Any) -> None:
         s = self.structure
         elements = sorted({el.symbol for el in s.composition.elements})
+        unknown = [el for el in elements if el not in chemical_symbols[1:]]
+        if unknown:
+            raise ValueError(f"unknown element(s) {', '.join(unknown)} in the structure")
         self.structure_hash = self.structure_hash or structure_hash(s)
         self.formula = self.formula or s.composition.reduced_formula
         self.elements = self.elements or elements
@@ -126,6 +130,23 @@ class LabelDoc(_ConfigurationDoc):
         None, ge=0, description="Weight of this label's energy in the loss (0 for NFT chunks); None = 1"
     )
 
+    @field_validator("stress", mode="before")
+    @classmethod
+    def _stress_3x3(cls, value: Any) -> Any:
+        """Stress as a 3x3 matrix, from 9 components or 6 in Voigt order (xx, yy, zz, yz, xz, xy)."""
+        if value is None:
+            return None
+        try:
+            flat = np.asarray(value, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError("stress must be 6 (Voigt) or 9 numbers") from None
+        if flat.size == 6:
+            xx, yy, zz, yz, xz, xy = flat
+            return [[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]
+        if flat.size != 9:
+            raise ValueError(f"stress has {flat.size} components; expected 6 (Voigt) or 9")
+        return flat.reshape(3, 3).tolist()
+
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
         if not self.label_id:
@@ -134,8 +155,15 @@ class LabelDoc(_ConfigurationDoc):
             self.label_id = hashlib.sha256(key.encode()).hexdigest()[:24]
         if self.status == LabelStatus.failed and not self.reason:
             raise ValueError("a failed label needs a reason")
-        if self.status == LabelStatus.ok and (self.energy is None or self.forces is None):
-            raise ValueError("an ok label needs an energy and forces")
+        if self.status == LabelStatus.ok:
+            if self.energy is None or self.forces is None:
+                raise ValueError("an ok label needs an energy and forces")
+            if np.shape(self.forces) != (len(self.structure), 3):
+                raise ValueError(f"forces have shape {np.shape(self.forces)} for {len(self.structure)} atoms; "
+                                 "expected one row of 3 per atom")
+            for name in ("energy", "forces", "stress"):
+                if getattr(self, name) is not None and not np.all(np.isfinite(getattr(self, name))):
+                    raise ValueError(f"{name} is not finite")
         if self.force_weights is not None and len(self.force_weights) != len(self.structure):
             raise ValueError(f"force_weights has {len(self.force_weights)} entries for {len(self.structure)} atoms")
 
@@ -247,8 +275,11 @@ class IterationDoc(AlmatDocument):
     n_failed_labels: int = 0
     n_reused_labels: int = Field(0, description="labels copied from an earlier identical label (no oracle call)")
     n_train_labels: int = 0
-    trust_lo: float
+    trust_lo: float = Field(..., description="The lower trust level in force (the adaptive one when chosen)")
     trust_hi: float
+    stage: int = Field(0, description="The exploration stage (index into sampler.stages) this iteration explored")
+    stage_name: str | None = None
+    n_walkers: int = Field(0, description="MD walkers (system x temperature x pressure x seed) explored")
     test_errors: TestErrors = Field(default_factory=TestErrors)
     deviation_histogram: DeviationHistogram | None = None
     model_ids: list[str] = Field(default_factory=list)
