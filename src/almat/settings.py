@@ -4,8 +4,8 @@ One ``BaseSettings`` with the ``ALMAT_`` env prefix, as in atomate2. Values come
 precedence, from keyword arguments, ``ALMAT_*`` environment variables, and a YAML file
 (``ALMAT_CONFIG_FILE`` or ``~/.almat.yaml``).
 
-By default everything lives in an embedded maggma ``MontyStore`` (sqlite backend) under
-``./almat_db``. Set ``mongo_uri`` (``ALMAT_MONGO_URI``) to use a MongoDB server instead, with GridFS for
+By default everything lives in an embedded SQLite store (``almat.stores.sqlite.SQLiteStore``, one
+file ``<database>.sqlite``) under ``./almat_db``. Set ``mongo_uri`` (``ALMAT_MONGO_URI``) to use a MongoDB server instead, with GridFS for
 large objects. The URI is a secret: it is never printed, only its host.
 """
 
@@ -35,8 +35,13 @@ class _YamlSource(PydanticBaseSettingsSource):
             if "ALMAT_CONFIG_FILE" in os.environ:
                 raise FileNotFoundError(f"ALMAT_CONFIG_FILE points to a missing file: {path}")
             return {}
-        with path.open() as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ValueError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})"
+                             ) from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         # keys in the file may be written as in the environment (ALMAT_DB_PATH) or as fields
@@ -50,7 +55,7 @@ class AlmatSettings(BaseSettings):
 
     db_path: Path = Field(
         Path("almat_db"),
-        description="Folder of the embedded MontyStore (sqlite) used when no mongo_uri is set.",
+        description="Folder of the embedded SQLite store used when no mongo_uri is set.",
     )
     mongo_uri: SecretStr | None = Field(
         None,
@@ -92,7 +97,7 @@ class AlmatSettings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        """True when data lives in the embedded MontyStore rather than on a MongoDB server."""
+        """True when data lives in the embedded SQLite store rather than on a MongoDB server."""
         return self.mongo_uri is None
 
     @property
@@ -106,7 +111,7 @@ class AlmatSettings(BaseSettings):
     def describe(self) -> str:
         """One line naming where data lives, never showing credentials."""
         if self.embedded:
-            return f"embedded MontyStore (sqlite) at {self.db_path.resolve()} [{self.database}]"
+            return f"embedded SQLite store at {self.db_path.resolve() / f'{self.database}.sqlite'}"
         return f"MongoDB at {self.mongo_host} [{self.database}]"
 
 

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import model_validator
 from pymatgen.core import Structure
 
 from almat.campaign.initial import perturbed_structures
@@ -206,30 +207,210 @@ class LearnerSettings(Section):
                                    base_seed=self.seed, warm_start=self.warm_start)
 
 
-class SamplerSettings(Section):
-    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
-    steps: int = Field(300, ge=1)
-    timestep_fs: float = Field(2.0, gt=0)
-    friction_per_fs: float = Field(0.02, gt=0)
-    sample_every: int = Field(10, ge=1)
-    trust_lo: float = Field(0.05, gt=0)
-    trust_hi: float = Field(0.30, gt=0)
-    stop_after_failed: int = Field(1, ge=1)
-    min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than "
-                                       "this x the shortest distance of the start structure")
-    seed: int = 0
+class SystemQuery(Section):
+    """Start systems from the store: a MongoDB filter on the labels or the structures collection."""
+
+    collection: Literal["labels", "structures"] = "structures"
+    filters: dict[str, Any] = Field(default_factory=dict, description="a MongoDB filter, e.g. {chemsys: Cu}")
+    limit: int | None = Field(None, ge=1)
+
+
+class SystemSettings(Section):
+    """Start systems of a stage: ``structures`` (indices of the campaign's start structures, pre-relaxed
+    when ``prerelax`` is on; default: all of them) or ``query`` (structures from the store, read when the
+    stage runs); optional trust levels of their own (DP-GEN's per-system trust levels)."""
+
+    name: str | None = None
+    structures: list[int] | None = None
+    query: SystemQuery | None = None
+    trust_lo: float | None = Field(None, gt=0)
+    trust_hi: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.structures is None) == (self.query is None):
+            raise ValueError("give exactly one of 'structures' or 'query' for each system")
+        if self.structures is not None and (not self.structures or min(self.structures) < 0):
+            raise ValueError(f"structures must be a non-empty list of indices >= 0, got {self.structures}")
+        return self
+
+
+class AdaptiveTrust(Section):
+    """DP-GEN's adaptive lower trust level: each iteration, ``lo`` is set so that ``number`` frames (or
+    a ``fraction`` of the frames below ``hi``) are candidates; it stays within [lo_min, lo_max]."""
+
+    number: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    lo_min: float = Field(0.0, ge=0)
+    lo_max: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.number is None) == (self.fraction is None):
+            raise ValueError("give exactly one of 'number' or 'fraction' for adaptive_lo")
+        return self
+
+
+#: highest plausible |pressure| per unit
+PRESSURE_LIMITS = {"bar": 1e7, "GPa": 1e3}
+#: sampler fields a stage may set (the sampler's own values are its defaults)
+STAGE_FIELDS = ("systems", "ensemble", "temperatures", "pressures", "pressure_unit", "steps", "timestep_fs",
+                "friction_per_fs", "thermostat_time_fs", "barostat_time_fs", "sample_every", "walkers_per_condition",
+                "trust_lo", "trust_hi", "adaptive_lo")
+
+
+def _ensemble(value: str | None) -> str | None:
+    from almat.sampler.md import ENSEMBLES
+
+    if value is not None and value not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {value!r}; valid: {', '.join(ENSEMBLES)}")
+    return value
+
+
+def _temperatures(value):
+    if value is not None and any(t <= 0 for t in value):
+        raise ValueError(f"temperatures must be > 0 K, got {value}")
+    return value
+
+
+class StageSettings(Section):
+    """One exploration stage; what it leaves out it takes from the sampler section. ``convergence``
+    overrides the campaign's convergence settings for this stage (e.g. ``{conv_accuracy: 0.9,
+    max_iterations: 3}``)."""
+
+    name: str | None = None
+    systems: list[SystemSettings] | None = None
+    ensemble: str | None = None
+    temperatures: list[float] | None = Field(None, min_length=1)
+    pressures: list[float] | None = Field(None, min_length=1)
+    pressure_unit: Literal["bar", "GPa"] | None = None
+    steps: int | None = Field(None, ge=1)
+    timestep_fs: float | None = Field(None, gt=0)
+    friction_per_fs: float | None = Field(None, gt=0)
+    thermostat_time_fs: float | None = Field(None, gt=0)
+    barostat_time_fs: float | None = Field(None, gt=0)
+    sample_every: int | None = Field(None, ge=1)
+    walkers_per_condition: int | None = Field(None, ge=1)
+    trust_lo: float | None = Field(None, gt=0)
+    trust_hi: float | None = Field(None, gt=0)
+    adaptive_lo: AdaptiveTrust | None = None
+    convergence: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ensemble")
+    @classmethod
+    def _known_ensemble(cls, value):
+        return _ensemble(value)
 
     @field_validator("temperatures")
     @classmethod
     def _positive(cls, value):
-        if any(t <= 0 for t in value):
-            raise ValueError(f"temperatures must be > 0 K, got {value}")
+        return _temperatures(value)
+
+    @field_validator("convergence")
+    @classmethod
+    def _convergence(cls, value):
+        ConvergenceSettings.model_validate(value)  # names unknown keys and bad values
         return value
 
+    def pressures_bar(self) -> list[float | None]:
+        """The pressures in bar (``[None]`` for nvt)."""
+        if self.ensemble == "nvt":
+            return [None]
+        return [p * (1e4 if self.pressure_unit == "GPa" else 1.0) for p in self.pressures]
+
+    def trust(self, system: SystemSettings) -> TrustLevels:
+        """The trust levels of a system (its own, else the stage's)."""
+        return TrustLevels(lo=system.trust_lo or self.trust_lo, hi=system.trust_hi or self.trust_hi)
+
+    def check(self) -> None:
+        """What a complete stage must satisfy (after the sampler's values filled it)."""
+        if self.systems is not None and not self.systems:
+            raise ValueError("a stage needs at least one system (leave 'systems' out for every start structure)")
+        for k, system in enumerate(self.systems or [None]):
+            try:
+                self.trust(system or SystemSettings(structures=[0]))
+            except ValidationError as exc:
+                where = "" if system is None else f"systems.{k}: "
+                raise ValueError(where + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if self.ensemble == "nvt":
+            if self.pressures:
+                raise ValueError("pressures need an npt ensemble (ensemble: npt or npt_aniso); nvt has none")
+            return
+        if not self.pressures:
+            raise ValueError(f"ensemble {self.ensemble} needs pressures (with pressure_unit: bar or GPa)")
+        if self.pressure_unit is None:
+            raise ValueError("pressures need their unit: pressure_unit: bar or GPa")
+        limit = PRESSURE_LIMITS[self.pressure_unit]
+        for p in self.pressures:
+            if abs(p) > limit:
+                other = "bar" if self.pressure_unit == "GPa" else "GPa"
+                raise ValueError(f"pressure {p:g} {self.pressure_unit} is implausible for unit {self.pressure_unit} "
+                                 f"(|p| <= {limit:g} {self.pressure_unit}); did you mean {other}?")
+
+
+class SamplerSettings(Section):
+    """Committee MD. One stage from these settings, or ``stages`` (each takes what it leaves out from
+    here); the campaign moves to the next stage when the current one converges."""
+
+    systems: list[SystemSettings] | None = Field(None, description="default: every start structure")
+    ensemble: str = Field("nvt", description="nvt (Langevin), npt (isotropic MTK), npt_aniso (MTK, full cell)")
+    temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
+    pressures: list[float] | None = Field(None, min_length=1, description="npt ensembles, in pressure_unit")
+    pressure_unit: Literal["bar", "GPa"] | None = None
+    steps: int = Field(300, ge=1)
+    timestep_fs: float = Field(2.0, gt=0)
+    friction_per_fs: float = Field(0.02, gt=0)
+    thermostat_time_fs: float = Field(100.0, gt=0, description="npt: Nose-Hoover chain time constant")
+    barostat_time_fs: float = Field(500.0, gt=0, description="npt: barostat time constant")
+    sample_every: int = Field(10, ge=1)
+    walkers_per_condition: int = Field(1, ge=1, description="independent walkers (seeds) per system, T and p")
+    trust_lo: float = Field(0.05, gt=0)
+    trust_hi: float = Field(0.30, gt=0)
+    adaptive_lo: AdaptiveTrust | None = None
+    stages: list[StageSettings] | None = Field(None, min_length=1)
+    stop_after_failed: int = Field(1, ge=1)
+    min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than "
+                                       "this x the shortest distance of the start structure")
+    max_volume_factor: float = Field(3.0, gt=1, description="npt: MD stops when the volume leaves [V0/f, f V0]")
+    max_walkers_per_job: int = Field(64, ge=1, description="walkers advanced together by one explore job")
+    seed: int = 0
+
+    @field_validator("ensemble")
+    @classmethod
+    def _known_ensemble(cls, value):
+        return _ensemble(value)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value):
+        return _temperatures(value)
+
     @model_validator(mode="after")
-    def _trust(self):
-        TrustLevels(lo=self.trust_lo, hi=self.trust_hi)
+    def _stages(self):
+        for k, stage in enumerate(self.stage_list()):
+            try:
+                stage.check()
+            except ValueError as exc:
+                raise ValueError(f"stages.{k}: {exc}" if self.stages else str(exc)) from None
         return self
+
+    @model_serializer(mode="wrap")
+    def _lean(self, handler):
+        """Leave out new settings at their defaults (single-stage campaigns keep their fingerprints)."""
+        data = handler(self)
+        for key in ("systems", "ensemble", "pressures", "pressure_unit", "thermostat_time_fs", "barostat_time_fs",
+                    "walkers_per_condition", "adaptive_lo", "stages", "max_volume_factor", "max_walkers_per_job"):
+            if getattr(self, key) == type(self).model_fields[key].get_default(call_default_factory=True):
+                data.pop(key, None)
+        return data
+
+    def stage_list(self) -> list[StageSettings]:
+        """The stages, complete: what a stage leaves out comes from these settings."""
+        base = {f: getattr(self, f) for f in STAGE_FIELDS}
+        stages = self.stages or [StageSettings()]
+        return [StageSettings.model_construct(**{**base, "name": s.name, "convergence": s.convergence,
+                                                 **{f: getattr(s, f) for f in s.model_fields_set if f in STAGE_FIELDS}})
+                for s in stages]
 
 
 def _check_policy(name: str, options: dict[str, Any], what: str = "selection policy") -> None:
@@ -639,6 +820,8 @@ def load_config(source: str | Path | dict[str, Any] | _Campaign) -> AnyCampaignC
         data, where, base = dict(source), "campaign config", None
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a campaign file")
         if not path.is_file():
             raise ConfigError(f"campaign file not found: {path}")
         try:
