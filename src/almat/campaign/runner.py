@@ -102,6 +102,7 @@ def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
         raise CampaignConvergedError(f"campaign {cfg.name!r} has already {'converged' if status == 'converged' else 'stopped'}"
                                      f" ({existing.get('stop_reason')}); nothing to resume")
     state = resume_state(db, maker)
+    _drop_unfinished_models(db, cfg.name, 0 if state is None else state.start_iteration)
     if state is None:
         logger.info("resuming %s from its start (no iteration finished yet; stored labels are reused)", cfg.name)
         return maker.make(resume=True)
@@ -110,6 +111,17 @@ def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
                                   "max_iterations of its config; raise max_iterations to continue")
     logger.info("resuming %s at iteration %d with %d labels", cfg.name, state.start_iteration, len(state.label_ids))
     return maker.make(state)
+
+
+def _drop_unfinished_models(db: CampaignDB, name: str, first: int) -> None:
+    """Models trained for iterations that never got their record (the run was killed) are used by nothing:
+    a resume trains those iterations again, so their documents and weights are removed."""
+    docs = list(db.models.query({"campaign": name, "iteration": {"$gte": first}},
+                                properties=["model_id", "weights_blob_id"]))
+    if docs:
+        db.data.remove_docs({"blob_uuid": {"$in": [d["weights_blob_id"] for d in docs]}})
+        db.models.remove_docs({"model_id": {"$in": [d["model_id"] for d in docs]}})
+        logger.info("removed %d model(s) of unfinished iterations of %s", len(docs), name)
 
 
 def open_store(settings: AlmatSettings, config) -> tuple:
