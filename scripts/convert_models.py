@@ -20,7 +20,8 @@ import torch
 
 from almat.learner.committee import save_model
 from almat.learner.hyperparameters import MaceHyperParameters
-from almat.learner.mace import UnsafeModelError, mace_architecture, model_from_architecture, model_from_bytes
+from almat.learner.mace import mace_architecture
+from almat.learner.models import UnsafeModelError, model_from_architecture, model_from_bytes
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB, get_blob
 

@@ -5,7 +5,8 @@ from jobflow import run_locally
 from almat.learner.committee import Committee
 from almat.learner.hyperparameters import MaceHyperParameters
 from almat.learner.jobs import TrainCommitteeMaker
-from almat.learner.mace import model_from_bytes, model_to_bytes, predict, train_mace
+from almat.learner.mace import predict, train_mace
+from almat.learner.models import model_from_bytes, model_to_bytes
 from almat.oracle import CalculatorSpec, label_with_calculator
 from almat.schemas import ModelDoc, to_structure
 

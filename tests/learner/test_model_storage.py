@@ -14,7 +14,7 @@ import torch
 
 from almat.campaign import run_campaign
 from almat.learner.committee import Committee, load_model, save_model
-from almat.learner.mace import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_to_bytes
+from almat.learner.models import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_to_bytes
 from almat.report import report_command
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB

@@ -7,7 +7,8 @@ from almat_query_testutils import cu_structures, label_all
 
 from almat.learner.committee import load_model, save_model
 from almat.learner.hyperparameters import MaceHyperParameters
-from almat.learner.mace import mace_architecture, model_from_architecture
+from almat.learner.mace import mace_architecture
+from almat.learner.models import model_from_architecture
 from almat.schemas import DeviationHistogram, IterationDoc, ModelDoc
 from almat.stores import CAMPAIGN_COLLECTIONS, get_blob, put_blob
 from almat.stores.limits import MAX_DOCUMENT_BYTES, DocumentTooLargeError, assert_document_size, document_size

@@ -40,3 +40,19 @@ class MaceHyperParameters(BaseModel):
     def hidden_irreps(self) -> str:
         parity = {0: "e", 1: "o", 2: "e", 3: "o"}
         return "+".join(f"{self.num_channels}x{ell}{parity[ell]}" for ell in range(self.max_L + 1))
+
+
+class ChgnetHyperParameters(BaseModel):
+    """Fine-tuning settings of CHGNet from its bundled pretrained weights (a few epochs suffice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained: str = Field("0.3.0", description="Version of the weights shipped in the chgnet package")
+    epochs: int = Field(10, ge=1, description="Epochs of the first fine-tuning from the pretrained weights")
+    warm_start_epochs: int = Field(5, ge=0, description="Epochs when continuing from a previous member")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    energy_weight: float = Field(1.0, ge=0, description="Weight of the energy per atom (eV/atom)²")
+    forces_weight: float = Field(1.0, ge=0)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    device: str = Field("cpu", description="torch device (cpu only is tested)")

@@ -19,11 +19,9 @@ any weights the training is exactly what it was.
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -32,24 +30,13 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from almat.learner.hyperparameters import MaceHyperParameters
+from almat.learner.models import TrainResult, model_from_architecture, split_indices
 
 logger = logging.getLogger(__name__)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
-@dataclass
-class TrainResult:
-    model: torch.nn.Module
-    train_ids: list[str]
-    valid_ids: list[str]
-    metrics: dict[str, float]
-    epochs: int
-    n_parameters: int
-    wall_time: float
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _z_table(zs: Iterable[int]):
@@ -175,7 +162,7 @@ def mace_architecture(hp: MaceHyperParameters, zs: Sequence[int], atomic_energie
     }
 
 
-def _scale_shift_mace(kwargs: dict) -> torch.nn.Module:
+def build_scale_shift_mace(kwargs: dict) -> torch.nn.Module:
     from mace import modules  # before e3nn (the other order fails on torch's weights-only load)
     from e3nn import o3
 
@@ -184,25 +171,6 @@ def _scale_shift_mace(kwargs: dict) -> torch.nn.Module:
           "atomic_energies": np.asarray(kwargs["atomic_energies"], dtype=float)}
     return modules.ScaleShiftMACE(interaction_cls=block, interaction_cls_first=block, gate=torch.nn.functional.silu,
                                   **kw)
-
-
-#: the model classes a stored architecture record may name, and how each is built from its ``kwargs``
-ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {"ScaleShiftMACE": _scale_shift_mace}
-
-
-def model_from_architecture(record: dict) -> torch.nn.Module:
-    """A model with fresh weights from its architecture record (``model.almat_architecture``)."""
-    if record.get("class") not in ARCHITECTURES:
-        raise UnsafeModelError(f"unknown model class {record.get('class')!r} in the architecture record; "
-                               f"known: {', '.join(ARCHITECTURES)}")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(_torch_dtype(record.get("dtype", "float32")))
-    try:
-        model = ARCHITECTURES[record["class"]](dict(record["kwargs"]))
-    finally:
-        torch.set_default_dtype(previous)
-    model.almat_architecture = record
-    return model
 
 
 def _weighted_statistics(train_set, z_table, config_cls) -> tuple[np.ndarray, float, float]:
@@ -312,10 +280,7 @@ def train_mace(
         device = torch.device(hp.device)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(atoms_list))
-        n_valid = int(round(hp.valid_fraction * len(atoms_list)))
-        n_valid = min(max(n_valid, 1 if hp.valid_fraction > 0 else 0), len(atoms_list) - 1)
-        valid_idx, train_idx = sorted(order[:n_valid].tolist()), sorted(order[n_valid:].tolist())
+        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
 
         zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
         warm = init_model is not None and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs
@@ -327,7 +292,7 @@ def train_mace(
         valid_set = [data[i] for i in valid_idx]
 
         if warm:
-            model = _copy_model(init_model).to(dtype)
+            model = copy.deepcopy(init_model).to(dtype)
             epochs = hp.warm_start_epochs
         else:
             model = build_model(hp, zs, train_set)
@@ -387,50 +352,6 @@ def train_mace(
         )
     finally:
         torch.set_default_dtype(previous_dtype)
-
-
-def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(model)
-
-
-class UnsafeModelError(ValueError):
-    """A stored model that is not almat's safe format (state dict + architecture record)."""
-
-
-#: what ``model_to_bytes`` writes: torch's zip format holding only tensors, numbers, strings, lists, dicts
-MODEL_FORMAT = "almat-state-dict/1"
-
-
-def model_to_bytes(model: torch.nn.Module) -> bytes:
-    """The model as its state dict and architecture record: no pickled code, loadable with
-    ``weights_only=True``."""
-    record = getattr(model, "almat_architecture", None)
-    if record is None:
-        raise UnsafeModelError(f"{type(model).__name__} has no architecture record; build it with almat "
-                               "(build_model, model_from_architecture) to store it")
-    buffer = io.BytesIO()
-    torch.save({"format": MODEL_FORMAT, "architecture": record, "state_dict": model.state_dict()}, buffer)
-    return buffer.getvalue()
-
-
-def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
-    """Rebuild a model from ``model_to_bytes``. Only tensors and plain values are unpickled
-    (``weights_only=True``, passed explicitly: mace turns torch's safe default off for the process);
-    anything else, such as a whole pickled module, is refused before any of its code can run."""
-    try:
-        payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise UnsafeModelError(
-            "not an almat state-dict model (a whole pickled module, as almat < 0.3 stored them, is never "
-            "loaded: it could run code); convert trusted old models with scripts/convert_models.py "
-            f"[{type(exc).__name__}]") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise UnsafeModelError(f"not an almat model: expected format {MODEL_FORMAT!r}")
-    model = model_from_architecture(payload["architecture"])
-    model.load_state_dict(payload["state_dict"], strict=True)
-    model.to(device)
-    model.eval()
-    return model
 
 
 def model_inputs(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms]):

@@ -1,0 +1,99 @@
+"""What a stored model is, whatever the learner: its state dict plus an architecture record.
+
+A record names a model class of ``ARCHITECTURES`` and its constructor arguments; ``model_to_bytes`` writes
+both with ``torch.save``, and ``model_from_bytes`` reads them back with ``weights_only=True`` (passed
+explicitly: importing mace turns torch's safe default off for the whole process), rebuilds the class from
+the record and loads the state dict. Nothing else is ever unpickled, so a planted pickle runs no code.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from importlib import import_module
+
+import numpy as np
+import torch
+
+#: what ``model_to_bytes`` writes: torch's zip format holding only tensors, numbers, strings, lists, dicts
+MODEL_FORMAT = "almat-state-dict/1"
+
+#: the model classes a record may name -> "module:function" that builds one from the record's ``kwargs``
+ARCHITECTURES: dict[str, str] = {
+    "ScaleShiftMACE": "almat.learner.mace:build_scale_shift_mace",
+    "CHGNet": "almat.learner.chgnet:build_chgnet",
+}
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class UnsafeModelError(ValueError):
+    """A stored model that is not almat's safe format (state dict + architecture record)."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    train_ids: list[str]
+    valid_ids: list[str]
+    metrics: dict[str, float]
+    epochs: int
+    n_parameters: int
+    wall_time: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def split_indices(n: int, valid_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of ``n`` configurations, each sorted; at least one of each when
+    ``valid_fraction`` > 0."""
+    order = rng.permutation(n)
+    n_valid = int(round(valid_fraction * n))
+    n_valid = min(max(n_valid, 1 if valid_fraction > 0 else 0), n - 1)
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+def model_from_architecture(record: dict) -> torch.nn.Module:
+    """A model with fresh weights from its architecture record (kept as ``model.almat_architecture``)."""
+    if not isinstance(record, dict) or record.get("class") not in ARCHITECTURES:
+        name = record.get("class") if isinstance(record, dict) else None
+        raise UnsafeModelError(f"unknown model class {name!r} in the architecture record; "
+                               f"known: {', '.join(ARCHITECTURES)}")
+    module, func = ARCHITECTURES[record["class"]].split(":")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(_DTYPES[record.get("dtype", "float32")])
+    try:
+        model = getattr(import_module(module), func)(dict(record["kwargs"]))
+    finally:
+        torch.set_default_dtype(previous)
+    model.almat_architecture = record
+    return model
+
+
+def model_to_bytes(model: torch.nn.Module) -> bytes:
+    """The model as its state dict and architecture record: no pickled code."""
+    record = getattr(model, "almat_architecture", None)
+    if record is None:
+        raise UnsafeModelError(f"{type(model).__name__} has no architecture record; build it with almat "
+                               "(model_from_architecture) to store it")
+    buffer = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "architecture": record, "state_dict": model.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild a model from ``model_to_bytes``; anything else, such as a whole pickled module, is refused
+    before any of its code can run."""
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise UnsafeModelError(
+            "not an almat state-dict model (a whole pickled module, as almat < 0.3 stored them, is never "
+            "loaded: it could run code); convert trusted old models with scripts/convert_models.py "
+            f"[{type(exc).__name__}]") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UnsafeModelError(f"not an almat model: expected format {MODEL_FORMAT!r}")
+    model = model_from_architecture(payload["architecture"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.to(device)
+    model.eval()
+    return model
