@@ -12,10 +12,11 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from almat.learner.mace import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_inputs, model_to_bytes, predict
+from almat.learner.mace import model_inputs, predict
+from almat.learner.models import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_to_bytes
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB, get_blob, put_blob
-from almat.uncertainty.deviation import atomic_force_deviation, energy_deviation
+from almat.uncertainty.deviation import atomic_force_deviation, energy_deviation, max_force_deviation
 
 
 def save_model(data_store, model: torch.nn.Module, **metadata) -> str:
@@ -54,6 +55,17 @@ class CommitteePrediction:
 
     def mean_stress(self, frame: int) -> np.ndarray:
         return self.stresses[:, frame].mean(axis=0)
+
+    def results(self, frame: int, stress: bool = False) -> dict:
+        """ASE calculator results of a frame: mean energy, forces [, stress]; deviations."""
+        energy = float(self.mean_energy[frame])
+        out = {"energy": energy, "free_energy": energy, "forces": self.mean_forces(frame),
+               "atomic_deviation": self.atomic_deviation(frame),
+               "model_deviation": float(max_force_deviation(self.forces[frame])),
+               "energy_deviation": energy_deviation(self.energies[:, frame], self.forces[frame].shape[1])}
+        if stress and self.stresses is not None:
+            out["stress"] = self.mean_stress(frame)
+        return out
 
     def atomic_deviation(self, frame: int) -> np.ndarray:
         return atomic_force_deviation(self.forces[frame])
@@ -143,8 +155,6 @@ class CommitteeCalculator(Calculator):
         self.stress = stress  # always compute the stress (NPT); otherwise only when asked for
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        from almat.sampler.md import committee_results
-
         super().calculate(atoms, properties, system_changes)
         stress = self.stress or "stress" in properties
-        self.results = committee_results(self.committee.evaluate([self.atoms], compute_stress=stress), 0, stress)
+        self.results = self.committee.evaluate([self.atoms], compute_stress=stress).results(0, stress)
