@@ -16,7 +16,7 @@ from almat.campaign.initial import perturbed_structures
 from almat.learner.committee import Committee
 from almat.learner.jobs import flatten_labels
 from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, TestErrors
-from almat.schemas import to_structure, utcnow
+from almat.schemas import to_atoms, to_structure, utcnow
 from almat.stores import require_db, store_job
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,17 @@ def initial_structures(config, campaign: str | None = None, structures: list | N
     for structure in starts:
         parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
         init = config.initial
-        for i, s in enumerate(perturbed_structures(structure, init.n_per_structure, init.rattle_std,
-                                                   init.max_strain, rng)):
-            docs.append(StructureDoc(structure=s, source=StructureSource.init if i == 0 else StructureSource.perturbed,
+        if init.method == "foundation-md":
+            from almat.learner.chgnet import foundation_md_frames
+
+            frames = foundation_md_frames(to_atoms(structure), init.n_per_structure - 1, init.md_temperature,
+                                          init.md_steps, int(rng.integers(2**31)))
+            copies, source = [structure, *(to_structure(f) for f in frames)], StructureSource.md
+        else:
+            copies = perturbed_structures(structure, init.n_per_structure, init.rattle_std, init.max_strain, rng)
+            source = StructureSource.perturbed
+        for i, s in enumerate(copies):
+            docs.append(StructureDoc(structure=s, source=StructureSource.init if i == 0 else source,
                                      campaign=config.name, iteration=-1, parent=None if i == 0 else parent))
     db = require_db()
     try:

@@ -126,17 +126,47 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
                        wall_time=time.perf_counter() - start, history=history)
 
 
-def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms],
-                   batch_size: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Energies ``[n_models, n_frames]`` (eV) and per-frame forces ``[n_models, n_atoms, 3]``."""
+def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,
+                   stress: bool = False):
+    """Energies ``[n_models, n_frames]`` (eV), per-frame forces ``[n_models, n_atoms, 3]`` and, with
+    ``stress``, stresses ``[n_models, n_frames, 6]`` (Voigt, eV/Å³, ASE's sign), else None."""
+    from ase import units
+    from ase.stress import full_3x3_to_voigt_6_stress
+
     energies = np.zeros((len(models), len(atoms_list)))
     forces = [np.zeros((len(models), len(a), 3)) for a in atoms_list]
+    stresses = np.zeros((len(models), len(atoms_list), 6)) if stress else None
     graphs = _graphs(models[0], atoms_list)  # the same graph converter for every member
     for m, model in enumerate(models):
         model.eval()
         for idx in _batches(len(graphs), batch_size, None):
-            out = model([graphs[i] for i in idx], task="ef")
+            out = model([graphs[i] for i in idx], task="efs" if stress else "ef")
             for k, i in enumerate(idx):
                 energies[m, i] = float(out["e"][k]) * len(atoms_list[i])
                 forces[i][m] = out["f"][k].detach().numpy()
-    return energies, forces
+                if stress:  # CHGNet's stress is in GPa
+                    stresses[m, i] = full_3x3_to_voigt_6_stress(out["s"][k].detach().numpy() * units.GPa)
+    return energies, forces, stresses
+
+
+def foundation_md_frames(atoms: Atoms, n_frames: int, temperature: float, steps: int, seed: int,
+                         model: torch.nn.Module | None = None) -> list[Atoms]:
+    """``n_frames`` configurations, evenly spaced, from Langevin MD of ``atoms`` with the pretrained CHGNet
+    (the zero-shot start: what a universal potential visits, before any label)."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = CHGNetCalculator(model=model or pretrained_chgnet(), use_device="cpu")
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    frames = []
+    for _ in range(n_frames):
+        dyn.run(max(1, steps // n_frames))
+        frame = atoms.copy()
+        frame.calc = None
+        frames.append(frame)
+    return frames

@@ -80,6 +80,10 @@ class CommitteePrediction:
         return np.array([energy_deviation(self.energies[:, i], f.shape[1]) for i, f in enumerate(self.forces)])
 
 
+def _architecture(model: torch.nn.Module) -> str:
+    return getattr(model, "almat_architecture", {}).get("class", type(model).__name__)
+
+
 class Committee:
     """N models that predict together; their disagreement is the model deviation."""
 
@@ -90,8 +94,13 @@ class Committee:
         self.models = list(models)
         self.model_ids = list(model_ids) if model_ids is not None else [str(i) for i in range(len(models))]
         self.device = device
-        zs = {tuple(sorted(int(z) for z in m.atomic_numbers.tolist())) for m in self.models}
-        if len(zs) != 1:
+        kinds = {_architecture(m) for m in self.models}
+        if len(kinds) != 1:
+            raise ValueError(f"committee members of different architectures: {', '.join(sorted(kinds))}")
+        self.architecture = kinds.pop()
+        zs = {tuple(sorted(int(z) for z in m.atomic_numbers.tolist())) for m in self.models
+              if hasattr(m, "atomic_numbers")}
+        if len(zs) > 1:
             raise ValueError("committee members were trained on different elements")
 
     @classmethod
@@ -106,15 +115,26 @@ class Committee:
 
     @property
     def elements(self) -> list[str]:
+        """The elements the members know (MACE: those it was trained on; CHGNet: all 94 of its table)."""
+        if self.architecture == "CHGNet":
+            return list(chemical_symbols[1:95])
         return [chemical_symbols[int(z)] for z in self.models[0].atomic_numbers.tolist()]
 
     def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 16) -> CommitteePrediction:
+        if self.architecture == "CHGNet":
+            from almat.learner.chgnet import predict_chgnet
+
+            return CommitteePrediction(*predict_chgnet(self.models, atoms_list, batch_size=batch_size))
         energies, forces = predict(self.models, atoms_list, batch_size=batch_size, device=self.device)
         return CommitteePrediction(energies, forces)
 
     def evaluate(self, atoms_list: Sequence[Atoms], compute_stress: bool = False) -> CommitteePrediction:
         """All frames in one batch: neighbour lists and collation are built once and shared by the
         models, each model runs one forward (the batched step of ``almat.sampler.md.run_walkers``)."""
+        if self.architecture == "CHGNet":
+            from almat.learner.chgnet import predict_chgnet
+
+            return CommitteePrediction(*predict_chgnet(self.models, atoms_list, stress=compute_stress))
         from mace.tools.torch_geometric import Batch
 
         batch = Batch.from_data_list(model_inputs(self.models, atoms_list))

@@ -85,6 +85,11 @@ def atomic_descriptors(
     atoms_list = _as_atoms(frames)
     if not atoms_list:
         return []
+    if getattr(model, "almat_architecture", {}).get("class") == "CHGNet":  # its atom features, invariant too
+        from almat.learner.chgnet import _graphs
+
+        out = model(_graphs(model, atoms_list), task="e", return_atom_feas=True)["atom_fea"]
+        return [f.detach().cpu().numpy().astype(float) for f in out]
     columns = torch.as_tensor(invariant_indices(model, num_layers))
     data = model_inputs([model], atoms_list)
     if next(model.parameters()).device != torch.device(device):

@@ -56,3 +56,7 @@ class ChgnetHyperParameters(BaseModel):
     forces_weight: float = Field(1.0, ge=0)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     device: str = Field("cpu", description="torch device (cpu only is tested)")
+
+
+#: learner kind -> its hyperparameters: MACE from scratch, or CHGNet fine-tuned from its bundled weights
+HYPERPARAMETERS: dict[str, type[BaseModel]] = {"mace": MaceHyperParameters, "chgnet-finetune": ChgnetHyperParameters}

@@ -1,4 +1,5 @@
-"""The learner's Maker: train a committee of MACE models on the campaign's labels."""
+"""The learner's Maker: train a committee on the campaign's labels: MACE from scratch, or CHGNet
+fine-tuned from its bundled weights (``learner`` / ``learner.kind`` in a campaign file)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from jobflow import CURRENT_JOB, Maker
 from pydantic import BaseModel, Field
 
 from almat.learner.committee import load_model, save_model
-from almat.learner.hyperparameters import MaceHyperParameters
-from almat.learner.mace import train_mace
+from almat.learner.hyperparameters import HYPERPARAMETERS
 from almat.schemas import LabelDoc, ModelDoc
 from almat.stores import CampaignDB, require_db, store_job
 
@@ -27,6 +27,7 @@ class CommitteeDoc(BaseModel):
     model_ids: list[str]
     n_labels: int
     validation_metrics: list[dict[str, float]] = Field(default_factory=list)
+    failed_members: list[str] = Field(default_factory=list, description="members whose training failed, and why")
     wall_time: float = 0.0
 
 
@@ -64,11 +65,12 @@ def load_labels(db: CampaignDB, label_ids: list[Any], ok_only: bool = True) -> l
 
 @dataclass
 class TrainCommitteeMaker(Maker):
-    """Train ``n_models`` MACE models, each with its own seed, on the given ok labels.
+    """Train ``n_models`` members of the ``learner`` kind, each with its own seed, on the given ok labels.
 
     Each model's weights go to the ``data`` store and a ``ModelDoc`` to the models collection.
     With ``warm_start`` and previous model ids, member k continues from the previous member k
-    (fewer epochs, see ``MaceHyperParameters.warm_start_epochs``).
+    (fewer epochs: ``warm_start_epochs``). A member whose training diverges is left out, with its reason in
+    ``CommitteeDoc.failed_members``; the job fails only when fewer than 2 members are left.
     """
 
     name: str = "train committee"
@@ -76,15 +78,26 @@ class TrainCommitteeMaker(Maker):
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     base_seed: int = 0
     warm_start: bool = True
+    learner: str = "mace"
 
     def __post_init__(self) -> None:
         if self.n_models < 2:
             raise ValueError(f"a committee needs at least 2 models, got n_models={self.n_models}")
-        MaceHyperParameters(**self.hyperparameters)  # fail early on bad settings
+        if self.learner not in HYPERPARAMETERS:
+            raise ValueError(f"unknown learner {self.learner!r}; valid: {', '.join(HYPERPARAMETERS)}")
+        self.hp  # fail early on bad settings
 
     @property
-    def hp(self) -> MaceHyperParameters:
-        return MaceHyperParameters(**self.hyperparameters)
+    def hp(self):
+        return HYPERPARAMETERS[self.learner](**self.hyperparameters)
+
+    def train(self, *args, **kwargs):
+        """The learner's training function (imported on use: each learner is a heavy dependency)."""
+        if self.learner == "chgnet-finetune":
+            from almat.learner.chgnet import finetune_chgnet as train
+        else:
+            from almat.learner.mace import train_mace as train
+        return train(*args, **kwargs)
 
     @store_job(output_schema=CommitteeDoc)
     def make(
@@ -107,7 +120,7 @@ class TrainCommitteeMaker(Maker):
             hp = self.hp
             job_uuid = CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None
             previous = list(previous_model_ids or []) if self.warm_start else []
-            model_ids, metrics = [], []
+            model_ids, metrics, failed = [], [], []
             for k in range(self.n_models):
                 seed = self.base_seed + 1000 * (iteration or 0) + k
                 init_model, init_id = None, None
@@ -123,13 +136,19 @@ class TrainCommitteeMaker(Maker):
                                     iteration, k + 1, self.n_models, epoch, epochs, loss,
                                     extra={"almat_progress": True})
 
-                result = train_mace(atoms_list, ids, hp, seed=seed, init_model=init_model, progress=progress)
+                try:
+                    result = self.train(atoms_list, ids, hp, seed=seed, init_model=init_model, progress=progress)
+                except FloatingPointError as exc:  # this member diverged: the others go on
+                    failed.append(f"member {k} (seed {seed}): {exc}")
+                    logger.warning("iteration %s: model %d/%d failed: %s", iteration, k + 1, self.n_models, exc)
+                    continue
                 blob_id = save_model(db.data, result.model, campaign=campaign, iteration=iteration,
                                      committee_index=k)
                 doc = ModelDoc(
                     campaign=campaign,
                     iteration=iteration,
                     committee_index=k,
+                    architecture=result.model.almat_architecture["class"],
                     hyperparameters=hp.model_dump(),
                     seed=seed,
                     elements=sorted({s for lab in labels for s in lab.elements}),
@@ -152,12 +171,16 @@ class TrainCommitteeMaker(Maker):
                     iteration, k + 1, self.n_models, len(result.train_ids), result.wall_time,
                     result.metrics["force_rmse"],
                 )
+            if len(model_ids) < 2:
+                raise ValueError(f"only {len(model_ids)} of {self.n_models} committee members trained: "
+                                 + "; ".join(failed))
             return CommitteeDoc(
                 campaign=campaign,
                 iteration=iteration,
                 model_ids=model_ids,
                 n_labels=len(labels),
                 validation_metrics=metrics,
+                failed_members=failed,
                 wall_time=time.perf_counter() - start,
             )
         finally:
