@@ -4,23 +4,60 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from contextlib import contextmanager
 import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 from rich.table import Table
+
+console = Console(log_path=False)
+err_console = Console(stderr=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line with its cause: the message's last line, with the type where the message
+    alone would not say what happened (``OSError``s: disk full, read-only, ...)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[-1] if lines else ""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename and f" {exc.filename}"
+        return f"{exc.strerror}{where or ''}"
+    return text if isinstance(exc, (ValueError, ConnectionError, RuntimeError)) and text else \
+        f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+class _Commands(TyperGroup):
+    """Every command ends with a one-line error, naming the cause, instead of a traceback
+    (``ALMAT_TRACEBACK=1`` shows the traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort,
+                KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("ALMAT_TRACEBACK"):
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1) from None
+
 
 app = typer.Typer(
     name="almat",
     help="Active learning for materials: MLIP campaigns on jobflow/atomate2.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Commands,
 )
-console = Console(log_path=False)
-err_console = Console(stderr=True)
 
 
 class _ProgressHandler(logging.Handler):
@@ -42,9 +79,27 @@ class _ProgressHandler(logging.Handler):
             self.handleError(record)
 
 
+def _quiet_third_party(verbose: bool) -> None:
+    """mace prints "cuequivariance or cuequivariance_torch is not available ..." on its first import: import
+    it here with stdout captured, so only -v shows it."""
+    if verbose or "mace.tools.cg" in sys.modules:
+        return
+    import io
+    import warnings
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e3nn's torch.load warning
+        try:
+            import mace.modules  # noqa: F401 - mace before e3nn, as almat.learner.mace imports them
+        except Exception:  # noqa: BLE001 - a broken mace fails later, where it is used, with its message
+            pass
+
+
 @contextmanager
 def _progress(verbose: bool):
     """almat's log as a spinner (progress lines) and log lines; jobflow's and maggma's only with -v."""
+    _quiet_third_party(verbose)
     logger = logging.getLogger("almat")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -60,7 +115,7 @@ def _progress(verbose: bool):
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=1)
 
 
@@ -74,10 +129,20 @@ def _db(settings):
 def _settings():
     from almat.settings import get_settings
 
+    from pydantic import ValidationError
+
+    from almat.campaign.config import format_validation_error
+
     try:
         return get_settings()
+    except ValidationError as exc:  # (never the values: a URI holds a password)
+        _fail(format_validation_error(exc, "settings"))
     except Exception as exc:  # noqa: BLE001 - a bad settings file is a one-line error
-        _fail(f"settings: {exc}")
+        _fail(f"settings: {one_line(exc)}")
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command()
@@ -93,6 +158,7 @@ def run(
     from almat.oracle.calculators import CalculatorSpecError
 
     warnings.filterwarnings("ignore")  # e3nn/torch warnings drown the progress display
+    signal.signal(signal.SIGTERM, _terminated)  # (SLURM's time limit): end like Ctrl-C, recording why
     settings = _settings()
     try:
         config = load_config(campaign_file)
@@ -157,15 +223,80 @@ def _rows(kind: str, records: list[dict]) -> list[dict]:
             for r in records]
 
 
-def _table(kind: str, name: str, records: list[dict]) -> Table:
-    """The per-iteration table of a campaign of any kind."""
+#: narrow terminals (the full table does not fit): short column titles, explained by a legend
+SHORT = {"frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%", "failed_pct": "fail%",
+         "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE", "calibration_factor": "k",
+         "below_tolerance_pct": "<tol%", "acquisition": "acq", "n_labels": "labels", "n_new_labels": "new",
+         "n_unlabelled": "unlab", "n_train_labels": "train", "max_uncertainty": "σ max", "threshold": "thr",
+         "n_chunks": "chunks", "target_force_rmse": "F RMSE"}
+LEGEND = {
+    "md": "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
+          "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
+          "<tol%: frames whose k·σ is below the force tolerance",
+    "pool": "acq: acquisition; labels: oracle calls so far; new: labelled in the iteration; unlab: unlabelled "
+            "pool; F RMSE: held-out force RMSE (eV/Å)",
+    "nft": "train: training labels; σ max: largest atomic force uncertainty of the target (eV/Å); thr: selection "
+           "threshold (eV/Å); F RMSE: committee against the oracle on the target (eV/Å)",
+}
+
+
+def _cell(value, spec: str = ".4g") -> str:
+    return "-" if value is None else (format(value, spec) if isinstance(value, float) else str(value))
+
+
+def _fits(table: Table, width: int) -> bool:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum <= width
+
+
+def _table(kind: str, name: str, records: list[dict]):
+    """The per-iteration table of a campaign of any kind; on a narrow terminal short titles, a legend,
+    and the stop reasons below the table."""
+    from rich import box
+    from rich.console import Group
+    from rich.text import Text
+
+    columns, rows = RECORDS[kind][1], _rows(kind, records)
     table = Table(title=f"{kind} campaign {name}")
-    columns = RECORDS[kind][1]
     for key, title in columns:
         table.add_column(title, justify="left" if key in ("stop_reason", "acquisition") else "right")
-    for row in _rows(kind, records):
-        table.add_row(*["-" if row[k] is None else (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]))
-                        for k, _ in columns])
+    for row in rows:
+        table.add_row(*[_cell(row[k]) for k, _ in columns])
+    if _fits(table, console.width):
+        return table
+    table = Table(title=f"{kind} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = [(k, t) for k, t in columns if k != "stop_reason"]
+    for key, title in columns:
+        table.add_column(SHORT.get(key, title), justify="left" if key == "acquisition" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*[_cell(row[k], ".3g") for k, _ in columns])
+    stops = [Text(f"it {row['iteration']}: {row['stop_reason']}") for row in rows if row.get("stop_reason")]
+    return Group(table, Text(LEGEND[kind], style="dim"), *stops)
+
+
+def _campaigns_table(rows: list[dict], where: str) -> Table:
+    """All campaigns; on a narrow terminal the oracle and the date are shortened."""
+    from rich import box
+
+    table = Table(title=f"campaigns in {where}")
+    for col in ("name", "status", "iterations", "labels", "chemsys", "oracle", "updated"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["status"]), str(r["iterations"]), str(r["labels"]),
+                      str(r["chemsys"]), str(r["oracle"]), r["updated_at"][:19])
+    if _fits(table, console.width):
+        return table
+    table = Table(title=f"campaigns in {where}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", overflow="fold")
+    for col in ("status", "its", "labels", "chemsys", "oracle", "updated"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("its", "labels") else "left")
+    for r in rows:
+        oracle = str(r["oracle"])  # ase:ase.calculators.emt.EMT -> ase:EMT
+        if ":" in oracle:
+            oracle = f"{oracle.split(':', 1)[0]}:{oracle.rsplit('.', 1)[-1]}"
+        table.add_row(r["name"], str(r["status"]), str(r["iterations"]), str(r["labels"]), str(r["chemsys"]),
+                      oracle, r["updated_at"][5:16].replace("T", " "))
     return table
 
 
@@ -181,10 +312,12 @@ def status_cmd(
     except ConnectionError as exc:
         _fail(str(exc))
     try:
+        from almat.campaign.lease import campaign_state
+
         if campaign is None:
             docs = sorted(db.campaigns.query({}), key=lambda d: str(d.get("created_at")))
             rows = [{
-                "name": d["name"], "status": d.get("status"), "iterations": d.get("n_iterations", 0),
+                "name": d["name"], "status": campaign_state(db, d)[0], "iterations": d.get("n_iterations", 0),
                 "labels": d.get("n_labels", 0), "chemsys": d.get("chemsys"), "oracle": d.get("oracle"),
                 "updated_at": str(d.get("updated_at")),
             } for d in docs]
@@ -194,13 +327,7 @@ def status_cmd(
             if not rows:
                 console.print(f"no campaigns in {settings.describe()}")
                 return
-            table = Table(title=f"campaigns in {settings.describe()}")
-            for col in ("name", "status", "iterations", "labels", "chemsys", "oracle", "updated"):
-                table.add_column(col)
-            for r in rows:
-                table.add_row(r["name"], str(r["status"]), str(r["iterations"]), str(r["labels"]),
-                              str(r["chemsys"]), str(r["oracle"]), r["updated_at"][:19])
-            console.print(table)
+            console.print(_campaigns_table(rows, settings.describe()))
             return
         doc = db.campaigns.query_one({"name": campaign})
         if doc is None:
@@ -209,15 +336,16 @@ def status_cmd(
                   + (f"; known: {', '.join(names)}" if names else ""))
         kind = (doc.get("config") or {}).get("kind", "md")
         records = sorted(getattr(db, RECORDS[kind][0]).query({"campaign": campaign}), key=lambda d: d["iteration"])
+        state, why = campaign_state(db, doc)  # a running campaign whose process is gone is "killed"
         if as_json:
             rows = _rows(kind, records)
-            out = {"name": campaign, "kind": kind, "status": doc.get("status"), "stop_reason": doc.get("stop_reason"),
+            out = {"name": campaign, "kind": kind, "status": state, "stop_reason": why,
                    "labels": doc.get("n_labels", 0), "iterations": rows}
             sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
             return
         console.print(_table(kind, campaign, records))
-        console.print(f"status: [bold]{doc.get('status')}[/]  labels: {doc.get('n_labels', 0)}"
-                      + (f"  ({doc.get('stop_reason')})" if doc.get("stop_reason") else ""))
+        console.print(f"status: [bold]{state}[/]  labels: {doc.get('n_labels', 0)}"
+                      + (f"  ({escape(why)})" if why else ""))
     finally:
         db.close()
 
@@ -318,6 +446,7 @@ def export_cmd(
 @app.command("import")
 def import_cmd(
     path: Path = typer.Argument(..., help="A .jsonl file written by `almat export`"),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite labels that are already stored"),
 ) -> None:
     """Import labels from a JSON-lines export: validated as a whole, all or nothing."""
     from almat.export import LabelImportError, import_command
@@ -325,11 +454,28 @@ def import_cmd(
     if not path.is_file():
         _fail(f"no file {path}")
     try:
-        res = import_command(path, settings=_settings())
+        res = import_command(path, settings=_settings(), replace=replace)
     except (LabelImportError, ConnectionError) as exc:
         _fail(str(exc))
-    console.print(f"{res['n_labels']} labels imported from {path} ({res['n_new']} new, "
-                  f"{res['n_replaced']} replaced)")
+    console.print(f"{res['n_new']} labels imported from {path}; of {res['n_labels']}, "
+                  + (f"{res['n_replaced']} already stored were replaced" if replace else
+                     f"{res['n_skipped']} already stored were skipped (--replace overwrites them)"))
+
+
+@app.command("migrate-store")
+def migrate_store_cmd(
+    path: Optional[Path] = typer.Argument(None, help="Store folder (default: ALMAT_DB_PATH, ./almat_db)"),
+) -> None:
+    """Copy an embedded store of an earlier almat version (montydb) into the SQLite store in the same folder."""
+    from almat.stores import StoreError, migrate_montydb
+
+    try:
+        copied = migrate_montydb(path or _settings().db_path)
+    except StoreError as exc:
+        _fail(str(exc))
+    for name, n in copied.items():
+        console.print(f"{name}: {n} documents")
+    console.print(f"migrated {sum(copied.values())} documents; the montydb files were left as they were")
 
 
 @app.command("report")
@@ -343,6 +489,7 @@ def report_cmd(
     from almat.report import report_command
 
     warnings.filterwarnings("ignore")
+    _quiet_third_party(False)  # the parity figure loads the committees (mace)
     try:
         res = report_command(campaign, out_dir, settings=_settings())
     except (ValueError, ConnectionError) as exc:
@@ -350,6 +497,36 @@ def report_cmd(
     for note in res["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report written to {res['html']} ({len(res['figures'])} figures)")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but localhost is "
+                                                          "reachable by others: a warning)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on"),
+    launchpad: Optional[Path] = typer.Option(None, "--launchpad", "-l",
+                                             help="FireWorks my_launchpad.yaml: show the queue (default: LAUNCHPAD_LOC)"),
+    refresh: float = typer.Option(2.0, "--refresh", min=0.2, help="Seconds between the pages' checks for news"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request"),
+) -> None:
+    """Serve a live, read-only view of every campaign in the store in the browser."""
+    from almat.serve import LOCAL_HOSTS, bind, create_app, serve
+
+    settings = _settings()
+    if launchpad is not None and not launchpad.is_file():
+        _fail(f"no LaunchPad file {launchpad}")
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        _fail(str(exc))
+    if host not in LOCAL_HOSTS:
+        err_console.print(f"[yellow]warning:[/] listening on {host}, not 127.0.0.1: anyone who can reach this "
+                          "machine can read every campaign (there is no login)", soft_wrap=True)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"almat serve: http://{shown}:{sock.getsockname()[1]}/  [dim]data: {settings.describe()}; "
+                  "Ctrl-C stops[/]", soft_wrap=True)
+    serve(create_app(settings, launchpad=launchpad, refresh_s=refresh), sock,
+          log_level="info" if verbose else "warning")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,242 @@
+"""What the pages show, read from the stored records as plain dicts (no model, no torch).
+
+The figures' values come from ``almat.report`` (``learning_curve_data``, ``deviation_data``,
+``calibration_data``, ``learning_curves``); the browser draws them. Campaign names are only ever
+compared with plain string equality (``{"name": name}`` with ``name`` a ``str``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from almat.campaign.lease import campaign_state
+from almat.report.learning import learning_curves
+from almat.report.plots import _plot_edges, calibration_data, deviation_data, learning_curve_data, load_iterations
+from almat.stores import CampaignDB
+
+#: campaign kind -> the collection of its per-iteration records
+RECORDS = {"md": "iterations", "pool": "pool_iterations", "nft": "nft_iterations"}
+LABEL_FIELDS = ["label_id", "iteration", "source", "oracle", "oracle_fingerprint", "status", "reason", "formula",
+                "natoms", "reused_from"]
+MODEL_FIELDS = ["model_id", "iteration", "committee_index", "validation_metrics", "epochs_trained", "n_parameters",
+                "device", "wall_time", "warm_started_from", "seed", "architecture"]
+
+
+class NotFound(LookupError):
+    """No campaign of that name; ``names`` are the ones that exist."""
+
+    def __init__(self, name: str, names: list[str]):
+        super().__init__(name)
+        self.name, self.names = name, names
+
+
+def clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become None, numpy scalars Python ones, dates ISO strings."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return obj
+
+
+def kind_of(doc: dict) -> str:
+    kind = (doc.get("config") or {}).get("kind", "md")
+    return kind if kind in RECORDS else "md"
+
+
+def _records(db: CampaignDB, kind: str, name: str, fields: list[str]) -> list[dict]:
+    return list(getattr(db, RECORDS[kind]).query({"campaign": name}, properties=fields))
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else str(value)[:19].replace("T", " ")
+
+
+def campaign_list(db: CampaignDB, chemsys: str | None = None, status: str | None = None) -> dict[str, Any]:
+    """Every campaign (newest first), filtered by chemistry and status, with the filters' choices."""
+    rows = []
+    for doc in db.campaigns.query({}, properties=["name", "config", "chemsys", "oracle", "status",
+                                                  "n_iterations", "n_labels", "updated_at", "created_at"]):
+        kind = kind_of(doc)
+        its = _records(db, kind, doc["name"], ["iteration", "created_at"])
+        last = max(its, key=lambda r: r["iteration"], default=None)
+        updated = max([str(doc.get("updated_at") or "")] + [str(r.get("created_at") or "") for r in its])
+        state = campaign_state(db, doc)[0]  # "killed" when its process is gone
+        running = state in ("running", "created")
+        stage = f"iteration {last['iteration'] + 1 if last else 0} running" if running else f"{len(its)} iteration(s)"
+        rows.append({"name": doc["name"], "kind": kind, "chemsys": doc.get("chemsys") or "", "oracle": doc.get("oracle")
+                     or "", "status": state, "stage": stage, "iterations": len(its),
+                     "labels": doc.get("n_labels", 0), "updated": _when(updated)})
+    choices = {"chemsys": sorted({r["chemsys"] for r in rows}), "status": sorted({r["status"] for r in rows})}
+    shown = [r for r in rows if (not chemsys or r["chemsys"] == chemsys) and (not status or r["status"] == status)]
+    shown.sort(key=lambda r: r["updated"], reverse=True)
+    return {"campaigns": shown, "choices": choices, "filters": {"chemsys": chemsys or "", "status": status or ""},
+            "n_total": len(rows)}
+
+
+def campaign_names(db: CampaignDB) -> list[str]:
+    return sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
+
+
+def campaign_doc(db: CampaignDB, name: str) -> dict:
+    if not isinstance(name, str):
+        raise NotFound(str(name), campaign_names(db))
+    doc = db.campaigns.query_one({"name": name})
+    if doc is None:
+        raise NotFound(name, campaign_names(db))
+    return doc
+
+
+def stamp(db: CampaignDB, name: str | None = None) -> str:
+    """Changes whenever what a page shows changes: pages poll it and refresh when it moves."""
+    if name is None:
+        docs = db.campaigns.query({}, properties=["name", "status", "updated_at", "n_labels", "n_iterations"])
+        parts = sorted(f"{d['name']}|{d.get('status')}|{d.get('updated_at')}|{d.get('n_labels')}" for d in docs)
+        parts += [str(getattr(db, coll).count({})) for coll in RECORDS.values()]
+        return str(hash("\n".join(parts)))
+    doc = campaign_doc(db, name)
+    counts = [getattr(db, RECORDS[kind_of(doc)]).count({"campaign": name}), db.labels.count({"campaign": name}),
+              db.models.count({"campaign": name})]
+    return str(hash(f"{doc.get('status')}|{doc.get('updated_at')}|{doc.get('n_labels')}|{counts}"))
+
+
+def labels_summary(db: CampaignDB, name: str) -> dict[str, Any]:
+    """Labels per source and oracle (ok and failed), and the failed ones with their reasons."""
+    docs = list(db.labels.query({"campaign": name}, properties=LABEL_FIELDS))
+    by = Counter((str(d.get("source") or "unknown"), f"{d.get('oracle')} [{d.get('oracle_fingerprint')}]",
+                  str(d.get("status") or "ok")) for d in docs)
+    rows = [{"source": s, "oracle": o, "ok": by.get((s, o, "ok"), 0), "failed": by.get((s, o, "failed"), 0)}
+            for s, o in sorted({(s, o) for s, o, _ in by})]
+    failed = sorted((d for d in docs if d.get("status") == "failed"),
+                    key=lambda d: (d.get("iteration") if d.get("iteration") is not None else -9, d["label_id"]))
+    reasons = Counter(str(d.get("reason") or "").split("\n")[0][:120] for d in failed)
+    return {"by_source": rows, "n_ok": sum(r["ok"] for r in rows), "n_failed": len(failed),
+            "n_reused": sum(1 for d in docs if d.get("reused_from")),
+            "failed": [{k: d.get(k) for k in ("label_id", "iteration", "source", "formula", "natoms", "reason")}
+                       for d in failed],
+            "reasons": reasons.most_common(), "fingerprints": sorted({d.get("oracle_fingerprint") or "" for d in docs
+                                                                      if d.get("status") == "ok"})}
+
+
+def _models(db: CampaignDB, name: str) -> list[dict]:
+    docs = db.models.query({"campaign": name}, properties=MODEL_FIELDS)
+    return sorted(({k: d.get(k) for k in MODEL_FIELDS} for d in docs),
+                  key=lambda m: (m["iteration"] if m["iteration"] is not None else -1, m["committee_index"] or 0))
+
+
+def _md(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
+    its = load_iterations(db, name, "md")
+    rows = [{"iteration": it.iteration, "train_labels": it.n_train_labels, "frames": it.n_frames_explored,
+             "accurate": it.accurate_ratio, "candidate": it.candidate_ratio, "failed": it.failed_ratio,
+             "selected": it.n_selected, "new_labels": it.n_labelled, "failed_labels": it.n_failed_labels,
+             "reused_labels": it.n_reused_labels, "held_out": it.test_errors.n_structures,
+             "force_rmse": it.test_errors.force_rmse, "energy_rmse": it.test_errors.energy_rmse_per_atom,
+             "trust_lo": it.trust_lo, "trust_hi": it.trust_hi,
+             "k": it.calibration.factor if it.calibration else None, "below_tol": it.calibrated_fraction,
+             "exploded": it.exploded_trajectories, "stop_reason": it.stop_reason or "", "created": _when(it.created_at)}
+            for it in its]
+    deviation = deviation_data(its)
+    for d in deviation:
+        d["plot_edges"] = [float(e) for e in _plot_edges(d["bin_edges"])]
+    calibration = calibration_data(its)
+    scatter = [{"iteration": it.iteration, "k": it.calibration.factor, "q": it.calibration.quantile,
+                "coverage": it.calibration.coverage, "empirical_coverage": it.calibration.empirical_coverage,
+                "spearman": it.calibration.spearman, "x": [float(v) for v in it.calibration.calibrated(
+                    it.calibration.predicted)], "y": list(it.calibration.observed)}
+               for it in its if it.calibration is not None]
+    conv = config.get("convergence") or {}
+    return {"iterations": rows, "learning_curve": learning_curve_data(its), "deviation": deviation,
+            "calibration": calibration, "calibration_points": scatter,
+            "force_tolerance": conv.get("force_tolerance"), "conv_accuracy": conv.get("conv_accuracy")}
+
+
+def _pool(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
+    recs = load_iterations(db, name, "pool")
+    rows = [{"iteration": r.iteration, "acquisition": r.acquisition, "labels": r.n_labels,
+             "train_labels": r.n_train_labels, "new": r.n_new_labels, "failed": len(r.failed_indices),
+             "unlabelled": r.n_unlabelled, "held_out": r.test_errors.n_structures,
+             "force_rmse": r.test_errors.force_rmse, "energy_rmse": r.test_errors.energy_rmse_per_atom,
+             "wall_time": r.wall_time, "stop_reason": r.stop_reason or "", "created": _when(r.created_at)}
+            for r in recs]
+    curve = learning_curves(recs)[name] if recs else {"iteration": [], "n_labels": [], "force_rmse": [],
+                                                       "energy_rmse_per_atom": []}
+    return {"iterations": rows, "pool_curve": curve, "target_force_rmse": config.get("target_force_rmse")}
+
+
+def _nft(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
+    recs = load_iterations(db, name, "nft")
+    rows, boxes = [], []
+    for r in recs:
+        u = np.asarray(r.atomic_uncertainties, dtype=float)
+        p5, p25, p50, p75, p95 = (np.percentile(u, [5, 25, 50, 75, 95]) if u.size else [None] * 5)
+        boxes.append({"iteration": r.iteration, "p5": p5, "p25": p25, "p50": p50, "p75": p75, "p95": p95,
+                      "max": r.max_uncertainty, "threshold": r.threshold})
+        rows.append({"iteration": r.iteration, "train_labels": r.n_train_labels, "target_atoms": r.n_target_atoms,
+                     "max_unc": r.max_uncertainty, "mean_unc": r.mean_uncertainty, "threshold": r.threshold,
+                     "uncertain": len(r.uncertain_atoms), "chunks": r.n_chunks or len(r.chunks),
+                     "new_labels": r.n_labelled, "failed_labels": r.n_failed_labels,
+                     "target_force_rmse": r.target_force_rmse, "target_max_error": r.target_max_force_error,
+                     "stop_reason": r.stop_reason or "", "created": _when(r.created_at)})
+    return {"iterations": rows, "nft_boxes": boxes,
+            "stop_delta": (config.get("convergence") or {}).get("stop_delta")}
+
+
+def campaign_detail(db: CampaignDB, name: str) -> dict[str, Any]:
+    """Everything the campaign page shows."""
+    doc = campaign_doc(db, name)
+    kind, config = kind_of(doc), doc.get("config") or {}
+    state, why = campaign_state(db, doc)
+    out = {"name": doc["name"], "kind": kind, "status": state,
+           "chemsys": doc.get("chemsys") or "", "oracle": doc.get("oracle") or "",
+           "oracle_fingerprint": doc.get("oracle_fingerprint") or "", "n_iterations": doc.get("n_iterations", 0),
+           "n_labels": doc.get("n_labels", 0), "stop_reason": why or "",
+           "created": _when(doc.get("created_at")), "updated": _when(doc.get("updated_at"))}
+    out.update({"md": _md, "pool": _pool, "nft": _nft}[kind](db, name, config))
+    out["labels"] = labels_summary(db, name)
+    out["models"] = _models(db, name)
+    return out
+
+
+# -- the FireWorks queue --------------------------------------------------------------------------------
+
+QUEUE_STATES = ("READY", "RESERVED", "RUNNING", "COMPLETED", "FIZZLED", "WAITING", "PAUSED", "DEFUSED", "ARCHIVED")
+
+
+def _fizzle_error(launch: dict | None) -> str:
+    data = ((launch or {}).get("action") or {}).get("stored_data") or {}
+    exc = data.get("_exception") or {}
+    trace = str(exc.get("_stacktrace") or exc.get("_details") or data.get("_message") or "no error recorded")
+    return trace.strip()
+
+
+def queue(lp, name: str) -> dict[str, Any]:
+    """The campaign's fireworks (workflows whose metadata name it, as ``almat submit`` writes them) by
+    state and category (``spec._category``), and each FIZZLED one's error. Only reads."""
+    ids = [i for wf in lp.workflows.find({"metadata.almat_campaign": name}, {"nodes": 1}) for i in wf["nodes"]]
+    fws = list(lp.fireworks.find({"fw_id": {"$in": ids}},
+                                 {"fw_id": 1, "name": 1, "state": 1, "spec._category": 1, "launches": 1,
+                                  "updated_on": 1}))
+    counts: Counter = Counter((fw.get("state"), (fw.get("spec") or {}).get("_category") or "none") for fw in fws)
+    categories = sorted({c for _, c in counts})
+    states = [s for s in QUEUE_STATES if s in ("READY", "RUNNING", "COMPLETED", "FIZZLED")
+              or any(st == s for st, _ in counts)]
+    table = [{"state": s, **{c: counts.get((s, c), 0) for c in categories}, "total": sum(
+        n for (st, _), n in counts.items() if st == s)} for s in states]
+    fizzled = [fw for fw in fws if fw.get("state") == "FIZZLED"]
+    launch_ids = [fw["launches"][-1] for fw in fizzled if fw.get("launches")]
+    launches = {la["launch_id"]: la for la in lp.launches.find({"launch_id": {"$in": launch_ids}},
+                                                               {"launch_id": 1, "action": 1})}
+    errors = [{"fw_id": fw["fw_id"], "name": fw.get("name"), "category": (fw.get("spec") or {}).get("_category"),
+               "error": _fizzle_error(launches.get(fw["launches"][-1]) if fw.get("launches") else None)}
+              for fw in sorted(fizzled, key=lambda f: f["fw_id"])]
+    return {"n_fireworks": len(fws), "categories": categories, "table": table, "fizzled": errors}
