@@ -71,6 +71,34 @@ def _jsonl(tmp_path: Path, damage) -> str:
 
 SECRET = "s3cr3t-pw"
 
+
+def _read_only(t: Path, m) -> None:
+    """The store opens read-only (as a non-root user's would on a read-only file or mount)."""
+    import sqlite3
+
+    connect = sqlite3.connect
+    m.setattr(sqlite3, "connect", lambda p, **kw: connect(f"file:{p}?mode=ro", uri=True, **kw))
+
+
+def _full_disk(t: Path, m) -> None:
+    """The store cannot grow by a single page (a full disk, or a quota)."""
+    import sqlite3
+
+    connect = sqlite3.connect
+
+    def full(p, **kw):
+        conn = connect(p, **kw)
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+        return conn
+
+    m.setattr(sqlite3, "connect", full)
+
+
+def _new_labels(t: Path) -> str:
+    lines = (t / "labels.jsonl").read_text().splitlines()
+    lines[1:-1] = [json.dumps({**json.loads(line), "label_id": f"new{i}"}) for i, line in enumerate(lines[1:-1])]
+    return _write(t / "new.jsonl", "\n".join(lines) + "\n")
+
 #: id -> (argv builder(tmp_path, monkeypatch), message regex)
 CASES = {
     # campaign files
@@ -91,6 +119,11 @@ CASES = {
     "no-structures": (lambda t, m: ["run", _config(t, structures=[])], r"structures"),
     "max-iterations-0": (lambda t, m: ["run", _config(t, convergence={"max_iterations": 0})], r"max_iterations"),
     "oracle-kind": (lambda t, m: ["run", _config(t, oracle={"kind": "gaussian"})], r"oracle.kind: Input should be 'ase', 'vasp' or 'cp2k'"),
+    "learner-kind": (lambda t, m: ["run", _config(t, learner={"kind": "bogus"})],
+                     r"learner: unknown learner kind 'bogus'; valid: mace, chgnet-finetune"),
+    "learner-hyperparameter": (lambda t, m: ["run", _config(t, learner={"kind": "chgnet-finetune",
+                                                                       "hyperparameters": {"r_max": 5}})],
+                               r"learner: hyperparameters.r_max: unknown key"),
     "negative-temperature": (lambda t, m: ["run", _config(t, sampler={"temperatures": [-5]})], r"temperatures"),
     # campaigns in the store
     "same-name-other-config": (lambda t, m: ["run", _config(t, name="stored", sampler={"steps": 12})],
@@ -100,6 +133,9 @@ CASES = {
     "status-unknown": (lambda t, m: ["status", "nosuch"], r"no campaign 'nosuch'.*known: stored"),
     "report-unknown": (lambda t, m: ["report", "nosuch", "-o", str(t / "r")], r"nosuch"),
     # settings and stores
+    "read-only-store": (lambda t, m: (_read_only(t, m), ["import", _new_labels(t)])[1], r"read-only"),
+    "disk-full": (lambda t, m: (_full_disk(t, m), ["import", _new_labels(t)])[1],
+                  r"cannot grow: the database or disk is full"),
     "db-path-is-a-file": (lambda t, m: (m.setenv("ALMAT_DB_PATH", _write(t / "f", "x")), ["status"])[1], r"is a file"),
     "settings-file-missing": (lambda t, m: (m.setenv("ALMAT_CONFIG_FILE", str(t / "no.yaml")), ["status"])[1],
                               r"ALMAT_CONFIG_FILE points to a missing file"),

@@ -42,9 +42,13 @@ def chgnet_architecture(model_args: dict) -> dict:
 
 
 def build_chgnet(kwargs: dict) -> torch.nn.Module:
+    import contextlib
+    import io
+
     from chgnet.model import CHGNet
 
-    return CHGNet(**kwargs)
+    with contextlib.redirect_stdout(io.StringIO()):  # "CHGNet initialized with ... parameters"
+        return CHGNet(**kwargs)
 
 
 def pretrained_chgnet(version: str = PRETRAINED) -> torch.nn.Module:
