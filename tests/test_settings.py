@@ -9,7 +9,7 @@ def test_defaults_are_embedded(monkeypatch):
     s = AlmatSettings()
     assert s.embedded and s.mongo_uri is None
     assert str(s.db_path) == "almat_db"
-    assert "MontyStore (sqlite)" in s.describe()
+    assert "embedded SQLite store at" in s.describe()
 
 
 def test_env_prefix_and_yaml_file(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ LaunchPad and JobStore:
 
 - with ``ALMAT_TEST_MONGO_URI``: both on that MongoDB (fresh databases, dropped at the end), and
   ``qlaunch rapidfire`` runs for each worker category at the same time, as on a real cluster;
-- otherwise: FireWorks' mongomock mode (``MONGOMOCK_SERVERSTORE_FILE``) and a montydb (sqlite) JobStore
+- otherwise: FireWorks' mongomock mode (``MONGOMOCK_SERVERSTORE_FILE``) and the embedded SQLite JobStore
   in a temporary folder. A mongomock process reads the whole file when it starts and writes it back
   when it exits, so concurrent processes lose updates: the test then runs strictly one process at a
   time (``qlaunch singleshot``, wait for that SLURM job to end, query, next) until nothing is READY.

@@ -1,4 +1,4 @@
-"""The label query API on the embedded store (sidecar index and plain scan) and on MongoDB (mongomock)."""
+"""The label query API on the embedded SQLite store (SQL on its indexes, and a Python scan) and on MongoDB (mongomock)."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -17,7 +17,6 @@ from ase.calculators.emt import EMT
 from almat.query import MixedOraclesError, UnknownFilterError, query_labels
 from almat.schemas import LabelDoc, StructureSource, to_structure
 from almat.stores import CampaignDB
-from almat.stores.sqlindex import invalidate_labels, label_index
 
 
 def _fill(db):
@@ -151,27 +150,26 @@ def test_index_follows_writes_and_overwrites(db):
     labs = label_all(cu_structures(3, seed=4), campaign="w", iteration=0)
     db.upsert("labels", labs)
     assert query_labels(db, campaign="w").count() == 3
-    # an overwrite that changes only the iteration keeps the document's byte length: invalidation sees it
+    # an overwrite that changes only the iteration is seen at once (the store indexes on write)
     moved = labs[0].model_copy(update={"iteration": 5})
     db.upsert("labels", [moved])
-    invalidate_labels(db, [moved.label_id])
     assert query_labels(db, campaign="w", iteration=5).ids() == [moved.label_id]
-    # new documents and deletions are picked up without any call
+    assert query_labels(db, campaign="w", iteration=0).count() == 2
     db.upsert("labels", label_all(cu_structures(2, seed=5), campaign="w", iteration=1))
     assert query_labels(db, campaign="w").count() == 5
     db.labels.remove_docs({"label_id": labs[1].label_id})
     assert labs[1].label_id not in query_labels(db, campaign="w").ids()
     assert query_labels(db, campaign="w").count() == 4
-    # a second sync with nothing changed reads nothing
-    assert label_index(db).sync() == 0
 
 
 def test_explain_reports_index_use(db):
     db.upsert("labels", label_all(cu_structures(2), campaign="e"))
     plan = query_labels(db, chemsys="Cu", oracle_fingerprint="x").explain()
-    assert plan["uses_index"] and plan["indexes"] == ["ix_labels_fingerprint_chemsys"]
-    assert "MontyDB has no explain" in plan["montydb_explain"]
-    assert query_labels(db, campaign="e").explain()["indexes"] == ["ix_labels_campaign"]
-    elements_plan = query_labels(db, elements="Cu").explain()
-    assert elements_plan["uses_index"] and "label_elements primary key" in elements_plan["indexes"]
+    assert plan["backend"] == "sqlite" and plan["uses_index"] and not plan["post_filter"]
+    assert plan["indexed_fields"] == ["chemsys", "oracle_fingerprint", "status"]
+    assert any("USING" in step and "KEY" in step for step in plan["plan"])
+    elements_plan = query_labels(db, elements=["Cu", "Au"]).explain()
+    assert elements_plan["uses_index"] and "elements" in elements_plan["indexed_fields"]
+    regex = query_labels(db, campaign="e", raw={"formula": {"$regex": "^Cu"}}).explain()
+    assert regex["uses_index"] and regex["post_filter"] and regex["python_filter"] == {"$and": [{"formula": {"$regex": "^Cu"}}]}
     assert query_labels(db, campaign="e", use_index=False).explain()["uses_index"] is False

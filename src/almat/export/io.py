@@ -201,7 +201,17 @@ def export_labels(
     if path.exists() and not force:  # fail before running the query
         raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
     if labels is None:
-        labels = query_labels(db, allow_mixed_oracles=allow_mixed_oracles, **filters).docs()
+        query = query_labels(db, allow_mixed_oracles=allow_mixed_oracles, **filters)
+        names = filters.get("campaign")
+        unknown = [c for c in ([names] if isinstance(names, str) else names or [])
+                   if db.campaigns.query_one({"name": c}) is None and db.labels.count({"campaign": c}) == 0]
+        if unknown:
+            known = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
+            raise ValueError(f"no campaign {', '.join(map(repr, unknown))} in the store"
+                             + (f"; known: {', '.join(known)}" if known else "") + "; nothing written")
+        if query.count() == 0:
+            raise ValueError("no labels match these filters; nothing written")
+        labels = query.docs()
     n = _WRITERS[fmt](labels, path, force=force)
     return ExportResult(path, fmt, n)
 

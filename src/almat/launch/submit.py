@@ -445,7 +445,7 @@ def submit_campaign(
     where = store_location(store)
     if where.startswith("memory"):
         warn(f"the workers' JobStore ({origin}) is in memory: outputs would be lost between jobs; set "
-             "JOBFLOW_CONFIG_FILE to a jobflow.yaml with a MongoDB (or shared montydb) JOB_STORE")
+             "JOBFLOW_CONFIG_FILE to a jobflow.yaml with a MongoDB (or shared embedded SQLite) JOB_STORE")
     elif origin.startswith("almat settings"):
         warn(f"no jobflow config file here (JOBFLOW_CONFIG_FILE or ~/.jobflow.yaml): checked the name in almat's "
              f"store ({where}); the workers' JOBFLOW_CONFIG_FILE must name that store (write_jobflow_config)")

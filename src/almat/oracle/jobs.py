@@ -29,7 +29,6 @@ from pymatgen.core import Structure
 from almat.oracle.calculators import CalculatorSpec
 from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource, to_atoms
 from almat.stores import CampaignDB, current_db, store_job
-from almat.stores.sqlindex import label_index
 
 logger = logging.getLogger(__name__)
 
@@ -116,22 +115,8 @@ def _site_permutation(new: Structure, old: Structure, tol: float = 1e-3) -> np.n
 
 
 def find_reusable_label(db: CampaignDB, structure_hash: str, oracle_fingerprint: str) -> LabelDoc | None:
-    """An ok label of this configuration by this oracle (any campaign): the original one if possible.
-
-    On the embedded store the side SQLite index finds its candidates without scanning the collection."""
-    criteria = {"structure_hash": structure_hash, "oracle_fingerprint": oracle_fingerprint, "status": "ok"}
-    index = label_index(db)
-    found = None
-    if index is not None:
-        try:
-            index.sync()
-            keys = [k for (k,) in index.select("structure_hash = ? AND oracle_fingerprint = ? AND status = ?",
-                                               list(criteria.values()))]
-            found = [d for d in index.read(keys) if all(d.get(k) == v for k, v in criteria.items())]
-        except Exception as exc:  # noqa: BLE001 - the plain store query still works
-            logger.warning("label index unusable (%s); scanning the labels collection", exc)
-    if found is None:
-        found = db.labels.query(criteria)
+    """An ok label of this configuration by this oracle (any campaign): the original one if possible."""
+    found = db.labels.query({"structure_hash": structure_hash, "oracle_fingerprint": oracle_fingerprint, "status": "ok"})
     docs = [LabelDoc.from_store(d) for d in found]
     return min(docs, key=lambda d: (d.reused_from is not None, d.created_at.replace(tzinfo=None)), default=None)
 

@@ -10,18 +10,16 @@
   :class:`MixedOraclesError` unless ``allow_mixed_oracles=True``. ``count()`` never raises.
 - An unknown filter name (``chemsystem=``) or an unknown field in ``raw`` is an error
   (:class:`UnknownFilterError`), never an empty result.
-- On MongoDB the filter runs on the server with the indexes of ``CAMPAIGN_COLLECTIONS``;
-  ``explain()`` shows the winning plan. The embedded MontyStore has neither indexes nor explain();
-  there the query runs on a sidecar SQLite index (``almat.stores.sqlindex``), and ``explain()`` shows
-  SQLite's query plan for it.
+- The filter runs in the store, on the indexes of ``CAMPAIGN_COLLECTIONS``: on the MongoDB server, or
+  as SQL on the embedded ``SQLiteStore``'s own indexes (what SQL cannot express, e.g. a ``$regex`` in
+  ``raw``, is checked in Python on the rows SQL selected). ``explain()`` shows the plan and the indexes.
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Literal
 
 from maggma.stores import MongoStore
@@ -29,9 +27,8 @@ from pymatgen.core import Composition, Element
 
 from almat.schemas import LabelDoc, LabelStatus, StructureSource, chemsys_of
 from almat.stores import CampaignDB
-from almat.stores.sqlindex import LabelIndex, iso_utc, label_index
+from almat.stores.sqlite import SQLiteStore
 
-logger = logging.getLogger(__name__)
 
 #: filter name -> what it matches
 KNOWN_FILTERS: dict[str, str] = {
@@ -161,7 +158,8 @@ def _normalise(filters: dict[str, Any]) -> dict[str, Any]:
         elif key in ("since", "until"):
             if not isinstance(value, (datetime, str)):
                 raise ValueError(f"{key} must be a datetime or an ISO date string, got {value!r}")
-            f[key] = iso_utc(value)
+            value = datetime.fromisoformat(value) if isinstance(value, str) else value
+            f[key] = value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
         elif key == "reused":
             f[key] = bool(value)
         elif key == "raw":
@@ -197,55 +195,15 @@ def _mongo_criteria(f: dict[str, Any]) -> dict[str, Any]:
     if "since" in f or "until" in f:
         rng = {}
         if "since" in f:
-            rng["$gte"] = datetime.fromisoformat(f["since"])
+            rng["$gte"] = f["since"]
         if "until" in f:
-            rng["$lt"] = datetime.fromisoformat(f["until"])
+            rng["$lt"] = f["until"]
         c["created_at"] = rng
     if "reused" in f:
         c["reused_from"] = {"$ne": None} if f["reused"] else None
     if "raw" in f:
         c = {"$and": [c, f["raw"]]} if c else dict(f["raw"])
     return c
-
-
-def _sql_where(f: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The normalised filters (without ``raw``) as an SQL condition on the sidecar index."""
-    parts, params = [], []
-    for key, col in _EQUAL_FIELDS.items():
-        if key in f:
-            vals = f[key]
-            if not vals:
-                parts.append("0")
-            elif len(vals) == 1:
-                parts.append(f"{col} = ?")
-                params.append(vals[0])
-            else:
-                parts.append(f"{col} IN ({','.join('?' * len(vals))})")
-                params.extend(vals)
-    if "elements" in f:
-        sub = " INTERSECT ".join("SELECT k FROM label_elements WHERE element = ?" for _ in f["elements"])
-        parts.append(f"k IN ({sub})")
-        params.extend(f["elements"])
-    if "status" in f:
-        parts.append("status = ?")
-        params.append(f["status"])
-    if "natoms" in f:
-        lo, hi = f["natoms"]
-        if lo is not None:
-            parts.append("natoms >= ?")
-            params.append(lo)
-        if hi is not None:
-            parts.append("natoms <= ?")
-            params.append(hi)
-    if "since" in f:
-        parts.append("created_at >= ?")
-        params.append(f["since"])
-    if "until" in f:
-        parts.append("created_at < ?")
-        params.append(f["until"])
-    if "reused" in f:
-        parts.append("reused_from IS NOT NULL" if f["reused"] else "reused_from IS NULL")
-    return (" AND ".join(parts) or "1"), params
 
 
 def _matches(criteria: dict[str, Any], doc: dict[str, Any]) -> bool:
@@ -309,40 +267,24 @@ class LabelQuery:
 
     @property
     def criteria(self) -> dict[str, Any]:
-        """The MongoDB filter this query runs (on MongoDB) or checks every document against."""
+        """The MongoDB filter this query runs (on MongoDB, or translated to SQL on the embedded store)."""
         return _mongo_criteria(self._f)
-
-    def _index(self) -> LabelIndex | None:
-        if not self.use_index:
-            return None
-        index = label_index(self.db)
-        if index is None:
-            return None
-        try:
-            index.sync()
-        except Exception as exc:  # noqa: BLE001 - the plain MontyStore query still works
-            logger.warning("label index unusable (%s); falling back to a full MontyStore scan", exc)
-            return None
-        return index
 
     @property
     def backend(self) -> str:
-        if LabelIndex.for_store(self.db.labels) is not None:
-            return "montydb+sqlite-index" if self.use_index else "montydb"
+        if isinstance(self.db.labels, SQLiteStore):
+            return "sqlite"
         return "mongodb" if isinstance(self.db.labels, MongoStore) else type(self.db.labels).__name__
 
-    def _raw_dicts(self) -> Iterator[dict[str, Any]]:
-        """Matching documents as stored (dicts), streamed."""
+    def _raw_dicts(self, properties: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Matching documents as stored (dicts), streamed; ``use_index=False`` filters every label in Python."""
         criteria = self.criteria
-        index = self._index()
-        if index is not None:
-            where, params = _sql_where(self._f)
-            keys = [r[0] for r in index.select(where, params)]
-            for doc in index.read(keys):
-                if _matches(criteria, doc):  # exact, even if the index is stale or raw is set
-                    yield doc
+        if self.use_index:
+            yield from self.db.labels.query(criteria=criteria, properties=properties)
             return
-        yield from self.db.labels.query(criteria=criteria)
+        for doc in self.db.labels.query():
+            if _matches(criteria, doc):
+                yield doc
 
     def _pinned_fingerprint(self) -> bool:
         return len(self._f.get("oracle_fingerprint", [])) == 1
@@ -363,49 +305,27 @@ class LabelQuery:
 
     def count(self) -> int:
         """How many labels match (never raises on mixed oracles)."""
-        index = self._index()
-        if index is not None and "raw" not in self._f:
-            return index.count(*_sql_where(self._f))
-        if index is not None:
-            return sum(1 for _ in self._raw_dicts())
-        return self.db.labels.count(self.criteria)
+        if self.use_index:
+            return self.db.labels.count(self.criteria)
+        return sum(1 for _ in self._raw_dicts())
 
     def oracle_fingerprints(self) -> dict[str, int]:
         """Number of matching labels per oracle fingerprint."""
-        index = self._index()
-        if index is not None and "raw" not in self._f:
-            return index.group_count("oracle_fingerprint", *_sql_where(self._f))
-        out: dict[str, int] = {}
-        if index is None and "raw" not in self._f:
-            for fp in self.db.labels.distinct("oracle_fingerprint", self.criteria):
-                out[fp] = self.db.labels.count({"$and": [self.criteria, {"oracle_fingerprint": fp}]})
-            return out
-        for doc in self._raw_dicts():
-            out[doc.get("oracle_fingerprint")] = out.get(doc.get("oracle_fingerprint"), 0) + 1
-        return out
+        return self.group_count("oracle_fingerprint")
 
     def group_count(self, field_name: str) -> dict[Any, int]:
         """Number of matching labels per value of an indexed field (source, oracle, iteration, ...)."""
-        index = self._index()
-        if index is not None and "raw" not in self._f:
-            return index.group_count(field_name, *_sql_where(self._f))
+        if self.use_index and isinstance(self.db.labels, SQLiteStore):
+            return self.db.labels.count_by(field_name, self.criteria)
         out: dict[Any, int] = {}
-        for doc in (self._raw_dicts() if index is not None else
-                    self.db.labels.query(self.criteria, properties=[field_name])):
+        for doc in self._raw_dicts(properties=[field_name]):
             v = doc.get(field_name)
             out[v] = out.get(v, 0) + 1
         return out
 
     def iter_ids(self) -> Iterator[str]:
         self._check_mixed()
-        index = self._index()
-        if index is not None and "raw" not in self._f:
-            for (label_id,) in index.select(*_sql_where(self._f), columns="label_id"):
-                yield label_id
-            return
-        source = self._raw_dicts() if index is not None else self.db.labels.query(self.criteria,
-                                                                                 properties=["label_id"])
-        for doc in source:
+        for doc in self._raw_dicts(properties=["label_id"]):
             yield doc["label_id"]
 
     def ids(self) -> list[str]:
@@ -439,30 +359,14 @@ class LabelQuery:
 
     def explain(self) -> dict[str, Any]:
         """How the backend answers this query, and whether it uses an index."""
-        index = self._index()
-        if index is not None:
-            where, params = _sql_where(self._f)
-            plan = index.query_plan(where, params)
-            used = []
-            for step in plan:
-                words = step.split()
-                if "INDEX" in words:
-                    used.append(words[words.index("INDEX") + 1])
-                elif "PRIMARY" in words and len(words) > 1:
-                    used.append(f"{words[1]} primary key")
-            return {
-                "backend": "montydb+sqlite-index",
-                "montydb_explain": "not supported: MontyDB has no explain() and no secondary indexes; "
-                                   "the sidecar SQLite index answers instead",
-                "plan": plan,
-                "indexes": used,
-                "uses_index": bool(used),
-                "post_filter": "raw" in self._f,
-            }
         store = self.db.labels
-        if LabelIndex.for_store(store) is not None:
-            return {"backend": "montydb", "supported": False, "uses_index": False,
-                    "reason": "MontyDB has no explain() and no secondary indexes: every query scans"}
+        if not self.use_index:
+            return {"backend": self.backend, "uses_index": False,
+                    "reason": "use_index=False: every label is read and filtered in Python"}
+        if isinstance(store, SQLiteStore):
+            plan = store.explain(self.criteria)
+            return {"backend": "sqlite", **plan, "post_filter": bool(plan["python_filter"]),
+                    "indexed_fields": sorted(_fields(self.criteria) - _fields(plan["python_filter"]))}
         try:
             plan = store._collection.find(self.criteria).explain()
         except Exception as exc:  # noqa: BLE001 - mongomock, MemoryStore...
@@ -483,6 +387,15 @@ class LabelQuery:
 
         walk(winning)
         return {"backend": "mongodb", "plan": winning, "indexes": names, "uses_index": bool(names)}
+
+
+def _fields(criteria: Any) -> set[str]:
+    """The field names a MongoDB filter tests."""
+    if isinstance(criteria, list):
+        return set().union(*map(_fields, criteria)) if criteria else set()
+    if not isinstance(criteria, dict):
+        return set()
+    return {k for k in criteria if not k.startswith("$")} | _fields([v for k, v in criteria.items() if k in _LOGICAL])
 
 
 def query_labels(

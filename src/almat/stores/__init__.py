@@ -2,26 +2,29 @@
 
 - ``build_job_store(settings)`` gives jobflow's ``JobStore``: a docs store for job outputs and an
   additional store ``data`` for large objects (model weights, trajectories): ``MongoStore`` + ``GridFSStore``
-  on a MongoDB server, two ``MontyStore`` collections (sqlite backend) when embedded.
+  on a MongoDB server, two collections of the embedded ``SQLiteStore`` (``almat.stores.sqlite``) otherwise.
 - ``CampaignDB`` holds the campaign collections (structures, labels, models, iterations, campaigns)
   next to the job outputs, with the indexes that queries need. Jobs find it from the ``JobStore`` they
   run with (``CampaignDB.from_job_store``), so a FireWorks worker writes where its JobStore points.
 - ``put_blob``/``get_blob`` keep large objects in the ``data`` store in jobflow's own blob layout
   (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit (``limits``).
-- ``sqlindex``: the embedded store's side SQLite index of the labels; ``runinfo``: where a job ran.
+- ``migrate_montydb``: copies an embedded store of almat <= 0.1 (montydb) into the SQLite store;
+  ``runinfo``: where a job ran.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from jobflow import CURRENT_JOB, JobConfig, JobStore, job
 from maggma.core import Store
-from maggma.stores import GridFSStore, MemoryStore, MongoStore, MontyStore
+from maggma.stores import GridFSStore, MemoryStore, MongoStore
 from monty.json import MontyDecoder
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -29,7 +32,7 @@ from pymongo.errors import PyMongoError
 from almat.settings import AlmatSettings, get_settings
 from almat.stores.limits import assert_document_size
 from almat.stores.runinfo import with_run_record
-from almat.stores.sqlindex import invalidate_labels
+from almat.stores.sqlite import SQLiteStore, StoreError
 
 #: collection -> (unique key fields, indexed fields)
 CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
@@ -42,7 +45,7 @@ CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
         ["label_id"],
         [
             "label_id", "campaign", "iteration", "chemsys", "elements", "structure_hash",
-            "oracle", "oracle_fingerprint", "status", "source", "natoms", "formula",
+            "oracle", "oracle_fingerprint", "status", "source", "natoms", "formula", "created_at", "reused_from",
         ],
     ),
     "models": (["model_id"], ["model_id", "campaign", "iteration", "elements"]),
@@ -58,13 +61,7 @@ def _mongo_kwargs(settings: AlmatSettings) -> dict[str, Any]:
 
 def _store_for(settings: AlmatSettings, collection_name: str, blobs: bool = False) -> Store:
     if settings.embedded:
-        settings.db_path.mkdir(parents=True, exist_ok=True)
-        return MontyStore(
-            collection_name,
-            database_path=str(settings.db_path.resolve()),
-            database_name=settings.database,
-            storage="sqlite",
-        )
+        return SQLiteStore(collection_name, database_path=str(embedded_path(settings)))
     uri = settings.mongo_uri.get_secret_value()
     cls = GridFSStore if blobs else MongoStore
     extra = {"compression": True} if blobs else {}
@@ -75,6 +72,59 @@ def _store_for(settings: AlmatSettings, collection_name: str, blobs: bool = Fals
         mongoclient_kwargs=_mongo_kwargs(settings),
         **extra,
     )
+
+
+def embedded_path(settings: AlmatSettings) -> Path:
+    """The SQLite file of the embedded store; a clear error when ``db_path`` can't hold it."""
+    folder = settings.db_path.resolve()
+    path = folder / f"{settings.database}.sqlite"
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(f"the store folder {folder} (ALMAT_DB_PATH) is a file: point ALMAT_DB_PATH at a folder")
+    if (folder / ".monty.storage").exists() and not path.exists():
+        raise StoreError(f"{folder} holds a store of an earlier almat version (montydb); "
+                         f"copy it into the new store with: almat migrate-store {folder}")
+    return path
+
+
+def migrate_montydb(folder: str | Path) -> dict[str, int]:
+    """Copy every collection of a montydb store (almat <= 0.1) in ``folder`` into the SQLite store there
+    (``<database>.sqlite``); returns the documents copied per ``database.collection``. The montydb files
+    are left as they were."""
+    from montydb import MontyClient
+
+    folder = Path(folder).resolve()
+    if not (folder / ".monty.storage").is_file():
+        raise StoreError(f"{folder} holds no montydb store (no .monty.storage file)")
+    client = MontyClient(str(folder))
+    copied: dict[str, int] = {}
+    for database in client.list_database_names():
+        target = folder / f"{database}.sqlite"
+        if target.exists():
+            raise StoreError(f"{target} exists already: {folder} was migrated (remove it to migrate again)")
+        tmp = target.with_name(target.name + ".migrating")
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        for name in client[database].list_collection_names():
+            store, cursor = SQLiteStore(name, tmp), client[database][name].find()
+            copied[f"{database}.{name}"] = 0
+            while batch := list(itertools.islice(cursor, 500)):
+                store.update(batch, key=_migration_key(name, batch[0]))
+                copied[f"{database}.{name}"] += len(batch)
+            store.close()
+        if tmp.exists():
+            tmp.rename(target)
+    client.close()
+    return copied
+
+
+def _migration_key(collection: str, doc: dict) -> str | list[str]:
+    """The key almat updates this collection with (the new store keeps one unique key per collection)."""
+    for name, (key, _) in CAMPAIGN_COLLECTIONS.items():
+        if collection.endswith(f"_{name}"):
+            return key if len(key) > 1 else key[0]
+    if "blob_uuid" in doc:
+        return "blob_uuid"
+    return ["uuid", "index"] if "uuid" in doc and "index" in doc else "_id"
 
 
 def build_job_store(settings: AlmatSettings | None = None) -> JobStore:
@@ -90,7 +140,11 @@ def check_connection(settings: AlmatSettings | None = None) -> None:
     settings = settings or get_settings()
     if settings.embedded:
         return
-    client = MongoClient(settings.mongo_uri.get_secret_value(), **_mongo_kwargs(settings))
+    try:
+        client = MongoClient(settings.mongo_uri.get_secret_value(), **_mongo_kwargs(settings))
+    except (PyMongoError, ValueError) as exc:  # InvalidURI, ConfigurationError: never print the URI itself
+        raise ValueError(f"mongo_uri (ALMAT_MONGO_URI) is not a valid MongoDB URI: {str(exc).split('. Hint')[0]}"
+                         ) from None
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
@@ -104,7 +158,7 @@ def check_connection(settings: AlmatSettings | None = None) -> None:
 
 def sibling_store(store: Store, collection_name: str) -> Store:
     """A store of the same kind and connection as ``store``, on another collection."""
-    if type(store) is MemoryStore:  # (MontyStore subclasses MemoryStore)
+    if type(store) is MemoryStore:
         # MemoryStores don't share a server; keep one per name on the original store
         cache = store.__dict__.setdefault("_almat_siblings", {})
         if collection_name not in cache:
@@ -169,14 +223,14 @@ class CampaignDB:
     def ensure_indexes(self) -> dict[str, dict[str, bool]]:
         """Create the indexes queries need; returns which ones the backend accepted.
 
-        MongoDB creates them all; the embedded MontyStore has no secondary indexes and answers False.
+        MongoDB and the embedded SQLite store create them all (SQLite indexes existing documents then).
         """
         created: dict[str, dict[str, bool]] = {}
         for name, (_, fields) in CAMPAIGN_COLLECTIONS.items():
             store = getattr(self, name)
-            created[name] = {field: _ensure_index(store, field) for field in fields}
+            created[name] = {field: bool(store.ensure_index(field)) for field in fields}
         if not isinstance(self.data, GridFSStore):  # GridFS indexes its own metadata
-            _ensure_index(self.data, "blob_uuid")
+            self.data.ensure_index("blob_uuid")
         return created
 
     def upsert(self, collection: str, docs: Iterable[Any]) -> int:
@@ -194,16 +248,7 @@ class CampaignDB:
             assert_document_size(row)  # MongoDB's 16 MB limit, checked on the embedded store too
         if rows:
             getattr(self, collection).update(rows, key=key if len(key) > 1 else key[0])
-        if collection == "labels" and rows:
-            invalidate_labels(self, [r["label_id"] for r in rows])  # the embedded store's query index
         return len(rows)
-
-
-def _ensure_index(store: Store, field: str) -> bool:
-    try:
-        return bool(store.ensure_index(field))
-    except NotImplementedError:  # montydb has no secondary indexes
-        return False
 
 
 def put_blob(data_store: Store, payload: Any, **metadata: Any) -> str:
