@@ -81,8 +81,9 @@ def lpsc_data(n_pool: int, n_test: int, seed: int = 0):
 def cu_data(quick: bool):
     from ase.calculators.emt import EMT
 
-    spec = PoolSpec(conditions=[("300K", 300.0, 0.0, 0, 24), ("900K", 900.0, 0.0, 0, 8),
-                                ("strain+4%", 600.0, 0.04, 0, 6), ("vacancy", 900.0, 0.0, 1, 6)],
+    n = (12, 4, 3, 3) if quick else (24, 8, 6, 6)
+    spec = PoolSpec(conditions=[("300K", 300.0, 0.0, 0, n[0]), ("900K", 900.0, 0.0, 0, n[1]),
+                                ("strain+4%", 600.0, 0.04, 0, n[2]), ("vacancy", 900.0, 0.0, 1, n[3])],
                     n_test_per_condition=2 if quick else 4, burn_in=60, sample_every=10)
     pool, test = build_data(spec, log=lambda m: None)
     return pool, test, calculator_oracle(EMT)
@@ -123,12 +124,20 @@ def run(systems: list[str], quick: bool, out: Path) -> dict[str, Any]:
                     flush=True)
         scratch = [r for r in runs if r["learner"] == "scratch"]
         target = max(r["rmse"][-1] for r in scratch)
+        # the other way round: the foundation committee's error after its first labels, and when (if ever,
+        # within the budget) the scratch committees reach it
+        reach = max(r["rmse"][0] for r in runs if r["learner"] == "foundation")
         for r in runs:
             r["labels_to_target"] = labels_to_target(r["labels"], r["rmse"], target)
+            r["labels_to_foundation_start"] = labels_to_target(r["labels"], r["rmse"], reach)
         mean = {k: np.mean([r["labels_to_target"] for r in runs if r["learner"] == k
                             and r["labels_to_target"] is not None] or [np.nan]) for k in ("scratch", "foundation")}
-        result["systems"][system] = {"target": target, "runs": runs, "labels_to_target": mean,
-                                     "ratio": mean["scratch"] / mean["foundation"], "wall_time": time.perf_counter() - t0}
+        never = any(r["labels_to_foundation_start"] is None for r in scratch)
+        result["systems"][system] = {
+            "target": target, "runs": runs, "labels_to_target": mean, "ratio": mean["scratch"] / mean["foundation"],
+            "foundation_start_rmse": reach, "scratch_reaches_foundation_start": None if never else float(
+                np.mean([r["labels_to_foundation_start"] for r in scratch])),
+            "max_labels": max(r["labels"][-1] for r in runs), "wall_time": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     (out / "foundation_start.json").write_text(json.dumps(result, indent=2, default=float))
     plot(result, out / "foundation_start.png")
@@ -155,13 +164,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = ["| system | target (eV/Å) | labels, scratch | labels, foundation | ratio | first RMSE scratch → foundation |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| system | target (eV/Å) | labels, scratch | labels, foundation | ratio | first RMSE scratch → foundation "
+            "| scratch labels to the foundation's first RMSE |", "|---|---|---|---|---|---|---|"]
     for system, d in result["systems"].items():
         first = {k: np.mean([r["rmse"][0] for r in d["runs"] if r["learner"] == k]) for k in ("scratch", "foundation")}
         lt = d["labels_to_target"]
         rows.append(f"| {system} | {d['target']:.3f} | {lt['scratch']:.1f} | {lt['foundation']:.1f} | "
-                    f"{d['ratio']:.1f}× | {first['scratch']:.3f} → {first['foundation']:.3f} |")
+                    f"{d['ratio']:.1f}× | {first['scratch']:.3f} → {first['foundation']:.3f} | "
+                    + (f"{d['scratch_reaches_foundation_start']:.1f}" if d["scratch_reaches_foundation_start"]
+                       else f"> {d['max_labels']} (never within the budget)") + " |")
     return "\n".join(rows)
 
 

@@ -12,7 +12,7 @@ from almat.learner.models import model_from_bytes, model_to_bytes  # noqa: E402
 
 
 def _errors(models, frames):
-    e, f = predict_chgnet(models, frames)
+    e, f, _ = predict_chgnet(models, frames)
     de = e[0] / np.array([len(a) for a in frames]) - np.array([a.get_potential_energy() / len(a) for a in frames])
     df = np.concatenate([f[i][0] - a.get_forces() for i, a in enumerate(frames)])
     return float(np.sqrt(np.mean(de ** 2))), float(np.sqrt(np.mean(df ** 2)))
