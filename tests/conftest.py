@@ -10,6 +10,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy-waiting OpenMP threads slow torch 20x on 2 cores
 
 
 @pytest.fixture(autouse=True)

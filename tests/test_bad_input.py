@@ -123,7 +123,7 @@ CASES = {
                      r"learner: unknown learner kind 'bogus'; valid: mace, chgnet-finetune"),
     "learner-hyperparameter": (lambda t, m: ["run", _config(t, learner={"kind": "chgnet-finetune",
                                                                        "hyperparameters": {"r_max": 5}})],
-                               r"learner: hyperparameters.r_max: unknown key"),
+                               r"learner.hyperparameters.r_max: unknown key"),
     "negative-temperature": (lambda t, m: ["run", _config(t, sampler={"temperatures": [-5]})], r"temperatures"),
     # campaigns in the store
     "same-name-other-config": (lambda t, m: ["run", _config(t, name="stored", sampler={"steps": 12})],

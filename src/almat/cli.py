@@ -18,6 +18,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 from rich.table import Table
 
+# OpenMP threads that busy-wait between torch calls starve the rest of a small machine (measured: a committee
+# call 20x slower on 2 shared cores); set before torch starts its threads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 console = Console(log_path=False)
 err_console = Console(stderr=True)
 

@@ -59,19 +59,21 @@ def test_actors_that_are_not_makers_are_refused_when_the_campaign_is_built():
         CampaignMaker.from_config(pool, explorer=CampaignMaker.from_config(CONFIG).explorer)
 
 
-def test_md_explorer_makes_one_md_job_per_start_and_temperature_without_running():
+def test_md_explorer_makes_one_job_for_all_walkers_without_running():
     from almat.campaign.md import MdExplorer
 
     cfg = {"name": "cu-md", "structures": [{"bulk": {"name": "Cu", "cubic": True}},
                                            {"bulk": {"name": "Cu", "cubic": True}, "supercell": [2, 1, 1]}],
            "sampler": {"temperatures": [300, 900], "steps": 20}, "learner": {"n_models": 2}}
     maker = CampaignMaker.from_config(cfg)
-    assert isinstance(maker.explorer, MdExplorer) and maker.explorer.explore_maker.steps == 20
+    assert isinstance(maker.explorer, MdExplorer)
     train = maker.trainer.make(["a", "b"], campaign="cu-md", iteration=3)
     jobs, exploration = maker.explorer.explore(maker, 3, train.output, ["a", "b"], None)
     md = [j for j in jobs if j.name.startswith("explore")]
-    assert [j.name for j in md] == ["explore it3 s0 300K", "explore it3 s0 900K", "explore it3 s1 300K",
-                                    "explore it3 s1 900K"]
-    assert len({j.maker.seed for j in md}) == 4  # each walker its own seed
+    assert [j.name for j in md] == ["explore it3 w0-3"]  # one job advances the 4 walkers together
+    walkers = md[0].function_args[1]
+    assert [(w["system"], w["temperature"], w["steps"]) for w in walkers] == [
+        ("s0", 300, 20), ("s0", 900, 20), ("s1", 300, 20), ("s1", 900, 20)]
+    assert len({w["seed"] for w in walkers}) == 4  # each walker its own seed
     assert jobs[-1].name == "select it3" and exploration.uuid == jobs[-1].uuid
     assert {j.metadata["almat_role"] for j in md} == {"explore"} and jobs[-1].metadata["almat_role"] == "select"

@@ -2,6 +2,7 @@ import numpy as np
 from ase.build import bulk
 
 from almat.sampler import ExplorationSettings, run_exploration
+from almat.sampler.md import decode_trajectory
 from almat.uncertainty import FrameClass, TrustLevels
 
 
@@ -18,8 +19,9 @@ def test_exploration_records_frames_with_deviation(tiny_committee):
     pred = committee.predict([traj.atoms(2)])
     assert traj.frames[2].model_deviation == np.float64(pred.model_deviation[0]).item() or \
         abs(traj.frames[2].model_deviation - pred.model_deviation[0]) < 1e-5
-    blob = traj.to_blob()
-    assert len(blob["positions"]) == 5 and blob["frame_class"][0] in {c.value for c in FrameClass}
+    blob = decode_trajectory(traj.to_blob())  # positions and cells as compact arrays
+    assert blob["positions"].shape == (5, 8, 3) and blob["frame_class"][0] in {c.value for c in FrameClass}
+    np.testing.assert_array_equal(blob["positions"][2], traj.frames[2].positions)
 
 
 def test_trajectory_stops_beyond_hi(tiny_committee):

@@ -24,7 +24,7 @@ from pydantic import model_validator
 from pymatgen.core import Structure
 
 from almat.campaign.initial import perturbed_structures
-from almat.learner.hyperparameters import MaceHyperParameters
+from almat.learner.hyperparameters import HYPERPARAMETERS, ChgnetHyperParameters, MaceHyperParameters
 from almat.oracle.calculators import CalculatorSpec
 from almat.oracle.jobs import AseOracleMaker
 from almat.oracle.relax import AseRelaxMaker
@@ -185,26 +185,53 @@ class PrerelaxSettings(Section):
 
 
 class InitialDataSettings(Section):
-    """Initial data: strained and rattled copies of each start structure, labelled by the oracle."""
+    """Initial data, labelled by the oracle: each start structure and ``n_per_structure - 1`` strained and
+    rattled copies (``method: rattle``), or frames of MD with the pretrained CHGNet (``method:
+    foundation-md``: the zero-shot start, what a universal potential visits before any label)."""
 
     n_per_structure: int = Field(12, ge=2)
+    method: Literal["rattle", "foundation-md"] = "rattle"
     rattle_std: float = Field(0.05, ge=0, description="Å")
     max_strain: float = Field(0.03, ge=0, lt=0.5, description="max |linear strain|")
+    md_temperature: float = Field(600.0, gt=0, description="K (foundation-md)")
+    md_steps: int = Field(200, ge=1, description="MD steps of 2 fs per start structure (foundation-md)")
     seed: int = 0
+
+
+LEARNERS = HYPERPARAMETERS  # learner kind -> its hyperparameters
 
 
 class LearnerSettings(Section):
+    """The committee: which learner (``kind``), how many members, and the learner's hyperparameters."""
+
+    kind: str = "mace"
     n_models: int = Field(4, ge=2)
     warm_start: bool = True
     seed: int = 0
-    hyperparameters: MaceHyperParameters = Field(default_factory=MaceHyperParameters)
+    hyperparameters: MaceHyperParameters | ChgnetHyperParameters = Field(default_factory=MaceHyperParameters)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hyperparameters_of_the_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            kind = data.get("kind", "mace")
+            if kind not in LEARNERS:
+                raise ValueError(f"unknown learner kind {kind!r}; valid: {', '.join(LEARNERS)}")
+            hp = data.get("hyperparameters")
+            if isinstance(hp, dict) or hp is None:
+                try:
+                    data = {**data, "hyperparameters": LEARNERS[kind](**(hp or {}))}
+                except ValidationError as exc:  # one line, naming the keys under hyperparameters
+                    raise ValueError(format_validation_error(exc, f"{kind} hyperparameters").replace(
+                        f"{kind} hyperparameters: ", "hyperparameters.")) from None
+        return data
 
     def maker(self):
         """The ``TrainCommitteeMaker`` of this committee."""
         from almat.learner.jobs import TrainCommitteeMaker
 
         return TrainCommitteeMaker(n_models=self.n_models, hyperparameters=self.hyperparameters.model_dump(),
-                                   base_seed=self.seed, warm_start=self.warm_start)
+                                   base_seed=self.seed, warm_start=self.warm_start, learner=self.kind)
 
 
 class SystemQuery(Section):
@@ -409,7 +436,7 @@ class SamplerSettings(Section):
         base = {f: getattr(self, f) for f in STAGE_FIELDS}
         stages = self.stages or [StageSettings()]
         return [StageSettings.model_construct(**{**base, "name": s.name, "convergence": s.convergence,
-                                                 **{f: getattr(s, f) for f in s.model_fields_set if f in STAGE_FIELDS}})
+                                                 **{f: getattr(s, f) for f in STAGE_FIELDS if getattr(s, f) is not None}})
                 for s in stages]
 
 
@@ -803,8 +830,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+        msg = ("unknown key" if err["type"] == "extra_forbidden" else err["msg"]).removeprefix("Value error, ")
+        nested = msg.startswith("hyperparameters.")  # (a learner's hyperparameters, checked by its kind)
+        parts.append(f"{loc}.{msg}" if nested else f"{loc}: {msg}")
     return f"{source}: " + "; ".join(parts)
 
 

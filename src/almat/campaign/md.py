@@ -1,7 +1,11 @@
-"""The MD explorer (``kind: md``): committee MD from each start structure at each temperature; the
-candidates within the trust levels are selected by a policy; a stratified sample of the explored frames
-is held out to calibrate the committee; the campaign stops on the calibrated rule (or DP-GEN's accurate
-ratio) or at ``max_iterations``."""
+"""The MD explorer (``kind: md``): committee MD in stages (``sampler.stages``, or one stage from the
+sampler's own settings). Each iteration explores the current stage with one job per
+``max_walkers_per_job`` walkers (system x temperature x pressure x seed, advanced together); the frames
+within each walker's trust levels (the lower one adaptive if asked) are the candidates, selected by a
+policy; a stratified sample of the explored frames is held out to calibrate the committee. When a stage
+converges (the calibrated rule, or DP-GEN's accurate ratio, with the stage's own settings) or reaches its
+``max_iterations``, the campaign moves to the next stage; it ends after the last one, or at the campaign's
+``convergence.max_iterations``."""
 
 from __future__ import annotations
 
@@ -13,18 +17,23 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from almat.campaign.config import SamplerSettings, SelectionSettings
 from pydantic import Field
+
+from almat.campaign.config import ConfigError, ConvergenceSettings, SamplerSettings, SelectionSettings, StageSettings
+from almat.campaign.config import SystemSettings
 
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import initial_structures, ok_ids, test_errors
 from almat.learner.committee import Committee
 from almat.learner.jobs import load_labels
-from almat.sampler.jobs import ExploreDoc, ExploreMaker
+from almat.sampler.jobs import ExploreDoc, ExploreWalkersMaker
+from almat.sampler.md import decode_trajectory
+from almat.sampler.jobs import CandidateFrame
 from almat.schemas import CampaignStatus, DeviationHistogram, IterationDoc, StructureDoc, StructureSource
 from almat.schemas import structure_hash, to_structure
 from almat.select.fps import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
 from almat.select.policies import get_policy
+from almat.select.trust import adaptive_lo, classify
 from almat.stores import CampaignDB, get_blob, require_db, store_job
 from almat.uncertainty.calibration import calibrate, committee_errors, convergence_check, stratified_sample
 
@@ -34,21 +43,69 @@ logger = logging.getLogger(__name__)
 DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]
 
 
-def explore_maker(sampler: SamplerSettings, device: str = "cpu") -> ExploreMaker:
-    """The template of the campaign's MD jobs (one per start structure and temperature)."""
-    s = sampler
-    return ExploreMaker(steps=s.steps, timestep_fs=s.timestep_fs, friction_per_fs=s.friction_per_fs,
-                        sample_every=s.sample_every, trust_lo=s.trust_lo, trust_hi=s.trust_hi,
-                        stop_after_failed=s.stop_after_failed, min_distance_factor=s.min_distance_factor,
-                        seed=s.seed, device=device)
+def explore_maker(sampler: SamplerSettings, device: str = "cpu") -> ExploreWalkersMaker:
+    """The template of the campaign's MD jobs (each advances many walkers together)."""
+    return ExploreWalkersMaker(stop_after_failed=sampler.stop_after_failed,
+                               min_distance_factor=sampler.min_distance_factor,
+                               max_volume_factor=sampler.max_volume_factor, device=device)
+
+
+def stage_walkers(sampler: SamplerSettings, stage_index: int, starts: list, iteration: int) -> list[dict]:
+    """The walkers of a stage (``WalkerSpec`` dicts; ``starts`` may be references): each system x
+    temperature x pressure x ``walkers_per_condition``, each with its own seed."""
+    stage = sampler.stage_list()[stage_index]
+    systems = stage.systems or [SystemSettings(structures=list(range(len(starts))))]
+    md = {k: getattr(stage, k) for k in ("ensemble", "steps", "timestep_fs", "friction_per_fs", "thermostat_time_fs",
+                                         "barostat_time_fs", "sample_every")}
+    lo_hi = {}
+    walkers = []
+    for i_sys, system in enumerate(systems):
+        trust = stage.trust(system)
+        lo_hi = {"trust_lo": trust.lo, "trust_hi": trust.hi}
+        entries = ([(f"{system.name or 's'}{i}", {"structure": starts[i]}) for i in system.structures]
+                   if system.structures is not None else
+                   [(system.name or f"q{i_sys}", {"query": system.query.model_dump()})])
+        for i_entry, (name, source) in enumerate(entries):
+            for i_t, temperature in enumerate(stage.temperatures):
+                for i_p, pressure in enumerate(stage.pressures_bar()):
+                    for rep in range(stage.walkers_per_condition):
+                        seq = np.random.SeedSequence([sampler.seed, iteration, stage_index, i_sys, i_entry, i_t, i_p, rep])
+                        walkers.append({"system": name, **source, **md, **lo_hi, "temperature": temperature,
+                                        "pressure_bar": pressure, "seed": int(seq.generate_state(1)[0] % 2**31)})
+    return walkers
+
+
+def _stage_state(state: Any) -> dict:
+    """The explorer's state: ``starts`` (pre-relaxed start structures or None), ``stage`` (index) and
+    ``stage_iteration`` (iterations of that stage so far); a plain list (or None) is the start of stage 0."""
+    if isinstance(state, dict) and "stage" in state:
+        return state
+    return {"starts": state, "stage": 0, "stage_iteration": 0}
+
+
+def stage_convergence(config, stage: StageSettings) -> ConvergenceSettings:
+    """The campaign's convergence settings with the stage's overrides."""
+    return ConvergenceSettings.model_validate({**config.convergence.model_dump(), **stage.convergence})
 
 
 def _frame_structure(traj: dict, i: int):
-    return to_structure(Atoms(traj["symbols"], positions=traj["positions"][i], cell=traj["cells"][i], pbc=True))
+    return to_structure(Atoms(traj["symbols"], positions=traj["positions"][i], cell=traj["cells"][i],
+                              pbc=traj.get("pbc", True)))
+
+
+def _flatten(explored) -> list[ExploreDoc]:
+    out = []
+    for item in explored:
+        if isinstance(item, (list, tuple)):
+            out += _flatten(item)
+        else:
+            out.append(item if isinstance(item, ExploreDoc) else ExploreDoc.model_validate(item))
+    return out
 
 
 def calibration_frames(db: CampaignDB, explored: list[ExploreDoc], selected: list[StructureDoc], n: int,
-                       rng: np.random.Generator, trained: set[str]) -> list[tuple[ExploreDoc, dict, int]]:
+                       rng: np.random.Generator, trained: set[str], trajs: dict | None = None
+                       ) -> list[tuple[ExploreDoc, dict, int]]:
     """``n`` held-out explored frames, stratified over the whole range of model deviation (so the
     low-uncertainty frames are sampled too); frames beyond ``trust_hi``, the selected frames and frames
     equal to a training label (``trained`` structure hashes, e.g. the start at step 0) are left out."""
@@ -57,7 +114,7 @@ def calibration_frames(db: CampaignDB, explored: list[ExploreDoc], selected: lis
     for doc in explored:
         if not doc.trajectory_blob_id:
             continue
-        traj = get_blob(db.data, doc.trajectory_blob_id)
+        traj = (trajs or {}).get(doc.trajectory_blob_id) or decode_trajectory(get_blob(db.data, doc.trajectory_blob_id))
         for i, step in enumerate(traj["steps"]):
             frames.append((doc, traj, i))
             deviation.append(traj["model_deviation"][i])
@@ -75,19 +132,56 @@ class MdExploration(Exploration):
 
     explored: list[ExploreDoc] = Field(default_factory=list)
     n_candidates: int = 0
+    trust_lo: float | None = Field(None, description="the lower trust level chosen (adaptive_lo), else None")
+    stage: int = 0
+    stage_name: str | None = None
+
+
+def find_candidates(explored: list[ExploreDoc], trajs: dict, adaptive=None) -> tuple[list[CandidateFrame], float | None]:
+    """The candidate frames of every walker (within its trust levels; with ``adaptive`` (``AdaptiveTrust``)
+    one lower level for all, chosen over all frames) and that chosen level. Each doc's ``counts`` are
+    set to the classes with the level in force."""
+    lo = None
+    if adaptive is not None:
+        devs = [x for d in explored for x in d.model_deviation]
+        his = [d.trust_hi for d in explored for _ in d.model_deviation]
+        lo = adaptive_lo(devs, his, adaptive.number, adaptive.fraction, adaptive.lo_min, adaptive.lo_max)
+    candidates = []
+    for doc in explored:
+        if doc.trust_hi is None:  # a doc of the single-walker ExploreMaker: its candidates are in it
+            candidates += doc.candidates
+            continue
+        classes = classify(doc.model_deviation, doc.trust_lo if lo is None else lo, doc.trust_hi)
+        doc.counts = {k: classes.count(k) for k in ("accurate", "candidate", "failed")}
+        if "candidate" not in classes:
+            continue
+        traj = trajs[doc.trajectory_blob_id]
+        candidates += [CandidateFrame(structure=_frame_structure(traj, i), step=traj["steps"][i],
+                                      model_deviation=doc.model_deviation[i], energy_deviation=doc.energy_deviation[i],
+                                      temperature=traj["temperature"][i], trajectory_blob_id=doc.trajectory_blob_id,
+                                      parent=doc.start_structure_hash)
+                       for i, k in enumerate(classes) if k == "candidate"]
+    return candidates, lo
 
 
 @store_job(output_schema=MdExploration)
-def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list[ExploreDoc],
-              label_ids: list, calibration_samples: int, calibration_seed: int) -> MdExploration:
-    """Pick at most ``max_select`` candidates over all trajectories with the selection policy (policies
-    that look at descriptors get them from the committee), and the held-out calibration frames."""
+def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list, label_ids: list,
+              calibration_samples: int, calibration_seed: int, stage: StageSettings | None = None,
+              stage_index: int = 0) -> MdExploration:
+    """Find the candidates of every walker (see ``find_candidates``), pick at most ``max_select`` with the
+    selection policy (policies that look at descriptors get them from the committee), and the held-out
+    calibration frames."""
     sel = explorer.selection
-    candidates = [c for doc in explored for c in doc.candidates]
+    explored = _flatten(explored)
     policy = get_policy(sel.policy, **sel.options)
     picks, held_out = [], []
     db = require_db()
     try:
+        trajs = {d.trajectory_blob_id: decode_trajectory(get_blob(db.data, d.trajectory_blob_id))
+                 for d in explored if d.trajectory_blob_id and d.trust_hi is not None}
+        candidates, lo = find_candidates(explored, trajs, stage.adaptive_lo if stage is not None else None)
+        if lo is not None:
+            logger.info("iteration %d: adaptive lower trust level %.4f eV/Å", iteration, lo)
         if candidates:
             context = SelectionContext(iteration=iteration)
             if policy_needs_descriptors(policy, iteration):
@@ -114,7 +208,8 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
                 metadata={"role": "calibration", "model_deviation": traj["model_deviation"][i],
                           "temperature": traj["temperature"][i], "step": traj["steps"][i],
                           "trajectory_blob_id": doc.trajectory_blob_id})
-                for doc, traj, i in calibration_frames(db, explored, selected, calibration_samples, rng, trained)]
+                for doc, traj, i in calibration_frames(db, explored, selected, calibration_samples, rng, trained,
+                                                       trajs)]
         db.upsert("structures", selected + held_out)
     finally:
         db.close()
@@ -122,7 +217,8 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
                 len(selected), len(candidates), policy.name, len(held_out))
     return MdExploration(campaign=campaign, iteration=iteration, candidates=selected, held_out=held_out,
                          explored=[d.model_copy(update={"candidates": []}) for d in explored],
-                         n_candidates=len(candidates))
+                         n_candidates=len(candidates), trust_lo=lo, stage=stage_index,
+                         stage_name=None if stage is None else stage.name)
 
 
 def previous_calibration_ids(db: CampaignDB, campaign: str, before: int | None = None) -> list[str]:
@@ -144,8 +240,8 @@ def relaxed_starts(db: CampaignDB, name: str) -> list:
 
 @dataclass
 class MdExplorer(Explorer):
-    """Committee MD per start structure x temperature (``explore``, an ``ExploreMaker`` template), then a
-    selection policy (``selection``) and held-out calibration frames."""
+    """Committee MD of the current stage's walkers (``explore_maker``, an ``ExploreWalkersMaker`` template),
+    then a selection policy (``selection``) and held-out calibration frames."""
 
     kind = "md"
     records = "iterations"
@@ -153,7 +249,7 @@ class MdExplorer(Explorer):
     exploration_class = MdExploration
     held_out_each_iteration = True
 
-    explore_maker: ExploreMaker = field(default_factory=ExploreMaker)
+    explore_maker: ExploreWalkersMaker = field(default_factory=ExploreWalkersMaker)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
 
     def initial(self, maker, setup):
@@ -178,21 +274,34 @@ class MdExplorer(Explorer):
         label = maker.label(init.output, -1, "initial")
         return [*jobs, maker.declare(init, "initial"), label], [label.output, *relax_labels], starts
 
+    def check(self, config) -> None:
+        n = len(config.structures)
+        for k, stage in enumerate(config.sampler.stage_list()):
+            for i, system in enumerate(stage.systems or []):
+                bad = [j for j in system.structures or [] if j >= n]
+                if bad:
+                    where = f"sampler.stages.{k}.systems.{i}" if config.sampler.stages else f"sampler.systems.{i}"
+                    raise ConfigError(f"{where}.structures: {bad} out of range: the campaign has {n} start "
+                                      f"structure(s) (indices 0 to {n - 1})")
+
     def explore(self, maker, iteration, committee, train_ids, state):
         cfg = maker.config
-        starts = cfg.load_structures() if state is None else list(state)
+        st = _stage_state(state)
+        stage = cfg.sampler.stage_list()[st["stage"]]
+        starts = cfg.load_structures() if st["starts"] is None else list(st["starts"])
+        walkers = stage_walkers(cfg.sampler, st["stage"], starts, iteration)
+        size = cfg.sampler.max_walkers_per_job
+        label = f" {stage.name}" if stage.name else (f" stage{st['stage']}" if cfg.sampler.stages else "")
         jobs = []
-        for i_struct, structure in enumerate(starts):
-            for temperature in cfg.sampler.temperatures:
-                name = f"explore it{iteration} s{i_struct} {temperature:g}K"
-                md = dataclasses.replace(self.explore_maker, name=name, temperature=temperature,
-                                         seed=self.explore_maker.seed + 101 * i_struct + int(temperature))
-                j = md.make(committee.model_ids, structure, campaign=cfg.name, iteration=iteration)
-                j.name = name
-                jobs.append(maker.declare(j, "explore"))
-        conv = cfg.convergence
+        for a in range(0, len(walkers), size):
+            name = f"explore it{iteration}{label} w{a}-{min(a + size, len(walkers)) - 1}"
+            j = dataclasses.replace(self.explore_maker, name=name).make(committee.model_ids, walkers[a:a + size],
+                                                                        campaign=cfg.name, iteration=iteration)
+            j.name = name
+            jobs.append(maker.declare(j, "explore"))
+        conv = stage_convergence(cfg, stage)
         select = select_md(self, cfg.name, iteration, [j.output for j in jobs], train_ids,
-                           conv.calibration_samples, conv.seed)
+                           conv.calibration_samples, conv.seed, stage, st["stage"])
         select.name = f"select it{iteration}"
         maker.declare(select, "select")
         return [*jobs, select], select.output
@@ -201,10 +310,21 @@ class MdExplorer(Explorer):
         return set() if config.convergence.recycle_calibration else set(previous_calibration_ids(db, name))
 
     def resume_state(self, db, config, last, label_ids):
-        return label_ids, (relaxed_starts(db, config.name) or None) if config.prerelax.enabled else None
+        starts = (relaxed_starts(db, config.name) or None) if config.prerelax.enabled else None
+        stage, n_stages = int(last.get("stage") or 0), len(config.sampler.stage_list())
+        done = sum(1 for d in db.iterations.query({"campaign": config.name, "stage": stage}, properties=["iteration"]))
+        if stage == 0 and not config.sampler.stages:
+            done = int(last["iteration"]) + 1  # records from before stages have no stage
+        stage_max = stage_convergence(config, config.sampler.stage_list()[stage]).max_iterations
+        if (last.get("converged") or done >= stage_max) and stage + 1 < n_stages:
+            stage, done = stage + 1, 0
+        return label_ids, {"starts": starts, "stage": stage, "stage_iteration": done}
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
-        cfg, conv = maker.config, maker.config.convergence
+        cfg, st = maker.config, _stage_state(state)
+        stages = cfg.sampler.stage_list()
+        stage = stages[st["stage"]]
+        conv = stage_convergence(cfg, stage)
         explored = exploration.explored
         deviations = np.array([d for doc in explored for d in doc.model_deviation])
         counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
@@ -239,11 +359,21 @@ class MdExplorer(Explorer):
             converged = n_frames > 0 and ratio["accurate"] >= conv.conv_accuracy
             reason = f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy {conv.conv_accuracy}"
         status, stop = CampaignStatus.running, None
-        if converged:
+        done, last_stage = st["stage_iteration"] + 1, st["stage"] + 1 >= len(stages)
+        next_state = {**st, "stage_iteration": done}
+        what = f"stage {st['stage']}{f' ({stage.name})' if stage.name else ''}"
+        if (converged or done >= conv.max_iterations) and not last_stage:
+            next_state = {**st, "stage": st["stage"] + 1, "stage_iteration": 0}
+            logger.info("iteration %d: %s %s; next stage", iteration, what,
+                        f"converged ({reason})" if converged else f"reached its max_iterations ({conv.max_iterations})")
+        elif converged:
             status, stop = CampaignStatus.converged, reason
-        elif iteration + 1 >= conv.max_iterations:
+        elif done >= conv.max_iterations:
             status, stop = CampaignStatus.max_iterations, f"max_iterations ({conv.max_iterations}) reached"
-        elif not new_ids:
+        if status == CampaignStatus.running and iteration + 1 >= cfg.convergence.max_iterations:
+            status = CampaignStatus.max_iterations
+            stop = f"max_iterations ({cfg.convergence.max_iterations}) of the campaign reached in {what}"
+        elif status == CampaignStatus.running and next_state["stage"] == st["stage"] and not new_ids:
             status, stop = CampaignStatus.stopped, ("nothing new to learn: no candidate was labelled "
                                                     f"({counts['failed']} frames beyond trust_hi); widen the trust levels")
         errors = test_errors(committee, labels)
@@ -253,7 +383,9 @@ class MdExplorer(Explorer):
             n_candidates=exploration.n_candidates, n_selected=len(exploration.candidates),
             n_labelled=len(new_ids), n_failed_labels=sum(not lab.ok for lab in labels),
             n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from), n_train_labels=len(train_ids),
-            trust_lo=cfg.sampler.trust_lo, trust_hi=cfg.sampler.trust_hi, test_errors=errors,
+            trust_lo=exploration.trust_lo if exploration.trust_lo is not None else stage.trust_lo,
+            trust_hi=stage.trust_hi, stage=st["stage"], stage_name=stage.name, n_walkers=len(explored),
+            test_errors=errors,
             deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=[int(c) for c in hist]),
             model_ids=committee.model_ids, trajectory_blob_ids=[d.trajectory_blob_id for d in explored
                                                                 if d.trajectory_blob_id],
@@ -274,4 +406,4 @@ class MdExplorer(Explorer):
                     f"; stop: {stop}" if stop else "")
         if conv.recycle_calibration:  # they have calibrated this committee; the next ones may learn from them
             all_ids = list(dict.fromkeys(all_ids + cal_ids))
-        return Decision(doc, status, stop, all_ids, state)
+        return Decision(doc, status, stop, all_ids, next_state)

@@ -12,3 +12,4 @@ from almat.select.acquisition import WeightedAcquisition, WeightSchedule  # regi
 from almat.select.fps import (  # registers "fps" and "diverse"
     DiversityFilter, FPSSelection, SelectionContext, build_selection_context, call_policy, policy_needs_descriptors,
 )
+from almat.select.trust import adaptive_lo, classify
