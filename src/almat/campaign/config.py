@@ -517,6 +517,12 @@ class _Campaign(Section):
         for key in ("incar", "cp2k"):  # keep the fingerprints of campaigns without INCAR or CP2K settings
             if not data["oracle"].get(key):
                 data["oracle"].pop(key)
+        learner, initial = data.get("learner") or {}, data.get("initial") or {}
+        if learner.get("kind") == "mace":  # keep the fingerprints of campaigns from before learner kinds
+            learner.pop("kind")
+        if initial.get("method") == "rattle":  # ... and from before the foundation-md initial data
+            for key in ("method", "md_temperature", "md_steps"):
+                initial.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def load_structures(self) -> list[Structure]:
