@@ -480,7 +480,7 @@ def test_every_firework_ran_exactly_once(concurrent_run):
 def test_dynamic_additions_ran(concurrent_run):
     run = concurrent_run
     by_id = {f["fw_id"]: f for f in run["fws"]}
-    for name, expected in ((MD["name"], ("train it1", "explore it1 s0 600K", "select it1", "decide it1",
+    for name, expected in ((MD["name"], ("train it1", "explore it1 w0-0", "select it1", "decide it1",
                                          "oracle initial it-1 #0")),
                            (POOL["name"], ("train it1", "decide it1", "oracle it0 #0"))):
         initial = set(run["submitted"][name]["fw_ids"].values())

@@ -118,14 +118,14 @@ def test_every_job_of_the_campaign_flow_is_routed_by_its_role(tmp_path):
     got = {fw.name: fw.spec["_category"] for fw in wf.fws}
     assert got == {
         "register campaign": "local", "initial structures": "local", "label initial": "local",
-        "train it0": "gpu", "explore it0 s0 600K": "gpu", "explore it0 s0 900K": "gpu",
+        "train it0": "gpu", "explore it0 w0-1": "gpu",
         "select it0": "local", "label it0": "local", "label calibration it0": "local", "decide it0": "local",
     }
     # defaults: gpu for the learner and the sampler, cpu for everything else
     flow = CampaignMaker.from_config(load_config(CONFIG)).make()
     apply_routing(flow)
     cats = {fw.name: fw.spec["_category"] for fw in flow_to_workflow(flow).fws}
-    assert {n for n, c in cats.items() if c == "gpu"} == {"train it0", "explore it0 s0 600K", "explore it0 s0 900K"}
+    assert {n for n, c in cats.items() if c == "gpu"} == {"train it0", "explore it0 w0-1"}
     assert set(cats.values()) == {"gpu", "cpu"}
 
 
@@ -143,7 +143,7 @@ def test_vasp_oracle_jobs_are_routed_by_role_whatever_atomate2_names_them(tmp_pa
     result = submit_campaign(vasp, mock_launchpad, routing, job_store=job_store, dry_run=True)
     cats = result.categories
     assert cats["relax"] == "cpu" and cats["vasp relax labels"] == "cpu"  # atomate2's RelaxMaker and its parse job
-    assert cats["train it0"] == cats["explore it0 s0 600K"] == "gpu"
+    assert cats["train it0"] == cats["explore it0 w0-1"] == "gpu"
     for name in ("register campaign", "initial structures", "label initial", "select it0", "label it0",
                  "label calibration it0", "decide it0"):
         assert cats[name] == getattr(routing, _role(name) if _role(name) != "label" else "label"), name
@@ -357,12 +357,12 @@ def _worker_files(folder, categories=("cpu", "gpu"), partition=True):
 def test_submit_adds_a_routed_workflow(tmp_path, mock_launchpad, job_store):
     _worker_files(tmp_path)
     result = submit_campaign(CONFIG, mock_launchpad, job_store=job_store)
-    assert result.submitted and result.name_checked and result.n_fireworks == 10
+    assert result.submitted and result.name_checked and result.n_fireworks == 9
     assert result.launchpad == "mongo.example.org:27017"
     assert result.categories["train it0"] == "gpu" and result.categories["decide it0"] == "cpu"
     assert result.partitions == {"cpu": ["part-cpu"], "gpu": ["part-gpu"]}
     assert not result.warnings
-    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 10
+    assert sorted(result.fw_ids) == sorted(result.categories) and len(set(result.fw_ids.values())) == 9
 
 
 def test_submit_refuses_an_existing_campaign(tmp_path, mock_launchpad, job_store):

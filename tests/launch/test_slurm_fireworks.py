@@ -352,7 +352,7 @@ def test_the_next_iteration_was_added_and_ran(campaign_run):
     _, submitted, _, fws = campaign_run
     initial_ids = set(submitted["fw_ids"].values())
     added = {f["name"]: f for f in fws if f["fw_id"] not in initial_ids}
-    for name in ("train it1", "explore it1 s0 600K", "select it1", "decide it1", "oracle initial it-1 #0"):
+    for name in ("train it1", "explore it1 w0-0", "select it1", "decide it1", "oracle initial it-1 #0"):
         assert name in added and added[name]["state"] == "COMPLETED", name
     assert added["train it1"]["category"] == "gpu" and added["decide it1"]["category"] == "cpu"
     assert all(f["category"] == "cpu" for n, f in added.items() if n.startswith("oracle"))
