@@ -1,4 +1,4 @@
-"""Convert models that almat < 0.3 stored as whole pickled modules into the safe format
+"""Convert models that almat 0.1 stored as whole pickled modules into the safe format
 (state dict + architecture record, loaded with ``weights_only=True``).
 
 Reading an old model unpickles it, which can run any code its author put there: run this only on a

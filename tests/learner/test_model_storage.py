@@ -72,7 +72,7 @@ def test_whole_module_pickle_is_refused_with_the_conversion_command(tiny_committ
     plain = torch.nn.Module.__getattribute__(model, "__dict__").copy()
     legacy = type(model).__new__(type(model))
     legacy.__dict__.update({k: v for k, v in plain.items() if k != "almat_architecture"})
-    _plant(db, old.model_id, _torch_bytes(legacy))  # what almat < 0.3 stored: torch.save(model)
+    _plant(db, old.model_id, _torch_bytes(legacy))  # what almat 0.1 stored: torch.save(model)
     with pytest.raises(UnsafeModelError, match=f"model {old.model_id} .*refused.*scripts/convert_models.py"):
         load_model(db.data, old)
 

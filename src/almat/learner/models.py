@@ -87,7 +87,7 @@ def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
         payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise UnsafeModelError(
-            "not an almat state-dict model (a whole pickled module, as almat < 0.3 stored them, is never "
+            "not an almat state-dict model (a whole pickled module, as almat 0.1 stored them, is never "
             "loaded: it could run code); convert trusted old models with scripts/convert_models.py "
             f"[{type(exc).__name__}]") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
