@@ -7,4 +7,4 @@ flagged configurations); ``almat.select`` picks what to label and ``almat.campai
 together as one dynamic jobflow Flow.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
