@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from ase.build import bulk
+from secret_uri import SECRET, uri_with_secret
 from typer.testing import CliRunner
 
 from almat.cli import app
@@ -69,7 +70,6 @@ def _jsonl(tmp_path: Path, damage) -> str:
     return _write(tmp_path / "bad.jsonl", "\n".join(lines) + "\n")
 
 
-SECRET = "s3cr3t-pw"
 
 
 def _read_only(t: Path, m) -> None:
@@ -141,11 +141,11 @@ CASES = {
                               r"ALMAT_CONFIG_FILE points to a missing file"),
     "settings-file-yaml": (lambda t, m: (m.setenv("ALMAT_CONFIG_FILE", _write(t / "s.yaml", "db_path: [\n")), ["status"])[1],
                            r"settings: .*s.yaml: not valid YAML at line 2, column 1"),
-    "uri-scheme": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", f"http://u:{SECRET}@h"), ["status"])[1],
+    "uri-scheme": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", uri_with_secret("h", scheme="http")), ["status"])[1],
                    r"mongo_uri must start with mongodb://"),
-    "uri-malformed": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", f"mongodb://u:{SECRET}@host:notaport/"), ["status"])[1],
+    "uri-malformed": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", uri_with_secret("host:notaport")), ["status"])[1],
                       r"mongo_uri \(ALMAT_MONGO_URI\) is not a valid MongoDB URI: Port contains non-digit characters$"),
-    "uri-unreachable": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", f"mongodb://u:{SECRET}@127.0.0.1:1/"),
+    "uri-unreachable": (lambda t, m: (m.setenv("ALMAT_MONGO_URI", uri_with_secret("127.0.0.1:1")),
                                       m.setenv("ALMAT_MONGO_TIMEOUT_MS", "300"), ["export", str(t / "o.jsonl")])[2],
                         r"cannot reach MongoDB at 127.0.0.1:1"),
     # export

@@ -9,6 +9,7 @@ import mongomock_ng as mongomock
 import numpy as np
 import pytest
 from ase.build import bulk
+from secret_uri import SECRET, uri_with_secret
 from jobflow import Flow, job, run_locally
 from maggma.stores import GridFSStore, MongoStore
 from mongomock_ng.filtering import filter_applies
@@ -281,12 +282,12 @@ def test_mongodb_backend_with_mongomock(mongomock_server):
 
 
 def test_unreachable_mongodb_fails_fast_naming_host():
-    s = AlmatSettings(mongo_uri="mongodb://nobody:" + "pw@127.0.0.1:9/", mongo_timeout_ms=800)  # fake credentials
+    s = AlmatSettings(mongo_uri=uri_with_secret("127.0.0.1:9"), mongo_timeout_ms=800)
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:9") as err:
         check_connection(s)
     assert time.perf_counter() - start < 5
-    assert "pw" not in str(err.value)
+    assert SECRET not in str(err.value)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from almat.cli import app as cli_app
 from almat.settings import AlmatSettings
 from almat.stores import CampaignDB
 
+from secret_uri import SECRET, uri_with_secret
 from serve_helpers import ROOT, load_bench
 
 bench = load_bench()
@@ -133,14 +134,14 @@ def test_the_server_imports_no_torch(synthetic):
 
 def test_unreachable_mongodb_is_named_and_the_server_keeps_running(tmp_path):
     port = bench.free_port()  # nothing listens there
-    settings = AlmatSettings(mongo_uri=f"mongodb://almat:s3cretpw@127.0.0.1:{port}/", mongo_timeout_ms=300)
+    settings = AlmatSettings(mongo_uri=uri_with_secret(f"127.0.0.1:{port}"), mongo_timeout_ms=300)
     base, server = bench.start_server(settings)
     try:
         for _ in range(2):
             status, body, _ = get(base + "/")
-            assert status == 503 and f"127.0.0.1:{port}" in body and "s3cretpw" not in body
+            assert status == 503 and f"127.0.0.1:{port}" in body and SECRET not in body
         status, body, _ = get(base + "/api/stamp")
-        assert status == 503 and f"127.0.0.1:{port}" in json.loads(body)["error"] and "s3cretpw" not in body
+        assert status == 503 and f"127.0.0.1:{port}" in json.loads(body)["error"] and SECRET not in body
         assert get(base + "/campaigns/x")[0] == 503
     finally:
         server.should_exit = True
