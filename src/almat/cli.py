@@ -28,13 +28,13 @@ err_console = Console(stderr=True)
 def one_line(exc: BaseException) -> str:
     """An exception as one line with its cause: the message's last line, with the type where the message
     alone would not say what happened (``OSError``s: disk full, read-only, ...)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} {exc.filename}" if exc.filename else exc.strerror
     lines = str(exc).strip().splitlines()
     text = lines[-1] if lines else ""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = exc.filename and f" {exc.filename}"
-        return f"{exc.strerror}{where or ''}"
-    return text if isinstance(exc, (ValueError, ConnectionError, RuntimeError)) and text else \
-        f"{type(exc).__name__}: {text}".rstrip(": ")
+    if text and isinstance(exc, (ValueError, ConnectionError, RuntimeError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _Commands(TyperGroup):

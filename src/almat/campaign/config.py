@@ -286,21 +286,27 @@ STAGE_FIELDS = ("systems", "ensemble", "temperatures", "pressures", "pressure_un
                 "trust_lo", "trust_hi", "adaptive_lo")
 
 
-def _ensemble(value: str | None) -> str | None:
-    from almat.sampler.md import ENSEMBLES
+class _Conditions(Section):
+    """The checks that the sampler section and each of its stages share."""
 
-    if value is not None and value not in ENSEMBLES:
-        raise ValueError(f"unknown ensemble {value!r}; valid: {', '.join(ENSEMBLES)}")
-    return value
+    @field_validator("ensemble", check_fields=False)
+    @classmethod
+    def _known_ensemble(cls, value: str | None) -> str | None:
+        from almat.sampler.md import ENSEMBLES
+
+        if value is not None and value not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble {value!r}; valid: {', '.join(ENSEMBLES)}")
+        return value
+
+    @field_validator("temperatures", check_fields=False)
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and any(t <= 0 for t in value):
+            raise ValueError(f"temperatures must be > 0 K, got {value}")
+        return value
 
 
-def _temperatures(value):
-    if value is not None and any(t <= 0 for t in value):
-        raise ValueError(f"temperatures must be > 0 K, got {value}")
-    return value
-
-
-class StageSettings(Section):
+class StageSettings(_Conditions):
     """One exploration stage; what it leaves out it takes from the sampler section. ``convergence``
     overrides the campaign's convergence settings for this stage (e.g. ``{conv_accuracy: 0.9,
     max_iterations: 3}``)."""
@@ -322,16 +328,6 @@ class StageSettings(Section):
     trust_hi: float | None = Field(None, gt=0)
     adaptive_lo: AdaptiveTrust | None = None
     convergence: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("ensemble")
-    @classmethod
-    def _known_ensemble(cls, value):
-        return _ensemble(value)
-
-    @field_validator("temperatures")
-    @classmethod
-    def _positive(cls, value):
-        return _temperatures(value)
 
     @field_validator("convergence")
     @classmethod
@@ -375,7 +371,7 @@ class StageSettings(Section):
                                  f"(|p| <= {limit:g} {self.pressure_unit}); did you mean {other}?")
 
 
-class SamplerSettings(Section):
+class SamplerSettings(_Conditions):
     """Committee MD. One stage from these settings, or ``stages`` (each takes what it leaves out from
     here); the campaign moves to the next stage when the current one converges."""
 
@@ -401,16 +397,6 @@ class SamplerSettings(Section):
     max_volume_factor: float = Field(3.0, gt=1, description="npt: MD stops when the volume leaves [V0/f, f V0]")
     max_walkers_per_job: int = Field(64, ge=1, description="walkers advanced together by one explore job")
     seed: int = 0
-
-    @field_validator("ensemble")
-    @classmethod
-    def _known_ensemble(cls, value):
-        return _ensemble(value)
-
-    @field_validator("temperatures")
-    @classmethod
-    def _positive(cls, value):
-        return _temperatures(value)
 
     @model_validator(mode="after")
     def _stages(self):
@@ -835,10 +821,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line naming every bad key: ``source: a.b: message; c: unknown key``."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = ("unknown key" if err["type"] == "extra_forbidden" else err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        msg = msg.strip().splitlines()[-1]  # (a pymatgen structure's error is its whole traceback)
         nested = msg.startswith("hyperparameters.")  # (a learner's hyperparameters, checked by its kind)
-        parts.append(f"{loc}.{msg}" if nested else f"{loc}: {msg}")
+        parts.append(f"{loc}.{msg}" if nested and loc else f"{loc}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(parts)
 
 

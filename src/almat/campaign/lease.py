@@ -124,10 +124,10 @@ class CampaignLease:
         self.store = lease_store(self.db)
         self.store.connect()
         if self.settings.embedded:
-            self._file_lock()
-        current = self.store.query_one({"campaign": self.name})
-        if current is not None and current.get("token") != self.token and holder_alive(current):
-            if not self.settings.embedded:  # (embedded: the file lock says the holder is gone)
+            self._file_lock()  # held: any lease left in the store is a dead process's
+        else:
+            current = self.store.query_one({"campaign": self.name})
+            if current is not None and holder_alive(current):
                 self._refuse(current)
         now = _now()
         self.store.update({"campaign": self.name, "token": self.token, "host": socket.gethostname(),

@@ -21,6 +21,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.extxyz import write_extxyz as ase_write_extxyz
 from pydantic import ValidationError
 
+from almat.campaign.config import format_validation_error
 from almat.query import query_labels
 from almat.schemas import LabelDoc, structure_hash, to_atoms, utcnow
 from almat.stores import CampaignDB
@@ -234,10 +235,7 @@ def _validated(lineno: int, raw: Any, seen: dict[str, int]) -> LabelDoc:
     try:
         label = LabelDoc.model_validate(raw)
     except ValidationError as exc:  # pydantic's reasons, on one line, with the line number
-        msg = "; ".join(": ".join([*(".".join(map(str, e["loc"])) for _ in e["loc"][:1]),
-                                   e["msg"].removeprefix("Value error, ").strip().splitlines()[-1]])
-                        for e in exc.errors()[:3])
-        raise LabelImportError(f"line {lineno}: invalid label: {msg[:500]}") from None
+        raise LabelImportError(format_validation_error(exc, f"line {lineno}: invalid label")[:500]) from None
     except Exception as exc:  # noqa: BLE001 - e.g. a structure pymatgen can't read
         raise LabelImportError(f"line {lineno}: invalid label: {' '.join(str(exc).split())[:500]}") from None
     if structure_hash(label.structure) != label.structure_hash:

@@ -59,7 +59,7 @@ def pretrained_chgnet(version: str = PRETRAINED) -> torch.nn.Module:
     return model.eval()
 
 
-def _graphs(model, atoms_list: Sequence[Atoms]):
+def crystal_graphs(model, atoms_list: Sequence[Atoms]):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     return [model.graph_converter(AseAtomsAdaptor.get_structure(a)) for a in atoms_list]
@@ -82,7 +82,7 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
     rng = np.random.default_rng(seed)
     train_idx, valid_idx = split_indices(len(atoms_list), hp.valid_fraction, rng)
     model = copy.deepcopy(init_model) if init_model is not None else pretrained_chgnet(hp.pretrained)
-    graphs = _graphs(model, atoms_list)
+    graphs = crystal_graphs(model, atoms_list)
     e = torch.tensor([a.get_potential_energy() / len(a) for a in atoms_list], dtype=torch.float32)
     forces = [torch.tensor(np.asarray(a.get_forces()), dtype=torch.float32) for a in atoms_list]
     if init_model is None:  # the oracle's reference energies: least squares on what the network leaves, frozen
@@ -96,7 +96,7 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
     optimizer = torch.optim.Adam(params, lr=hp.lr)
     epochs = hp.warm_start_epochs if init_model is not None else hp.epochs
 
-    def loss_of(idx, train: bool):
+    def loss_of(idx):
         out = model([graphs[i] for i in idx], task="ef")
         e_err = torch.mean(torch.square(out["e"] - e[idx]))
         f_err = torch.mean(torch.cat([torch.square(f - forces[i]).reshape(-1) for f, i in zip(out["f"], idx)]))
@@ -108,7 +108,7 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
         total = 0.0
         for idx in _batches(len(train_idx), hp.batch_size, rng):
             optimizer.zero_grad()
-            loss, _, _ = loss_of(train_idx[idx], True)
+            loss, _, _ = loss_of(train_idx[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} (seed {seed}); lower lr")
             loss.backward()
@@ -116,7 +116,9 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
             total += float(loss) * len(idx)
         model.eval()
         check = valid_idx if len(valid_idx) else train_idx
-        v_loss, e_sq, f_sq = loss_of(check, False)
+        v_loss, e_sq, f_sq = loss_of(check)
+        if not math.isfinite(float(v_loss)):
+            raise FloatingPointError(f"non-finite validation loss at epoch {epoch} (seed {seed}); lower lr")
         history.append({"epoch": epoch, "train_loss": total / len(train_idx), "valid_loss": float(v_loss)})
         if float(v_loss) < best_loss:
             best_loss, best = float(v_loss), copy.deepcopy(model.state_dict())
@@ -140,7 +142,7 @@ def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms
     energies = np.zeros((len(models), len(atoms_list)))
     forces = [np.zeros((len(models), len(a), 3)) for a in atoms_list]
     stresses = np.zeros((len(models), len(atoms_list), 6)) if stress else None
-    graphs = _graphs(models[0], atoms_list)  # the same graph converter for every member
+    graphs = crystal_graphs(models[0], atoms_list)  # the same graph converter for every member
     for m, model in enumerate(models):
         model.eval()
         for idx in _batches(len(graphs), batch_size, None):

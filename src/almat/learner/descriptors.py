@@ -86,9 +86,9 @@ def atomic_descriptors(
     if not atoms_list:
         return []
     if getattr(model, "almat_architecture", {}).get("class") == "CHGNet":  # its atom features, invariant too
-        from almat.learner.chgnet import _graphs
+        from almat.learner.chgnet import crystal_graphs
 
-        out = model(_graphs(model, atoms_list), task="e", return_atom_feas=True)["atom_fea"]
+        out = model(crystal_graphs(model, atoms_list), task="e", return_atom_feas=True)["atom_fea"]
         return [f.detach().cpu().numpy().astype(float) for f in out]
     columns = torch.as_tensor(invariant_indices(model, num_layers))
     data = model_inputs([model], atoms_list)
