@@ -317,9 +317,11 @@ def concurrent_run(cluster):
         workers.stop()
     fw_ids = {n: cluster.wf_fw_ids(n) for n in (MD["name"], POOL["name"])}
     all_ids = [i for ids in fw_ids.values() for i in ids]
+    rockets = workers.rockets()
     run = {
         "submitted": submitted, "fw_ids": fw_ids, "fws": cluster.fws(all_ids), "launches": cluster.launches(all_ids),
-        "rockets": workers.rockets(), "acct": cluster.sacct(), "wall": wall, "t_submit": t_submit,
+        "rockets": rockets, "acct": cluster.sacct(sorted({r["slurm_job_id"] for r in rockets})), "wall": wall,
+        "t_submit": t_submit,
         "records": _campaign_records(cluster, list(fw_ids)),
     }
     launches = run["launches"]

@@ -193,14 +193,27 @@ class Cluster:
             time.sleep(0.5)
         raise AssertionError(f"SLURM jobs {job_ids} still queued/running after {timeout} s")
 
-    def sacct(self) -> dict[str, dict]:
-        out = _run(["sacct", "-c", "-n", "-P", "-o", "JobID,Partition,State,JobName"], self.env, self.root, check=False)
-        rows = {}
-        for line in out.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) >= 3:
-                rows[parts[0]] = {"partition": parts[1], "state": parts[2]}
-        return rows
+    def sacct(self, job_ids: list[str] = (), timeout: float = 120) -> dict[str, dict]:
+        """The job-completion log, once every one of ``job_ids`` is in it.
+
+        A firework is COMPLETED before its SLURM job ends (rlaunch still exits, rapidfire may look for more
+        work), and slurmctld writes the completion record only then: so wait for the jobs to leave the
+        queue, then for their records.
+        """
+        if job_ids:
+            self.wait_for_jobs(list(job_ids))
+        deadline = time.time() + timeout
+        while True:
+            out = _run(["sacct", "-c", "-n", "-P", "-o", "JobID,Partition,State,JobName"], self.env, self.root,
+                       check=False)
+            rows = {}
+            for line in out.stdout.splitlines():
+                parts = line.split("|")
+                if len(parts) >= 3:
+                    rows[parts[0]] = {"partition": parts[1], "state": parts[2]}
+            if set(job_ids) <= set(rows) or time.time() > deadline:
+                return rows
+            time.sleep(1)
 
     # ---------------------------------------------------------------- drivers
     def run_serial(self) -> list[str]:
@@ -315,7 +328,7 @@ def test_each_job_ran_in_the_partition_of_its_category(campaign_run):
     cluster, _, slurm_ids, fws = campaign_run
     routing = Routing()
     assert all(f["state"] == "COMPLETED" for f in fws)
-    acct = cluster.sacct()
+    acct = cluster.sacct(slurm_ids)
     store = _job_store(cluster)
     try:
         docs = list(store.query({"metadata.almat_run": {"$exists": True}}))
