@@ -99,6 +99,20 @@ def _new_labels(t: Path) -> str:
     lines[1:-1] = [json.dumps({**json.loads(line), "label_id": f"new{i}"}) for i, line in enumerate(lines[1:-1])]
     return _write(t / "new.jsonl", "\n".join(lines) + "\n")
 
+def _gold_model(t: Path) -> str:
+    """A MACE foundation file (untrained) that knows only gold, written as mace writes models."""
+    import torch
+
+    from almat.learner.hyperparameters import MaceHyperParameters
+    from almat.learner.mace import mace_architecture
+    from almat.learner.models import model_from_architecture
+
+    model = model_from_architecture(mace_architecture(MaceHyperParameters(num_channels=4), [79], [-3.0], 8.0, 1.0, 0.0))
+    del model.almat_architecture
+    torch.save(model, t / "gold.model")
+    return str(t / "gold.model")
+
+
 #: id -> (argv builder(tmp_path, monkeypatch), message regex)
 CASES = {
     # campaign files
@@ -120,10 +134,30 @@ CASES = {
     "max-iterations-0": (lambda t, m: ["run", _config(t, convergence={"max_iterations": 0})], r"max_iterations"),
     "oracle-kind": (lambda t, m: ["run", _config(t, oracle={"kind": "gaussian"})], r"oracle.kind: Input should be 'ase', 'vasp' or 'cp2k'"),
     "learner-kind": (lambda t, m: ["run", _config(t, learner={"kind": "bogus"})],
-                     r"learner: unknown learner kind 'bogus'; valid: mace, chgnet-finetune"),
+                     r"learner: unknown learner kind 'bogus'; valid: mace, mace-finetune, chgnet-finetune"),
+    "foundation-missing": (lambda t, m: ["run", _config(t, learner={"kind": "mace-finetune",
+                                                                    "foundation": "nowhere.model"})],
+                           r"learner: foundation model file not found: .*nowhere.model$"),
+    "foundation-not-a-model": (lambda t, m: ["run", _config(t, learner={"kind": "mace-finetune", "foundation": _write(
+        t / "notes.model", "my notes\n")})], r"learner: .*notes.model is not a MACE model \(not a torch archive\)$"),
+    "foundation-element": (lambda t, m: ["run", _config(t, learner={"kind": "mace-finetune",
+                                                                    "foundation": _gold_model(t)})],
+                           r"learner: the foundation model .*gold.model was not trained on Cu$"),
+    "foundation-other-kind": (lambda t, m: ["run", _config(t, learner={"foundation": "x.model"})],
+                              r"learner: foundation: only learner kind mace-finetune takes a foundation file, not mace"),
+    "finetune-no-foundation": (lambda t, m: ["run", _config(t, learner={"kind": "mace-finetune"})],
+                               r"learner: learner kind mace-finetune needs foundation"),
     "learner-hyperparameter": (lambda t, m: ["run", _config(t, learner={"kind": "chgnet-finetune",
                                                                        "hyperparameters": {"r_max": 5}})],
                                r"learner.hyperparameters.r_max: unknown key"),
+    "one-head": (lambda t, m: ["run", _config(t, learner={"uncertainty": "shallow", "n_heads": 1})],
+                 r"learner.n_heads: Input should be greater than or equal to 2"),
+    "shallow-without-heads": (lambda t, m: ["run", _config(t, learner={"kind": "chgnet-finetune",
+                                                                       "uncertainty": "shallow"})],
+                              r"learner: uncertainty: shallow needs a learner that can have heads \(mace\); "
+                              r"chgnet-finetune cannot"),
+    "uncertainty-kind": (lambda t, m: ["run", _config(t, learner={"uncertainty": "bayes"})],
+                         r"learner.uncertainty: Input should be 'committee' or 'shallow'"),
     "negative-temperature": (lambda t, m: ["run", _config(t, sampler={"temperatures": [-5]})], r"temperatures"),
     # campaigns in the store
     "same-name-other-config": (lambda t, m: ["run", _config(t, name="stored", sampler={"steps": 12})],

@@ -40,3 +40,43 @@ def test_foundation_start_campaign_runs_end_to_end(settings):
     e_err = (pred.mean_energy - np.array([a.get_potential_energy() for a in frames])) / len(frames[0])
     assert np.sqrt(np.mean(e_err ** 2)) < 0.03  # on EMT's energy scale (pretrained: about 4 eV/atom off)
     assert last.test_errors.force_rmse is not None
+
+
+MACE_CONFIG = {
+    "name": "cu-mace-ft",
+    "structures": [{"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}}],
+    "initial": {"method": "foundation-md", "n_per_structure": 5, "md_temperature": 800, "md_steps": 20},
+    "learner": {"kind": "mace-finetune", "n_models": 2, "foundation": {"path": "foundation.model"},
+                "hyperparameters": {"epochs": 6, "warm_start_epochs": 3, "batch_size": 2}},
+    "sampler": {"temperatures": [600], "steps": 16, "sample_every": 4, "trust_lo": 0.001, "trust_hi": 5.0},
+    "selection": {"policy": "max_deviation", "max_select": 2},
+    "convergence": {"rule": "calibrated", "force_tolerance": 0.001, "calibration_samples": 2, "max_iterations": 2},
+}
+
+
+@pytest.mark.slow
+def test_campaign_from_a_mace_foundation_file(settings, tmp_path):
+    """The foundation file is named relative to the campaign file; its MD gives the initial structures, and
+    the members, fine-tuned from it, are stored in the safe format (class ``MACE``) and reload."""
+    import yaml
+    from mace_foundation import write_foundation
+
+    write_foundation(tmp_path)
+    path = tmp_path / "cu.yaml"
+    path.write_text(yaml.safe_dump(MACE_CONFIG))
+    result = run_campaign(load_config(path), settings)
+    assert [r.iteration for r in result.iterations] == [0, 1]
+    with CampaignDB.from_settings(settings) as db:
+        init = list(db.structures.query({"campaign": "cu-mace-ft", "iteration": -1}))
+        assert sorted(d["source"] for d in init) == ["init"] + ["md"] * 4  # frames of the foundation's MD
+        models = list(db.models.query({"campaign": "cu-mace-ft"}))
+        assert len(models) == 4 and {m["architecture"] for m in models} == {"MACE"}
+        assert {m["warm_started_from"] is not None for m in models if m["iteration"] == 1} == {True}
+        committee = Committee.from_store(db, result.iterations[-1].model_ids)
+        labels = load_labels(db, [d["label_id"] for d in db.labels.query({"campaign": "cu-mace-ft", "status": "ok"})])
+    frames = [lab.to_atoms() for lab in labels]
+    pred = committee.predict(frames)
+    assert committee.elements == ["Cu"]
+    e_err = (pred.mean_energy - np.array([a.get_potential_energy() for a in frames])) / len(frames[0])
+    assert np.sqrt(np.mean(e_err ** 2)) < 0.1
+    assert pred.model_deviation.max() > 0  # the members disagree

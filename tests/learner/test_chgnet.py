@@ -32,3 +32,36 @@ def test_finetuned_chgnet_learns_the_emt_scale_and_forces_and_round_trips(cu_dat
     assert sorted(result.train_ids + result.valid_ids) == sorted(f"c{i}" for i in range(len(train)))
     again = model_from_bytes(model_to_bytes(result.model))
     np.testing.assert_allclose(predict_chgnet([again], test)[0], predict_chgnet([result.model], test)[0], rtol=1e-6)
+
+
+def test_reference_energies_of_one_multi_element_composition_are_fitted_in_float64():
+    """Every frame of a campaign on one cell has the same composition, so XᵀX has rank 1. chgnet's own
+    ``AtomRef.fit`` (a float32 pinv) then put the argyrodite's references about 1,000 eV/atom off, and
+    fine-tuning got worse with every label; ``refit_atom_ref`` solves it in float64."""
+    from pathlib import Path
+
+    import torch
+    from ase.io import read
+
+    from almat.learner.chgnet import crystal_graphs, refit_atom_ref
+    from almat.oracle.xtb import xtb_spec
+
+    pytest.importorskip("tblite")
+    cif = sorted((Path(__file__).parents[1] / "test_data" / "structures").glob("Li6PS5Cl_enumerated_rank*.cif"))[0]
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(4):
+        atoms = read(cif)
+        atoms.rattle(0.05, seed=int(rng.integers(1000)))
+        atoms.calc = xtb_spec().load()
+        atoms.get_potential_energy()
+        frames.append(atoms)
+    model = pretrained_chgnet()
+    graphs = crystal_graphs(model, frames)
+    target = np.array([a.get_potential_energy() / len(a) for a in frames])  # GFN1-xTB: about -59 eV/atom
+    with torch.no_grad():
+        network = (model(graphs, task="e")["e"] - model.composition_model(graphs)).numpy()
+    weights = refit_atom_ref(model.composition_model, graphs, target - network)
+    assert np.all(np.isfinite(weights))
+    e_err, _ = _errors([model], frames)
+    assert e_err < 0.1  # eV/atom, on xTB's scale

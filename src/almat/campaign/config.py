@@ -24,7 +24,13 @@ from pydantic import model_validator
 from pymatgen.core import Structure
 
 from almat.campaign.initial import perturbed_structures
-from almat.learner.hyperparameters import HYPERPARAMETERS, ChgnetHyperParameters, MaceHyperParameters
+from almat.learner.hyperparameters import (
+    HYPERPARAMETERS,
+    SHALLOW_LEARNERS,
+    ChgnetHyperParameters,
+    MaceFinetuneHyperParameters,
+    MaceHyperParameters,
+)
 from almat.oracle.calculators import CalculatorSpec
 from almat.oracle.jobs import AseOracleMaker
 from almat.oracle.relax import AseRelaxMaker
@@ -186,8 +192,9 @@ class PrerelaxSettings(Section):
 
 class InitialDataSettings(Section):
     """Initial data, labelled by the oracle: each start structure and ``n_per_structure - 1`` strained and
-    rattled copies (``method: rattle``), or frames of MD with the pretrained CHGNet (``method:
-    foundation-md``: the zero-shot start, what a universal potential visits before any label)."""
+    rattled copies (``method: rattle``), or frames of MD with a pretrained model (``method: foundation-md``:
+    the zero-shot start, what a universal potential visits before any label): the foundation file of a
+    ``mace-finetune`` learner, otherwise the CHGNet bundled with chgnet."""
 
     n_per_structure: int = Field(12, ge=2)
     method: Literal["rattle", "foundation-md"] = "rattle"
@@ -202,13 +209,27 @@ LEARNERS = HYPERPARAMETERS  # learner kind -> its hyperparameters
 
 
 class LearnerSettings(Section):
-    """The committee: which learner (``kind``), how many members, and the learner's hyperparameters."""
+    """The committee: which learner (``kind``), how many members, and the learner's hyperparameters.
+
+    Kinds: ``mace`` (from scratch), ``mace-finetune`` (from a local MACE foundation ``.model``: ``foundation:
+    PATH`` or ``foundation: {path, mode: naive | multihead, replay, replay_samples, replay_weight}``) and
+    ``chgnet-finetune`` (from CHGNet's bundled weights).
+
+    ``uncertainty``: ``committee`` (``n_models`` models, each on its own seed) or ``shallow`` (one model with
+    ``n_heads`` readout heads, its heads the members: ``docs/uncertainty.md``; learners of ``SHALLOW_LEARNERS``).
+    """
 
     kind: str = "mace"
     n_models: int = Field(4, ge=2)
     warm_start: bool = True
     seed: int = 0
-    hyperparameters: MaceHyperParameters | ChgnetHyperParameters = Field(default_factory=MaceHyperParameters)
+    uncertainty: Literal["committee", "shallow"] = "committee"
+    n_heads: int = Field(4, ge=2, description="readout heads of the shallow ensemble (uncertainty: shallow)")
+    head_forces: Literal["all", "rotate"] = Field(
+        "all", description="shallow ensemble: each training step fits the forces of every head (all) or of one "
+        "head in turn (rotate: one model's training cost, one model's accuracy); every head fits its energies")
+    hyperparameters: MaceHyperParameters | MaceFinetuneHyperParameters | ChgnetHyperParameters = Field(
+        default_factory=MaceHyperParameters)
 
     @model_validator(mode="before")
     @classmethod
@@ -217,6 +238,18 @@ class LearnerSettings(Section):
             kind = data.get("kind", "mace")
             if kind not in LEARNERS:
                 raise ValueError(f"unknown learner kind {kind!r}; valid: {', '.join(LEARNERS)}")
+            if data.get("uncertainty") == "shallow" and kind not in SHALLOW_LEARNERS:
+                raise ValueError(f"uncertainty: shallow needs a learner that can have heads "
+                                 f"({', '.join(SHALLOW_LEARNERS)}); {kind} cannot")
+            if "foundation" in data:  # learner.foundation: a path, or {path, mode, replay, ...}
+                if kind != "mace-finetune":
+                    raise ValueError(f"foundation: only learner kind mace-finetune takes a foundation file, not {kind}")
+                data = dict(data)
+                foundation = data.pop("foundation")
+                foundation = {"path": foundation} if isinstance(foundation, str) else foundation
+                data["hyperparameters"] = {**(data.get("hyperparameters") or {}), "foundation": foundation}
+            elif kind == "mace-finetune" and "foundation" not in (data.get("hyperparameters") or {}):
+                raise ValueError("learner kind mace-finetune needs foundation: the path of a MACE .model file")
             hp = data.get("hyperparameters")
             if isinstance(hp, dict) or hp is None:
                 try:
@@ -226,12 +259,20 @@ class LearnerSettings(Section):
                         f"{kind} hyperparameters: ", "hyperparameters.")) from None
         return data
 
-    def maker(self):
-        """The ``TrainCommitteeMaker`` of this committee."""
+    def maker(self, base_dir: Path | None = None):
+        """The ``TrainCommitteeMaker`` of this committee (a relative foundation path starts at ``base_dir``)."""
         from almat.learner.jobs import TrainCommitteeMaker
 
-        return TrainCommitteeMaker(n_models=self.n_models, hyperparameters=self.hyperparameters.model_dump(),
-                                   base_seed=self.seed, warm_start=self.warm_start, learner=self.kind)
+        hp = self.hyperparameters.model_dump()
+        if isinstance(hp.get("foundation"), dict) and base_dir is not None:
+            path = Path(hp["foundation"]["path"]).expanduser()
+            hp["foundation"]["path"] = str(path if path.is_absolute() else Path(base_dir) / path)
+            replay = hp["foundation"].get("replay")
+            if replay and not Path(replay).expanduser().is_absolute():
+                hp["foundation"]["replay"] = str(Path(base_dir) / replay)
+        return TrainCommitteeMaker(n_models=self.n_models, hyperparameters=hp, base_seed=self.seed,
+                                   warm_start=self.warm_start, learner=self.kind, uncertainty=self.uncertainty,
+                                   n_heads=self.n_heads, head_forces=self.head_forces)
 
 
 class SystemQuery(Section):
@@ -474,6 +515,12 @@ class ConvergenceSettings(Section):
     recycle_calibration: bool = Field(
         False, description="Once an iteration's held-out frames have calibrated its committee, train the next "
         "committees on them too (each iteration is then calibrated on its fresh frames only)")
+    guard_samples: int = Field(
+        4, ge=0, description="The random guard (almat.select.guard): label this many random explored frames when "
+        "guard_patience iterations in a row selected no candidate while the calibrated error is above "
+        "force_tolerance (0: off; the campaign then stops with nothing new to learn)")
+    guard_patience: int = Field(1, ge=1, description="Iterations without a selected candidate before the guard "
+                                "fires; until then such an iteration goes on instead of stopping")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -506,6 +553,10 @@ class _Campaign(Section):
         learner, initial = data.get("learner") or {}, data.get("initial") or {}
         if learner.get("kind") == "mace":  # keep the fingerprints of campaigns from before learner kinds
             learner.pop("kind")
+        if learner.get("uncertainty") == "committee":  # ... and from before shallow ensembles
+            learner.pop("uncertainty")
+            learner.pop("n_heads", None)
+            learner.pop("head_forces", None)
         if initial.get("method") == "rattle":  # ... and from before the foundation-md initial data
             for key in ("method", "md_temperature", "md_steps"):
                 initial.pop(key, None)

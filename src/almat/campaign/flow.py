@@ -59,10 +59,20 @@ class CampaignMaker(Maker):
     def from_config(cls, config: Any, **actors: Any) -> "CampaignMaker":
         """The campaign of a config (object, dict or YAML path); ``actors`` replace the built ones."""
         cfg = load_config(config)
-        built = {"oracle": cfg.oracle.label_maker(), "trainer": cfg.learner.maker(), "explorer": _explorer(cfg)}
+        built = {"oracle": cfg.oracle.label_maker(), "trainer": cfg.learner.maker(cfg.base_dir),
+                 "explorer": _explorer(cfg)}
         if getattr(cfg, "prerelax", None) is not None and cfg.prerelax.enabled:
             built["relax"] = cfg.oracle.relax_maker(cfg.prerelax)
-        return cls(name=cfg.name, config=cfg, **{**built, **actors})
+        maker = cls(name=cfg.name, config=cfg, **{**built, **actors})
+        # a foundation file that is missing, not a model or without one of the campaign's elements is
+        # refused here, before any job runs
+        check = getattr(maker.trainer, "check_elements", None)
+        if check is not None:
+            try:
+                check(maker.explorer.elements(cfg))
+            except ValueError as exc:
+                raise ConfigError(f"learner: {exc}") from None
+        return maker
 
     def __post_init__(self) -> None:
         if self.config is None:

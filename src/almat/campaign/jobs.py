@@ -119,14 +119,18 @@ def initial_structures(config, campaign: str | None = None, structures: list | N
     rng = np.random.default_rng(config.initial.seed)
     docs = []
     starts = config.load_structures() if structures is None else [to_structure(s) for s in structures]
+    calculator = None
     for structure in starts:
         parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
         init = config.initial
         if init.method == "foundation-md":
-            from almat.learner.chgnet import foundation_md_frames
+            from almat.learner.zero_shot import foundation_calculator, foundation_md_frames
 
+            if calculator is None:
+                calculator = foundation_calculator(config.learner.kind,
+                                                   config.learner.maker(config.base_dir).hyperparameters)
             frames = foundation_md_frames(to_atoms(structure), init.n_per_structure - 1, init.md_temperature,
-                                          init.md_steps, int(rng.integers(2**31)))
+                                          init.md_steps, int(rng.integers(2**31)), calculator)
             copies, source = [structure, *(to_structure(f) for f in frames)], StructureSource.md
         else:
             copies = perturbed_structures(structure, init.n_per_structure, init.rattle_std, init.max_strain, rng)
@@ -174,6 +178,10 @@ def decide(maker, iteration: int, committee: Any, exploration: Any, labels: list
         decision = maker.explorer.decide(maker, db, iteration, Committee.from_store(db, model_ids),
                                          exploration, as_labels(labels), as_labels(held_out or []),
                                          ok_ids(train_ids), state)
+        failures = committee.get("failed_members") if isinstance(committee, dict) else getattr(
+            committee, "failed_members", None)
+        if failures and "training_failures" in type(decision.record).model_fields:
+            decision.record.training_failures = list(failures)
         db.upsert(maker.explorer.records, [decision.record])
         raw = db.campaigns.query_one({"name": cfg.name})
         if raw is not None:

@@ -29,9 +29,11 @@ from almat.learner.jobs import load_labels
 from almat.sampler.jobs import ExploreDoc, ExploreWalkersMaker
 from almat.sampler.md import decode_trajectory
 from almat.sampler.jobs import CandidateFrame
-from almat.schemas import CampaignStatus, DeviationHistogram, IterationDoc, StructureDoc, StructureSource
+from almat.schemas import CalibrationDoc, CampaignStatus, DeviationHistogram, IterationDoc, StructureDoc
+from almat.schemas import StructureSource
 from almat.schemas import structure_hash, to_structure
 from almat.select.fps import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
+from almat.select.guard import RandomGuard
 from almat.select.policies import get_policy
 from almat.select.trust import adaptive_lo, classify
 from almat.stores import CampaignDB, get_blob, require_db, store_job
@@ -135,6 +137,52 @@ class MdExploration(Exploration):
     trust_lo: float | None = Field(None, description="the lower trust level chosen (adaptive_lo), else None")
     stage: int = 0
     stage_name: str | None = None
+    n_guard: int = Field(0, description="of the candidates, random explored frames picked by the guard")
+    guard_reason: str | None = None
+
+
+def quiet_iterations(db: CampaignDB, campaign: str, iteration: int, n_selected: int) -> int:
+    """Iterations in a row up to this one (``n_selected`` candidates selected now) that selected no candidate."""
+    before = sorted(db.iterations.query({"campaign": campaign, "iteration": {"$lt": iteration}},
+                                        properties=["iteration", "n_selected"]), key=lambda d: d["iteration"])
+    return RandomGuard.quiet_iterations([int(d.get("n_selected") or 0) for d in before], n_selected)
+
+
+def calibrated_error_above(db: CampaignDB, campaign: str, iteration: int, deviations, conv: ConvergenceSettings
+                           ) -> tuple[bool | None, str]:
+    """Whether the explored frames' calibrated error is above the tolerance by the latest calibration of the
+    campaign (before ``iteration``): (None, why) without one."""
+    records = [d for d in db.iterations.query({"campaign": campaign, "iteration": {"$lt": iteration}},
+                                              properties=["iteration", "calibration"]) if d.get("calibration")]
+    if not records:
+        return None, "no calibration yet"
+    last = max(records, key=lambda d: d["iteration"])
+    calibration = CalibrationDoc.model_validate(last["calibration"])
+    check = convergence_check(deviations, calibration, conv.force_tolerance, conv.conv_accuracy, bound=conv.bound)
+    return not check.stop, f"calibration of iteration {last['iteration']}: {check.reason}"
+
+
+def guard_frames(explored: list[ExploreDoc], trajs: dict, guard: RandomGuard, rng: np.random.Generator,
+                 trained: set[str]) -> list[CandidateFrame]:
+    """``guard.samples`` random explored frames (not beyond ``trust_hi``, none equal to a training label)."""
+    frames = [(doc, i) for doc in explored if doc.trajectory_blob_id in trajs
+              for i in range(len(trajs[doc.trajectory_blob_id]["steps"]))]
+    eligible = [trajs[d.trajectory_blob_id]["frame_class"][i] != "failed" for d, i in frames]
+    picks = guard.pick(eligible, rng)
+    while clash := [k for k in picks if structure_hash(_frame_structure(trajs[frames[k][0].trajectory_blob_id],
+                                                                        frames[k][1])) in trained]:
+        for k in clash:  # rare: step 0 is a start structure
+            eligible[k] = False
+        picks = guard.pick(eligible, rng)
+    out = []
+    for k in picks:
+        doc, i = frames[k]
+        traj = trajs[doc.trajectory_blob_id]
+        out.append(CandidateFrame(structure=_frame_structure(traj, i), step=traj["steps"][i],
+                                  model_deviation=traj["model_deviation"][i],
+                                  energy_deviation=doc.energy_deviation[i], temperature=traj["temperature"][i],
+                                  trajectory_blob_id=doc.trajectory_blob_id, parent=doc.start_structure_hash))
+    return out
 
 
 def find_candidates(explored: list[ExploreDoc], trajs: dict, adaptive=None) -> tuple[list[CandidateFrame], float | None]:
@@ -167,10 +215,12 @@ def find_candidates(explored: list[ExploreDoc], trajs: dict, adaptive=None) -> t
 @store_job(output_schema=MdExploration)
 def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list, label_ids: list,
               calibration_samples: int, calibration_seed: int, stage: StageSettings | None = None,
-              stage_index: int = 0) -> MdExploration:
+              stage_index: int = 0, convergence: ConvergenceSettings | None = None) -> MdExploration:
     """Find the candidates of every walker (see ``find_candidates``), pick at most ``max_select`` with the
     selection policy (policies that look at descriptors get them from the committee), and the held-out
-    calibration frames."""
+    calibration frames. With ``convergence`` (the stage's), the random guard (``almat.select.guard``) adds
+    random explored frames when no candidate was selected for ``guard_patience`` iterations while the
+    calibrated error is above the tolerance."""
     sel = explorer.selection
     explored = _flatten(explored)
     policy = get_policy(sel.policy, **sel.options)
@@ -197,9 +247,30 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
                       "energy_deviation": candidates[i].energy_deviation, "temperature": candidates[i].temperature,
                       "step": candidates[i].step, "trajectory_blob_id": candidates[i].trajectory_blob_id,
                       "policy": policy.name}) for i in picks]
+        trained = {d["structure_hash"] for d in db.labels.query(
+            {"label_id": {"$in": ok_ids(label_ids)}}, properties=["structure_hash"])}
+        n_guard, guard_reason = 0, None
+        if convergence is not None and not selected and trajs:
+            guard = RandomGuard(convergence.guard_patience, convergence.guard_samples)
+            quiet = quiet_iterations(db, campaign, iteration, 0)
+            deviations = [x for d in explored for x in d.model_deviation]
+            above, why = calibrated_error_above(db, campaign, iteration, deviations, convergence)
+            if guard.fires(quiet, above):
+                rng = np.random.default_rng(sel.seed + 104729 * (iteration + 1))
+                frames = guard_frames(explored, trajs, guard, rng, trained)
+                guard_reason = (f"no candidate selected for {quiet} iteration(s) while the calibrated error is "
+                                f"{'not known' if above is None else 'above tolerance'} ({why}): "
+                                f"{len(frames)} random explored frame(s) labelled")
+                n_guard = len(frames)
+                selected += [StructureDoc(
+                    structure=c.structure, source=StructureSource.md, campaign=campaign, iteration=iteration,
+                    parent=c.parent, metadata={"model_deviation": c.model_deviation,
+                                               "energy_deviation": c.energy_deviation, "temperature": c.temperature,
+                                               "step": c.step, "trajectory_blob_id": c.trajectory_blob_id,
+                                               "policy": "guard-random"})
+                             for c in frames]
+                logger.warning("iteration %d: random guard: %s", iteration, guard_reason)
         if calibration_samples and explored:
-            trained = {d["structure_hash"] for d in db.labels.query(
-                {"label_id": {"$in": ok_ids(label_ids)}}, properties=["structure_hash"])}
             trained |= {d.structure_hash for d in selected}
             rng = np.random.default_rng(calibration_seed + 7919 * (iteration + 1))
             held_out = [StructureDoc(
@@ -218,7 +289,7 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
     return MdExploration(campaign=campaign, iteration=iteration, candidates=selected, held_out=held_out,
                          explored=[d.model_copy(update={"candidates": []}) for d in explored],
                          n_candidates=len(candidates), trust_lo=lo, stage=stage_index,
-                         stage_name=None if stage is None else stage.name)
+                         stage_name=None if stage is None else stage.name, n_guard=n_guard, guard_reason=guard_reason)
 
 
 def previous_calibration_ids(db: CampaignDB, campaign: str, before: int | None = None) -> list[str]:
@@ -301,7 +372,7 @@ class MdExplorer(Explorer):
             jobs.append(maker.declare(j, "explore"))
         conv = stage_convergence(cfg, stage)
         select = select_md(self, cfg.name, iteration, [j.output for j in jobs], train_ids,
-                           conv.calibration_samples, conv.seed, stage, st["stage"])
+                           conv.calibration_samples, conv.seed, stage, st["stage"], conv)
         select.name = f"select it{iteration}"
         maker.declare(select, "select")
         return [*jobs, select], select.output
@@ -326,6 +397,7 @@ class MdExplorer(Explorer):
         stage = stages[st["stage"]]
         conv = stage_convergence(cfg, stage)
         explored = exploration.explored
+        n_selected = len(exploration.candidates) - exploration.n_guard
         deviations = np.array([d for doc in explored for d in doc.model_deviation])
         counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
         n_frames = int(sum(counts.values()))
@@ -373,14 +445,17 @@ class MdExplorer(Explorer):
         if status == CampaignStatus.running and iteration + 1 >= cfg.convergence.max_iterations:
             status = CampaignStatus.max_iterations
             stop = f"max_iterations ({cfg.convergence.max_iterations}) of the campaign reached in {what}"
-        elif status == CampaignStatus.running and next_state["stage"] == st["stage"] and not new_ids:
+        elif (status == CampaignStatus.running and next_state["stage"] == st["stage"] and not new_ids
+              and not RandomGuard(conv.guard_patience, conv.guard_samples).holds_back_stop(
+                  quiet_iterations(db, cfg.name, iteration, n_selected))):
             status, stop = CampaignStatus.stopped, ("nothing new to learn: no candidate was labelled "
                                                     f"({counts['failed']} frames beyond trust_hi); widen the trust levels")
         errors = test_errors(committee, labels)
         doc = IterationDoc(
             campaign=cfg.name, iteration=iteration, n_frames_explored=n_frames, accurate_ratio=ratio["accurate"],
             candidate_ratio=ratio["candidate"], failed_ratio=ratio["failed"],
-            n_candidates=exploration.n_candidates, n_selected=len(exploration.candidates),
+            n_candidates=exploration.n_candidates, n_selected=n_selected, n_guard_samples=exploration.n_guard,
+            guard_reason=exploration.guard_reason,
             n_labelled=len(new_ids), n_failed_labels=sum(not lab.ok for lab in labels),
             n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from), n_train_labels=len(train_ids),
             trust_lo=exploration.trust_lo if exploration.trust_lo is not None else stage.trust_lo,

@@ -65,6 +65,29 @@ def crystal_graphs(model, atoms_list: Sequence[Atoms]):
     return [model.graph_converter(AseAtomsAdaptor.get_structure(a)) for a in atoms_list]
 
 
+def refit_atom_ref(atom_ref, graphs, energies_per_atom: np.ndarray) -> np.ndarray:
+    """Set CHGNet's AtomRef (per-element reference energies, intensive) by least squares in float64 over the
+    elements present in ``graphs``; the other elements keep theirs. Returns the weights.
+
+    chgnet's own ``AtomRef.fit`` inverts XᵀX with ``pinv`` in float32: with one composition (every frame of
+    a campaign on one cell) that matrix has rank 1, its round-off singular values pass pinv's cut-off, and
+    the references come out tens of eV/atom off, which the fine-tuning then fights for every step.
+    """
+    n = atom_ref.fc.weight.shape[1]
+    features = np.zeros((len(graphs), n))
+    for row, graph in enumerate(graphs):
+        z = graph.atomic_number.detach().cpu().numpy().astype(int)
+        features[row] = np.bincount(z - 1, minlength=n) / len(z)
+    present = features.sum(axis=0) > 0
+    weights = atom_ref.fc.weight.detach().cpu().numpy().astype(float).reshape(-1)
+    solution, *_ = np.linalg.lstsq(features[:, present], np.asarray(energies_per_atom, dtype=float), rcond=None)
+    weights[present] = solution
+    with torch.no_grad():
+        atom_ref.fc.weight.copy_(torch.as_tensor(weights, dtype=atom_ref.fc.weight.dtype).view(1, n))
+    atom_ref.fitted = True
+    return weights
+
+
 def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i:i + size] for i in range(0, n, size)]
@@ -89,7 +112,7 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
         train_graphs = [graphs[i] for i in train_idx]
         with torch.no_grad():
             network = model(train_graphs, task="e")["e"] - model.composition_model(train_graphs)
-        model.composition_model.fit(train_graphs, (e[train_idx] - network).tolist())
+        refit_atom_ref(model.composition_model, train_graphs, (e[train_idx] - network).numpy())
     for p in model.composition_model.parameters():
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -153,26 +176,3 @@ def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms
                 if stress:  # CHGNet's stress is in GPa
                     stresses[m, i] = full_3x3_to_voigt_6_stress(out["s"][k].detach().numpy() * units.GPa)
     return energies, forces, stresses
-
-
-def foundation_md_frames(atoms: Atoms, n_frames: int, temperature: float, steps: int, seed: int,
-                         model: torch.nn.Module | None = None) -> list[Atoms]:
-    """``n_frames`` configurations, evenly spaced, from Langevin MD of ``atoms`` with the pretrained CHGNet
-    (the zero-shot start: what a universal potential visits, before any label)."""
-    from ase import units
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from chgnet.model.dynamics import CHGNetCalculator
-
-    atoms = atoms.copy()
-    atoms.calc = CHGNetCalculator(model=model or pretrained_chgnet(), use_device="cpu")
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
-    frames = []
-    for _ in range(n_frames):
-        dyn.run(max(1, steps // n_frames))
-        frame = atoms.copy()
-        frame.calc = None
-        frames.append(frame)
-    return frames

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MaceHyperParameters(BaseModel):
@@ -58,5 +60,61 @@ class ChgnetHyperParameters(BaseModel):
     device: str = Field("cpu", description="torch device (cpu only is tested)")
 
 
-#: learner kind -> its hyperparameters: MACE from scratch, or CHGNet fine-tuned from its bundled weights
-HYPERPARAMETERS: dict[str, type[BaseModel]] = {"mace": MaceHyperParameters, "chgnet-finetune": ChgnetHyperParameters}
+class FoundationSettings(BaseModel):
+    """A MACE foundation model on disk (``.model``, as ``mace_run_train`` writes them) and how to fine-tune it.
+
+    ``naive``: every weight continues from the foundation on the campaign's labels. ``multihead``: a second
+    readout head (``pt_head``) keeps fitting replay configurations (``replay``: an extxyz file; its own
+    energies and forces, or the foundation's predictions where it has none) while the campaign head fits
+    the labels, so the shared layers do not forget; the pt head is dropped after training.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., min_length=1, description="The foundation .model file (relative: to the campaign file)")
+    mode: Literal["naive", "multihead"] = "naive"
+    replay: str | None = Field(None, description="extxyz of replay configurations (multihead)")
+    replay_samples: int = Field(64, ge=1, description="Replay configurations drawn per member (multihead)")
+    replay_weight: float = Field(1.0, ge=0, description="Weight of the replay head's loss (multihead)")
+
+    @model_validator(mode="after")
+    def _replay_for_multihead(self):
+        if self.mode == "multihead" and not self.replay:
+            raise ValueError("foundation.mode multihead needs foundation.replay (an extxyz of replay configurations)")
+        return self
+
+
+class MaceFinetuneHyperParameters(BaseModel):
+    """Fine-tuning of a MACE foundation model: its architecture is the foundation's, so only training settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    foundation: FoundationSettings
+    epochs: int = Field(20, ge=1, description="Epochs of the first fine-tuning from the foundation")
+    warm_start_epochs: int = Field(10, ge=0, description="Epochs when continuing from a previous member (naive)")
+    bootstrap: bool = Field(True, description="Each member trains on a bootstrap resample of the training "
+                            "labels, so that members fine-tuned from the same weights disagree where data are thin")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_final_fraction: float = Field(0.1, gt=0, le=1)
+    energy_weight: float = Field(1.0, ge=0)
+    forces_weight: float = Field(10.0, ge=0)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_every: int = Field(5, ge=1)
+    dtype: str = Field("float64", pattern="^(float32|float64)$")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
+    num_threads: int | None = Field(None, ge=1)
+
+
+#: learner kind -> its hyperparameters: MACE from scratch, MACE fine-tuned from a foundation file, or CHGNet
+#: fine-tuned from its bundled weights
+HYPERPARAMETERS: dict[str, type[BaseModel]] = {"mace": MaceHyperParameters,
+                                               "mace-finetune": MaceFinetuneHyperParameters,
+                                               "chgnet-finetune": ChgnetHyperParameters}
+
+#: learner kinds whose model can carry several readout heads (``learner.uncertainty: shallow``,
+#: ``almat.learner.shallow``)
+SHALLOW_LEARNERS: tuple[str, ...] = ("mace",)
+
+#: how a learner's committee gives its uncertainty: N models, or the N heads of one shallow ensemble
+UNCERTAINTY_KINDS: tuple[str, ...] = ("committee", "shallow")

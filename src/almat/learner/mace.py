@@ -277,7 +277,6 @@ def train_mace(
     previous_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        device = torch.device(hp.device)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
@@ -297,61 +296,70 @@ def train_mace(
         else:
             model = build_model(hp, zs, train_set)
             epochs = hp.epochs
-        model = model.to(device)
-        n_parameters = sum(p.numel() for p in model.parameters())
-
-        optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr, amsgrad=True)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(epochs, 1), eta_min=hp.lr * hp.lr_final_fraction
-        )
-        train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
-        valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
-        best_state, best_loss = None, math.inf
-        history: list[dict[str, float]] = []
-        for epoch in range(1, epochs + 1):
-            model.train()
-            total = 0.0
-            for batch in train_loader:
-                batch = batch.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                out = model(batch.to_dict(), training=True, compute_force=True)
-                loss = _loss(batch, out, hp)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                optimizer.step()
-                total += float(loss.detach()) * int(batch.num_graphs)
-            scheduler.step()
-            train_loss = total / len(train_set)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
-            if epoch % hp.eval_every == 0 or epoch == epochs:
-                model.eval()
-                metrics = _evaluate(model, valid_loader, device)
-                vloss = hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
-                history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
-                if vloss < best_loss:
-                    best_loss = vloss
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if progress is not None:
-                progress(epoch, epochs, train_loss)
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        model.eval()
-        metrics = _evaluate(model, valid_loader, device)
-        metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False), device).items()})
-        model = model.to("cpu")
+        model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress)
         return TrainResult(
             model=model,
             train_ids=[ids[i] for i in train_idx],
             valid_ids=[ids[i] for i in valid_idx],
             metrics=metrics,
             epochs=epochs,
-            n_parameters=n_parameters,
+            n_parameters=sum(p.numel() for p in model.parameters()),
             wall_time=time.perf_counter() - start,
             history=history,
         )
     finally:
         torch.set_default_dtype(previous_dtype)
+
+
+def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int,
+        progress: Callable[[int, int, float], None] | None = None):
+    """Train ``model`` on ``train_set`` (AtomicData) for ``epochs``, keeping the best state by validation loss.
+
+    Returns ``(model on the cpu, validation and train metrics, history)``; a non-finite loss raises
+    ``FloatingPointError``.
+    """
+    device = torch.device(hp.device)
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(epochs, 1), eta_min=hp.lr * hp.lr_final_fraction
+    )
+    train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
+    valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
+    best_state, best_loss = None, math.inf
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total = 0.0
+        for batch in train_loader:
+            batch = batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(batch.to_dict(), training=True, compute_force=True)
+            loss = _loss(batch, out, hp)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            total += float(loss.detach()) * int(batch.num_graphs)
+        scheduler.step()
+        train_loss = total / len(train_set)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
+        if epoch % hp.eval_every == 0 or epoch == epochs:
+            model.eval()
+            metrics = _evaluate(model, valid_loader, device)
+            vloss = hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
+            history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+            if vloss < best_loss:
+                best_loss = vloss
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress is not None:
+            progress(epoch, epochs, train_loss)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    metrics = _evaluate(model, valid_loader, device)
+    metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False), device).items()})
+    return model.to("cpu"), metrics, history
 
 
 def model_inputs(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms]):

@@ -21,7 +21,9 @@ MODEL_FORMAT = "almat-state-dict/1"
 #: the model classes a record may name -> "module:function" that builds one from the record's ``kwargs``
 ARCHITECTURES: dict[str, str] = {
     "ScaleShiftMACE": "almat.learner.mace:build_scale_shift_mace",
+    "MACE": "almat.learner.mace_finetune:build_mace",  # a fine-tuned foundation: its full MACE configuration
     "CHGNet": "almat.learner.chgnet:build_chgnet",
+    "ShallowEnsembleMACE": "almat.learner.shallow:build_shallow_ensemble_mace",
 }
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

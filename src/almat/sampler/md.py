@@ -244,7 +244,13 @@ def run_exploration(atoms: Atoms, calculator, trust: TrustLevels, settings: Expl
             break
         n = min(settings.sample_every, settings.steps - step)
         try:
-            dyn.run(n)
+            if getattr(calculator, "cheap_steps", False) and n > 1:  # deviations only where a frame is recorded
+                calculator.deviation = False
+                dyn.run(n - 1)
+                calculator.deviation = True
+                dyn.run(1)
+            else:
+                dyn.run(n)
         except Exception as exc:  # noqa: BLE001
             traj.exploded, traj.stopped_early = True, True
             traj.stop_reason = f"MD failed after step {step}: {type(exc).__name__}: {exc}"
@@ -266,13 +272,14 @@ class _Batcher:
         self.committee = committee
         self.cond = threading.Condition()
         self.active = n_walkers
-        self.pending: dict[int, tuple[Atoms, bool]] = {}
+        self.pending: dict[int, tuple[Atoms, bool, bool]] = {}
+        self.cheap_steps = bool(getattr(committee, "shallow", False))  # see ``run_exploration``
         self.results: dict[int, dict | Exception] = {}
         self.n_calls = 0
 
-    def compute(self, key: int, atoms: Atoms, stress: bool) -> dict:
+    def compute(self, key: int, atoms: Atoms, stress: bool, deviation: bool = True) -> dict:
         with self.cond:
-            self.pending[key] = (atoms, stress)
+            self.pending[key] = (atoms, stress, deviation)
             if len(self.pending) >= self.active:
                 self._flush()
             while key not in self.results:
@@ -292,16 +299,18 @@ class _Batcher:
         keys = list(self.pending)
         frames = [self.pending[k][0] for k in keys]
         stress = any(self.pending[k][1] for k in keys)
+        # the mean only when no walker records this frame (a committee that can skip deviations: cheap_steps)
+        kw = {} if any(self.pending[k][2] for k in keys) else {"deviation": False}
         self.pending = {}
         self.n_calls += 1
         try:
-            pred = self.committee.evaluate(frames, compute_stress=stress)
+            pred = self.committee.evaluate(frames, compute_stress=stress, **kw)
             out = [pred.results(i, stress) for i in range(len(keys))]
         except Exception:  # noqa: BLE001 - find the frame(s) that fail
             out = []
             for atoms in frames:
                 try:
-                    out.append(self.committee.evaluate([atoms], compute_stress=stress).results(0, stress))
+                    out.append(self.committee.evaluate([atoms], compute_stress=stress, **kw).results(0, stress))
                 except Exception as exc:  # noqa: BLE001
                     out.append(exc)
         self.results.update(zip(keys, out))
@@ -314,10 +323,11 @@ class _BatchedCalculator(Calculator):
     def __init__(self, batcher: _Batcher, key: int, stress: bool):
         super().__init__()
         self.batcher, self.key, self.stress = batcher, key, stress
+        self.cheap_steps, self.deviation = batcher.cheap_steps, True
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        self.results = dict(self.batcher.compute(self.key, self.atoms, self.stress))
+        self.results = dict(self.batcher.compute(self.key, self.atoms, self.stress, self.deviation))
 
 
 def run_walkers(walkers: list[Walker], committee) -> tuple[list[Trajectory], dict]:

@@ -294,6 +294,11 @@ class IterationDoc(AlmatDocument):
     calibrated_fraction: float | None = Field(
         None, description="Fraction of explored frames whose calibrated uncertainty is below force_tolerance")
     stop_reason: str | None = None
+    n_guard_samples: int = Field(0, description="random explored frames labelled by the guard: no candidate "
+                                 "selected for guard_patience iterations while the calibrated error was above tolerance")
+    guard_reason: str | None = Field(None, description="why the guard fired (None: it did not)")
+    training_failures: list[str] = Field(default_factory=list, description="members (or the shallow ensemble) "
+                                         "whose training failed this iteration, and why")
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -1,0 +1,356 @@
+"""A shallow ensemble of MACE: one interaction stack, ``n_heads`` readout heads, trained together.
+
+Every head has its own readouts (the first layer's linear readout and the last layer's non-linear one: its
+own hidden units, see ``almat.learner.batched.node_energies``), its own initialisation, and its own
+bootstrap weights on the training configurations; the backbone (embeddings, interactions, products),
+the E0s and the scale/shift are shared. To the rest of almat it is a committee of ``n_heads`` members:
+``Committee`` gives per-head energies [n_heads, n_frames] and forces [n_heads, n_atoms, 3], from which the
+model deviation, trust levels, selection and calibration work unchanged.
+
+Why bootstrap heads and not a mean-variance NLL: the heads then mean what a committee's members mean (an
+ensemble whose spread almat's calibration rescales by its factor k, as it does for the committee), the loss
+has no variance in a denominator to blow up on a small early training set, and it is the committee's own
+loss, per head. Every step fits every head's energies on its bootstrap sample and, with ``all``
+(``learner.head_forces``, the default), every head's forces: one forward and one force backward per head,
+about 0.6x the committee's training time. ``rotate`` fits the forces of one head in turn, so a step costs
+one model's forward and force backward, and the heads' mean is about as accurate as one model (the
+committee's mean, and ``all``'s, are better). ``benchmarks/uncertainty_cost.py`` compares both with the
+committee.
+
+Prediction: one forward, then one backward per head on the CPU (measured faster there than one backward
+batched over the heads) or one batched backward (``vmap`` of the pullback) on an accelerator, give every
+head's forces; the heads' mean alone costs one model (``mean_outputs``), which the sampler uses on the MD
+steps whose model deviation it does not record.
+
+A model is stored like any other (``almat.learner.models``): its state dict and an architecture record,
+class ``ShallowEnsembleMACE``: the ``ScaleShiftMACE`` keyword arguments plus ``n_heads``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from almat.learner.batched import graph_energies, out_of_place_scatter, stress_from_virial
+from almat.learner.hyperparameters import SHALLOW_LEARNERS, MaceHyperParameters  # noqa: F401 - (re-exported)
+from almat.learner.models import TrainResult, model_from_architecture, split_indices
+
+logger = logging.getLogger(__name__)
+
+
+_CLASS = None
+
+
+def _shallow_class():
+    """``ShallowEnsembleMACE``: a ``ScaleShiftMACE`` with ``n_heads`` readout heads whose ``forward`` gives the
+    heads' mean (``energy``, ``forces``, ``stress``) and every head (``energies``, ``head_forces``,
+    ``head_stress``), so code that calls a model directly sees the ensemble mean, never one head."""
+    global _CLASS
+    if _CLASS is None:
+        from mace.modules import ScaleShiftMACE
+
+        class ShallowEnsembleMACE(ScaleShiftMACE):
+            def forward(self, data, training: bool = False, compute_force: bool = True,
+                        compute_stress: bool = False, **_):
+                out = head_outputs(self, data, compute_force=compute_force, compute_stress=compute_stress,
+                                   create_graph=training)
+                result = {"energies": out["energy"], "energy": out["energy"].mean(dim=0)}
+                if not (compute_force or compute_stress):  # (descriptors: the backbone's node features)
+                    result["node_feats"] = super().forward(data, compute_force=False)["node_feats"]
+                if "forces" in out:
+                    result.update(head_forces=out["forces"], forces=out["forces"].mean(dim=0))
+                if "stress" in out:
+                    result.update(head_stress=out["stress"], stress=out["stress"].mean(dim=0))
+                return result
+
+        _CLASS = ShallowEnsembleMACE
+    return _CLASS
+
+
+def build_shallow_ensemble_mace(kwargs: dict) -> torch.nn.Module:
+    """A ``ShallowEnsembleMACE`` from its record's keyword arguments (a ``ScaleShiftMACE``'s plus ``n_heads``)."""
+    from mace import modules  # before e3nn (the other order fails on torch's weights-only load)
+    from e3nn import o3
+
+    kw = dict(kwargs)
+    heads = int(kw.pop("n_heads"))
+    if heads < 2:
+        raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={heads}")
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    kw.update(hidden_irreps=o3.Irreps(kw["hidden_irreps"]), MLP_irreps=o3.Irreps(kw["MLP_irreps"]),
+              atomic_energies=np.asarray(kw["atomic_energies"], dtype=float))
+    model = _shallow_class()(interaction_cls=block, interaction_cls_first=block, gate=torch.nn.functional.silu,
+                             heads=[f"head{h}" for h in range(heads)], **kw)
+    model.n_heads = heads
+    return model
+
+
+def shallow_architecture(mace_record: dict, n_heads: int) -> dict:
+    """The record of a shallow ensemble from a ``ScaleShiftMACE`` record (``almat.learner.mace.mace_architecture``)."""
+    return {**mace_record, "class": "ShallowEnsembleMACE", "kwargs": {**mace_record["kwargs"], "n_heads": int(n_heads)}}
+
+
+def head_count(model: torch.nn.Module) -> int:
+    """Readout heads of a model: ``n_heads`` of a shallow ensemble, 1 for any other model."""
+    return int(getattr(model, "n_heads", 1))
+
+
+def head_outputs(model: torch.nn.Module, data: dict, compute_force: bool = True, compute_stress: bool = False,
+                 create_graph: bool = False, force_heads: Sequence[int] | None = None,
+                 batched: bool | None = None) -> dict[str, torch.Tensor]:
+    """Per-head ``energy`` [n_heads, n_graphs], ``forces`` [n_heads, n_nodes, 3] and, with ``compute_stress``,
+    ``stress`` [n_heads, n_graphs, 3, 3] of a collated batch: one forward, then one backward per head (on the CPU)
+    or one backward batched over the heads (on an accelerator). ``create_graph`` keeps the graph of the forces
+    (training: one backward per head, of ``force_heads`` only when given). ``batched`` forces the choice."""
+    heads = head_count(model)
+    positions = data["positions"]
+    if not positions.requires_grad:
+        positions = positions.detach().requires_grad_(True)
+    inputs = [positions]
+    displacement = None
+    if compute_stress:
+        n_graphs = int(data["ptr"].numel() - 1)
+        displacement = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device,
+                                   requires_grad=True)
+        inputs.append(displacement)
+    with torch.enable_grad():
+        energy = graph_energies(model, data, positions, displacement, heads).T  # [n_heads, n_graphs]
+        out = {"energy": energy}
+        if not (compute_force or compute_stress):
+            return out
+        if batched is None:
+            batched = positions.device.type != "cpu"
+        if create_graph or not batched:
+            # one backward per head (training: only ``force_heads``). On the CPU this is faster than one backward
+            # batched over the heads (benchmarks/uncertainty_cost.py), and torch cannot batch a backward that
+            # builds its own graph through mace's scripted ops
+            wanted = range(heads) if force_heads is None else force_heads
+            per_head = [torch.autograd.grad([energy[h].sum()], inputs, create_graph=create_graph,
+                                            retain_graph=create_graph or k < len(wanted) - 1)
+                        for k, h in enumerate(wanted)]
+            grads = [torch.stack([g[i] for g in per_head]) for i in range(len(inputs))]
+        else:  # on an accelerator: one backward batched over the heads
+            cotangents = torch.eye(heads, dtype=energy.dtype, device=energy.device)[:, :, None].expand(
+                heads, heads, energy.shape[1])
+            with out_of_place_scatter():
+                grads = torch.autograd.grad([energy], inputs, grad_outputs=[cotangents], retain_graph=False,
+                                            is_grads_batched=True)
+    out["forces"] = -grads[0]
+    if compute_stress:
+        out["stress"] = stress_from_virial(grads[1], data)
+    return out
+
+
+def mean_outputs(model: torch.nn.Module, data: dict, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    """The heads' mean ``energy`` [n_graphs], ``forces`` [n_nodes, 3] (and ``stress``) at the cost of one model:
+    one forward and one backward of the mean energy (MD steps whose model deviation is not recorded)."""
+    heads = head_count(model)
+    positions = data["positions"].detach().requires_grad_(True)
+    inputs, displacement = [positions], None
+    if compute_stress:
+        n_graphs = int(data["ptr"].numel() - 1)
+        displacement = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device,
+                                   requires_grad=True)
+        inputs.append(displacement)
+    with torch.enable_grad():
+        energy = graph_energies(model, data, positions, displacement, heads).mean(dim=1)
+        grads = torch.autograd.grad([energy.sum()], inputs)
+    out = {"energy": energy.detach(), "forces": -grads[0]}
+    if compute_stress:
+        out["stress"] = stress_from_virial(grads[1], data)
+    return out
+
+
+def predict_heads(model: torch.nn.Module, batches, compute_stress: bool = False):
+    """Energies [n_heads, n_frames], per-frame forces [n_heads, n_atoms, 3] (and stresses [n_heads, n_frames, 3,
+    3]) of collated batches."""
+    energies, forces, stresses = [], [], []
+    for batch in batches:
+        data = batch.to_dict()
+        out = head_outputs(model, data, compute_stress=compute_stress)
+        energies.append(out["energy"].detach().cpu().numpy())
+        f = out["forces"].detach().cpu().numpy()
+        ptr = batch.ptr.cpu().numpy()
+        forces += [f[:, ptr[g]:ptr[g + 1]] for g in range(int(batch.num_graphs))]
+        if compute_stress:
+            stresses.append(out["stress"].detach().cpu().numpy())
+    e = np.concatenate(energies, axis=1).astype(float)
+    s = np.concatenate(stresses, axis=1).astype(float) if compute_stress else None
+    return e, [f.astype(float) for f in forces], s
+
+
+#: per-graph tensor [1, n_heads] of the bootstrap weights of a training configuration
+HEAD_WEIGHT_KEY = "head_weights"
+
+
+def bootstrap_weights(n_configs: int, heads: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_configs, n_heads]: how often each head draws each configuration in a bootstrap sample of
+    ``n_configs`` (multinomial counts; a head sees about 63 % of the configurations, some twice)."""
+    return np.stack([rng.multinomial(n_configs, np.full(n_configs, 1.0 / n_configs)) for _ in range(heads)],
+                    axis=1).astype(float)
+
+
+def _head_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per head (first axis): sum(w v) / sum(w) over the other axes; 0 (keeping the graph) for a head whose
+    weights are all 0 in this batch."""
+    dims = tuple(range(1, values.dim()))
+    total = torch.sum(weights, dim=dims)
+    return torch.sum(values * weights, dim=dims) / torch.clamp(total, min=1e-12)
+
+
+def heads_loss(batch, out: dict, hp: MaceHyperParameters) -> torch.Tensor:
+    """The committee's loss of every head on its bootstrap-weighted configurations, averaged over the heads.
+
+    Label weights (nearsighted force training: per-atom ``force_weights``, per-configuration ``energy_weight``)
+    multiply the bootstrap weights, as in ``almat.learner.mace``."""
+    from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY
+
+    natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+    graph_w = batch[HEAD_WEIGHT_KEY].T.to(out["energy"].dtype)  # [n_heads, n_graphs]
+    energy_w, node_w = graph_w, graph_w[:, batch.batch]  # [n_heads, n_nodes]
+    if batch[ATOM_FORCE_WEIGHT_KEY] is not None:
+        energy_w = energy_w * batch.energy_weight[None]
+        node_w = node_w * batch[ATOM_FORCE_WEIGHT_KEY][None]
+    e_term = _head_mean(torch.square((batch.energy[None] - out["energy"]) / natoms[None]), energy_w)
+    heads = out.get("force_heads")
+    if heads is not None:
+        node_w = node_w[heads]
+    f_term = _head_mean(torch.mean(torch.square(batch.forces[None] - out["forces"]), dim=-1), node_w)
+    return hp.energy_weight * torch.mean(e_term) + hp.forces_weight * torch.mean(f_term)
+
+
+def fit_heads(model: torch.nn.Module, train_set, valid_set, hp: MaceHyperParameters, epochs: int, seed: int,
+              progress: Callable[[int, int, float], None] | None = None, rotate: bool = False):
+    """Train every head (and the shared backbone) on its bootstrap-weighted ``train_set``, keeping the best
+    state by the validation loss of the heads' mean; ``(model on the cpu, metrics, history)``. A non-finite
+    loss or head spread raises ``FloatingPointError``."""
+    from almat.learner.mace import _evaluate, _loader
+
+    device = torch.device(hp.device)
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1),
+                                                           eta_min=hp.lr * hp.lr_final_fraction)
+    train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
+    valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
+    best_state, best_loss, history = None, math.inf, []
+    heads, step = head_count(model), 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total = 0.0
+        for batch in train_loader:
+            batch = batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            force_heads = [step % heads] if rotate else None
+            out = head_outputs(model, batch.to_dict(), create_graph=True, force_heads=force_heads)
+            if rotate:
+                out["force_heads"] = force_heads
+            step += 1
+            loss = heads_loss(batch, out, hp)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            total += float(loss.detach()) * int(batch.num_graphs)
+        scheduler.step()
+        train_loss = total / len(train_set)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"shallow ensemble training diverged at epoch {epoch} (loss {train_loss})")
+        if epoch % hp.eval_every == 0 or epoch == epochs:
+            model.eval()
+            metrics = _evaluate(model, valid_loader, device)
+            vloss = (hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2
+                     + hp.forces_weight * metrics["force_rmse"] ** 2)
+            if not math.isfinite(vloss):
+                raise FloatingPointError(f"shallow ensemble validation loss is {vloss} at epoch {epoch}")
+            history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+            if vloss < best_loss:
+                best_loss = vloss
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress is not None:
+            progress(epoch, epochs, train_loss)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    metrics = _evaluate(model, valid_loader, device)
+    metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False),
+                                                          device).items()})
+    spread = _head_spread(model, valid_loader, device)
+    if not math.isfinite(spread):
+        raise FloatingPointError(f"the heads' force spread is {spread} after training")
+    metrics["head_force_spread"] = spread
+    return model.to("cpu"), metrics, history
+
+
+def _head_spread(model, loader, device) -> float:
+    """Mean over atoms of the heads' force standard deviation (norm over x y z), on ``loader``."""
+    sums, count = 0.0, 0
+    for batch in loader:
+        out = head_outputs(model, batch.to(device).to_dict())
+        std = torch.linalg.vector_norm(out["forces"].detach().std(dim=0), dim=-1)
+        sums, count = sums + float(std.sum()), count + int(std.numel())
+    return sums / max(count, 1)
+
+
+def train_shallow_mace(
+    atoms_list: Sequence[Atoms],
+    ids: Sequence[str],
+    hp: MaceHyperParameters,
+    seed: int,
+    init_model: torch.nn.Module | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    n_heads: int = 4,
+    rotate: bool = False,
+) -> TrainResult:
+    """Train one shallow ensemble of ``n_heads`` heads on labelled Atoms (``train_mace``'s interface).
+
+    ``seed`` sets the initialisation (each head's readouts are drawn on their own), the train/validation
+    split, the batch order and the heads' bootstrap weights. With ``init_model`` (a shallow ensemble with as
+    many heads, on the same elements) it continues from those weights for ``hp.warm_start_epochs``.
+    """
+    from almat.learner.mace import _torch_dtype, atoms_to_dataset, build_model
+
+    if n_heads < 2:
+        raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={n_heads}")
+    if len(atoms_list) != len(ids):
+        raise ValueError("atoms_list and ids must have the same length")
+    if len(atoms_list) < 2:
+        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
+    start = time.perf_counter()
+    if hp.num_threads:
+        torch.set_num_threads(hp.num_threads)
+    dtype = _torch_dtype(hp.dtype)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
+        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
+        warm = (init_model is not None and head_count(init_model) == n_heads
+                and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs)
+        if init_model is not None and not warm:
+            logger.info("elements or heads changed; training the shallow ensemble from scratch")
+        data = atoms_to_dataset(atoms_list, zs, float(init_model.r_max) if warm else hp.r_max)
+        train_set = [data[i] for i in train_idx]
+        valid_set = [data[i] for i in valid_idx]
+        if warm:
+            model, epochs = copy.deepcopy(init_model).to(dtype), hp.warm_start_epochs
+        else:
+            record = build_model(hp, zs, train_set).almat_architecture  # E0s, scale, shift of the data
+            model, epochs = model_from_architecture(shallow_architecture(record, n_heads)), hp.epochs
+        weights = bootstrap_weights(len(train_set), n_heads, rng)
+        for item, w in zip(train_set, weights):
+            item[HEAD_WEIGHT_KEY] = torch.tensor(w, dtype=dtype)[None]
+        model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, seed, progress, rotate)
+        return TrainResult(model=model, train_ids=[ids[i] for i in train_idx], valid_ids=[ids[i] for i in valid_idx],
+                           metrics=metrics, epochs=epochs, n_parameters=sum(p.numel() for p in model.parameters()),
+                           wall_time=time.perf_counter() - start, history=history)
+    finally:
+        torch.set_default_dtype(previous_dtype)

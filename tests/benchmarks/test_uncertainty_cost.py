@@ -1,0 +1,26 @@
+"""A smoke run of benchmarks/uncertainty_cost.py with tiny settings: every row of its tables is filled."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tiny_run_fills_the_tables(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("uncertainty_cost", ROOT / "benchmarks" / "uncertainty_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["uncertainty_cost"] = bench
+    spec.loader.exec_module(bench)
+    out = tmp_path / "out.json"
+    bench.main(["--n-train", "4", "--n-test", "8", "--epochs", "2", "--channels", "4", "--md-steps", "4",
+                "--sample-every", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["quality"]) == {"committee", "shallow-all", "shallow-rotate"}
+    for row in result["quality"].values():
+        assert row["train_s"] > 0 and -1 <= row["spearman"] <= 1 and row["k"] > 0 and 0 <= row["coverage"] <= 1
+    (md,) = result["md"]
+    assert md["atoms"] == 32 and all(v > 0 for v in md.values())
+    printed = capsys.readouterr().out
+    assert "| committee |" in printed and "| 32 | " in printed and "shallow, every step" in printed
