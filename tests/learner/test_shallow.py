@@ -179,6 +179,6 @@ def test_job_trains_one_model_and_keeps_the_previous_committee_when_training_div
     # without a previous committee the job fails, with the reason
     job = bad.make(ids, campaign="c", iteration=2)
     with pytest.raises(ValueError, match=r"^the shallow ensemble's training failed and there is no previous "
-                                         r"committee: shallow ensemble training diverged at epoch \d+ "
+                                         r"committee: training diverged at epoch \d+ "
                                          r"\(loss (nan|-?inf)\)$"):
         run_locally(job, store=job_store, log=False, raise_immediately=True)

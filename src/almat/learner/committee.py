@@ -14,6 +14,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
 from almat.learner.mace import model_inputs, predict
+from almat.learner.batched import evaluate_stacked, stackable
+from almat.learner.shallow import head_count, mean_outputs, predict_heads
 from almat.learner.models import MODEL_FORMAT, UnsafeModelError, model_from_bytes, model_to_bytes
 from almat.schemas import ModelDoc
 from almat.stores import CampaignDB, get_blob, put_blob
@@ -110,7 +112,6 @@ class Committee:
 
     def __init__(self, models: Sequence[torch.nn.Module], model_ids: Sequence[str] | None = None,
                  device: str = "cpu", batched: bool | None = None):
-        from almat.learner.shallow import head_count
 
         self.n_members = sum(head_count(m) for m in models)
         if self.n_members < 2:
@@ -201,7 +202,6 @@ class Committee:
     def _stacked(self, data: dict, compute_stress: bool):
         """(energies, forces, stresses) of every member in one vmapped pass, or None where they do not stack or
         the pass fails (then the loop is used from here on)."""
-        from almat.learner.batched import evaluate_stacked, stackable
 
         if getattr(self, "_stackable", None) is None:
             self._stackable = stackable(self.models)  # (once: the members do not change)
@@ -217,7 +217,6 @@ class Committee:
             return None
 
     def _mean(self, batch, n_frames: int, compute_stress: bool) -> CommitteePrediction:
-        from almat.learner.shallow import mean_outputs
 
         out = mean_outputs(self.models[0], batch.to_dict(), compute_stress)
         ptr = batch.ptr.cpu().numpy()
@@ -228,7 +227,6 @@ class Committee:
 
     def _heads(self, batches, n_frames: int, compute_stress: bool = False) -> CommitteePrediction:
         """The heads of the shallow ensembles as members: energies [n_heads, n_frames], ... (see ``predict``)."""
-        from almat.learner.shallow import predict_heads
 
         parts = [predict_heads(model, batches, compute_stress) for model in self.models]
         energies = np.concatenate([p[0] for p in parts])

@@ -22,7 +22,8 @@ import copy
 import logging
 import math
 import time
-from typing import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -252,6 +253,30 @@ def _evaluate(model, loader, device) -> dict[str, float]:
     }
 
 
+
+@contextmanager
+def training_context(atoms_list: Sequence[Atoms], ids: Sequence[str], hp, seed: int) -> Iterator[tuple]:
+    """What every MACE training starts with: the input checks, torch's threads, the default dtype of
+    ``hp.dtype`` (restored afterwards), the seeds; yields ``(rng, train_idx, valid_idx, zs)``: the split of
+    the configurations (``hp.valid_fraction``) and their sorted atomic numbers."""
+    if len(atoms_list) != len(ids):
+        raise ValueError("atoms_list and ids must have the same length")
+    if len(atoms_list) < 2:
+        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
+    if hp.num_threads:
+        torch.set_num_threads(hp.num_threads)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(_torch_dtype(hp.dtype))
+    try:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
+        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
+        yield rng, train_idx, valid_idx, zs
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
 def train_mace(
     atoms_list: Sequence[Atoms],
     ids: Sequence[str],
@@ -266,22 +291,8 @@ def train_mace(
     which to validation. With ``init_model`` the model continues from those weights (warm start) for
     ``hp.warm_start_epochs`` epochs, provided it covers the same elements.
     """
-    if len(atoms_list) != len(ids):
-        raise ValueError("atoms_list and ids must have the same length")
-    if len(atoms_list) < 2:
-        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
     start = time.perf_counter()
-    if hp.num_threads:
-        torch.set_num_threads(hp.num_threads)
-    dtype = _torch_dtype(hp.dtype)
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
-
-        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
+    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
         warm = init_model is not None and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs
         if init_model is not None and not warm:
             logger.info("elements changed; training from scratch instead of warm start")
@@ -291,7 +302,7 @@ def train_mace(
         valid_set = [data[i] for i in valid_idx]
 
         if warm:
-            model = copy.deepcopy(init_model).to(dtype)
+            model = copy.deepcopy(init_model).to(torch.get_default_dtype())
             epochs = hp.warm_start_epochs
         else:
             model = build_model(hp, zs, train_set)
@@ -307,16 +318,16 @@ def train_mace(
             wall_time=time.perf_counter() - start,
             history=history,
         )
-    finally:
-        torch.set_default_dtype(previous_dtype)
 
 
 def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int,
-        progress: Callable[[int, int, float], None] | None = None):
+        progress: Callable[[int, int, float], None] | None = None,
+        step_loss: Callable[[torch.nn.Module, object, int], torch.Tensor] | None = None):
     """Train ``model`` on ``train_set`` (AtomicData) for ``epochs``, keeping the best state by validation loss.
 
-    Returns ``(model on the cpu, validation and train metrics, history)``; a non-finite loss raises
-    ``FloatingPointError``.
+    ``step_loss(model, batch, step)`` is the training loss of a batch (default: energies and forces, ``_loss``);
+    the validation is always that of the model's own output. Returns ``(model on the cpu, validation and
+    train metrics, history)``; a non-finite training or validation loss raises ``FloatingPointError``.
     """
     device = torch.device(hp.device)
     model = model.to(device)
@@ -326,16 +337,20 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
     )
     train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
     valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
+    if step_loss is None:
+        def step_loss(model, batch, step):
+            return _loss(batch, model(batch.to_dict(), training=True, compute_force=True), hp)
     best_state, best_loss = None, math.inf
     history: list[dict[str, float]] = []
+    step = 0
     for epoch in range(1, epochs + 1):
         model.train()
         total = 0.0
         for batch in train_loader:
             batch = batch.to(device)
             optimizer.zero_grad(set_to_none=True)
-            out = model(batch.to_dict(), training=True, compute_force=True)
-            loss = _loss(batch, out, hp)
+            loss = step_loss(model, batch, step)
+            step += 1
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
@@ -348,6 +363,8 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
             model.eval()
             metrics = _evaluate(model, valid_loader, device)
             vloss = hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
+            if not math.isfinite(vloss):
+                raise FloatingPointError(f"validation loss is {vloss} at epoch {epoch}")
             history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
             if vloss < best_loss:
                 best_loss = vloss

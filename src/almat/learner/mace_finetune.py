@@ -39,8 +39,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from almat.learner.hyperparameters import MaceFinetuneHyperParameters
-from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY, _loader, _torch_dtype, atoms_to_dataset, fit
-from almat.learner.models import TrainResult, model_from_architecture, split_indices
+from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY, _loader, atoms_to_dataset, fit, predict, training_context
+from almat.learner.models import TrainResult, model_from_architecture
 
 #: module prefixes a foundation file's pickled globals may come from
 ALLOWED_GLOBALS = ("mace.", "e3nn.", "torch.", "collections.OrderedDict", "numpy.core.multiarray.",
@@ -250,7 +250,6 @@ def _replay_set(hp: MaceFinetuneHyperParameters, foundation, zs: Sequence[int], 
     if unlabelled:  # pseudo-labels: the foundation's own predictions
         from ase.calculators.singlepoint import SinglePointCalculator
 
-        from almat.learner.mace import predict
 
         e, f = predict([foundation], unlabelled)
         for i, atoms in enumerate(unlabelled):
@@ -282,22 +281,10 @@ def finetune_mace(
     (the previous member, ``naive`` mode, same elements) it continues from it for ``warm_start_epochs``;
     a ``multihead`` member always starts from the foundation, whose pt head the replay needs.
     """
-    if len(atoms_list) != len(ids):
-        raise ValueError("atoms_list and ids must have the same length")
-    if len(atoms_list) < 2:
-        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
     start = time.perf_counter()
-    if hp.num_threads:
-        torch.set_num_threads(hp.num_threads)
-    dtype = _torch_dtype(hp.dtype)
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
+    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
+        dtype = torch.get_default_dtype()
         fit_idx = sorted(rng.choice(train_idx, size=len(train_idx)).tolist()) if hp.bootstrap else train_idx
-        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
         multihead = hp.foundation.mode == "multihead"
         warm = (init_model is not None and not multihead
                 and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs)
@@ -341,5 +328,3 @@ def finetune_mace(
             wall_time=time.perf_counter() - start,
             history=history,
         )
-    finally:
-        torch.set_default_dtype(previous_dtype)

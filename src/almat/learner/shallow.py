@@ -40,7 +40,8 @@ from ase import Atoms
 
 from almat.learner.batched import graph_energies, out_of_place_scatter, stress_from_virial
 from almat.learner.hyperparameters import SHALLOW_LEARNERS, MaceHyperParameters  # noqa: F401 - (re-exported)
-from almat.learner.models import TrainResult, model_from_architecture, split_indices
+from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY, _loader, atoms_to_dataset, build_model, fit, training_context
+from almat.learner.models import TrainResult, model_from_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,6 @@ def heads_loss(batch, out: dict, hp: MaceHyperParameters) -> torch.Tensor:
 
     Label weights (nearsighted force training: per-atom ``force_weights``, per-configuration ``energy_weight``)
     multiply the bootstrap weights, as in ``almat.learner.mace``."""
-    from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY
 
     natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
     graph_w = batch[HEAD_WEIGHT_KEY].T.to(out["energy"].dtype)  # [n_heads, n_graphs]
@@ -231,56 +231,20 @@ def fit_heads(model: torch.nn.Module, train_set, valid_set, hp: MaceHyperParamet
     """Train every head (and the shared backbone) on its bootstrap-weighted ``train_set``, keeping the best
     state by the validation loss of the heads' mean; ``(model on the cpu, metrics, history)``. A non-finite
     loss or head spread raises ``FloatingPointError``."""
-    from almat.learner.mace import _evaluate, _loader
 
+    heads = head_count(model)
+
+    def step_loss(model, batch, step):
+        force_heads = [step % heads] if rotate else None
+        out = head_outputs(model, batch.to_dict(), create_graph=True, force_heads=force_heads)
+        if rotate:
+            out["force_heads"] = force_heads
+        return heads_loss(batch, out, hp)
+
+    model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress, step_loss)
     device = torch.device(hp.device)
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp.lr, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1),
-                                                           eta_min=hp.lr * hp.lr_final_fraction)
-    train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
     valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
-    best_state, best_loss, history = None, math.inf, []
-    heads, step = head_count(model), 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        total = 0.0
-        for batch in train_loader:
-            batch = batch.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            force_heads = [step % heads] if rotate else None
-            out = head_outputs(model, batch.to_dict(), create_graph=True, force_heads=force_heads)
-            if rotate:
-                out["force_heads"] = force_heads
-            step += 1
-            loss = heads_loss(batch, out, hp)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            total += float(loss.detach()) * int(batch.num_graphs)
-        scheduler.step()
-        train_loss = total / len(train_set)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"shallow ensemble training diverged at epoch {epoch} (loss {train_loss})")
-        if epoch % hp.eval_every == 0 or epoch == epochs:
-            model.eval()
-            metrics = _evaluate(model, valid_loader, device)
-            vloss = (hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2
-                     + hp.forces_weight * metrics["force_rmse"] ** 2)
-            if not math.isfinite(vloss):
-                raise FloatingPointError(f"shallow ensemble validation loss is {vloss} at epoch {epoch}")
-            history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
-            if vloss < best_loss:
-                best_loss = vloss
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if progress is not None:
-            progress(epoch, epochs, train_loss)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    metrics = _evaluate(model, valid_loader, device)
-    metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False),
-                                                          device).items()})
     spread = _head_spread(model, valid_loader, device)
     if not math.isfinite(spread):
         raise FloatingPointError(f"the heads' force spread is {spread} after training")
@@ -314,25 +278,12 @@ def train_shallow_mace(
     split, the batch order and the heads' bootstrap weights. With ``init_model`` (a shallow ensemble with as
     many heads, on the same elements) it continues from those weights for ``hp.warm_start_epochs``.
     """
-    from almat.learner.mace import _torch_dtype, atoms_to_dataset, build_model
 
     if n_heads < 2:
         raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={n_heads}")
-    if len(atoms_list) != len(ids):
-        raise ValueError("atoms_list and ids must have the same length")
-    if len(atoms_list) < 2:
-        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
     start = time.perf_counter()
-    if hp.num_threads:
-        torch.set_num_threads(hp.num_threads)
-    dtype = _torch_dtype(hp.dtype)
-    previous_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        train_idx, valid_idx = (i.tolist() for i in split_indices(len(atoms_list), hp.valid_fraction, rng))
-        zs = sorted({int(z) for a in atoms_list for z in a.get_atomic_numbers()})
+    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
+        dtype = torch.get_default_dtype()
         warm = (init_model is not None and head_count(init_model) == n_heads
                 and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs)
         if init_model is not None and not warm:
@@ -352,5 +303,3 @@ def train_shallow_mace(
         return TrainResult(model=model, train_ids=[ids[i] for i in train_idx], valid_ids=[ids[i] for i in valid_idx],
                            metrics=metrics, epochs=epochs, n_parameters=sum(p.numel() for p in model.parameters()),
                            wall_time=time.perf_counter() - start, history=history)
-    finally:
-        torch.set_default_dtype(previous_dtype)

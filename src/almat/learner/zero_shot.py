@@ -7,6 +7,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from almat.learner.mace import predict
+
 
 class SingleModelCalculator(Calculator):
     """ASE calculator of one MACE model (energy, forces)."""
@@ -18,8 +20,6 @@ class SingleModelCalculator(Calculator):
         self.model = model
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        from almat.learner.mace import predict
-
         super().calculate(atoms, properties, system_changes)
         energies, forces = predict([self.model], [self.atoms])
         energy = float(energies[0, 0])
