@@ -9,7 +9,7 @@ from almat.learner.committee import Committee
 from almat.learner.hyperparameters import MaceHyperParameters
 from almat.learner.mace import mace_architecture, model_inputs
 from almat.learner.models import model_from_architecture
-from conftest import emt_cu_atoms
+from emt_cu import emt_cu_atoms
 
 
 def _compare(a, b, atol):
