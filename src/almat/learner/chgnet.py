@@ -150,9 +150,7 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
             progress(epoch, epochs, total / len(train_idx))
     model.load_state_dict(best)
     model.eval()
-    return TrainResult(model=model, train_ids=[ids[i] for i in train_idx], valid_ids=[ids[i] for i in valid_idx],
-                       metrics=metrics, epochs=epochs, n_parameters=sum(p.numel() for p in model.parameters()),
-                       wall_time=time.perf_counter() - start, history=history)
+    return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
 
 
 def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,

@@ -308,16 +308,7 @@ def train_mace(
             model = build_model(hp, zs, train_set)
             epochs = hp.epochs
         model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress)
-        return TrainResult(
-            model=model,
-            train_ids=[ids[i] for i in train_idx],
-            valid_ids=[ids[i] for i in valid_idx],
-            metrics=metrics,
-            epochs=epochs,
-            n_parameters=sum(p.numel() for p in model.parameters()),
-            wall_time=time.perf_counter() - start,
-            history=history,
-        )
+        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
 
 
 def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int,

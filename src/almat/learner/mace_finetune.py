@@ -1,10 +1,12 @@
 """Fine-tune a MACE foundation model from a local ``.model`` file into committee members.
 
 A foundation ``.model`` is a whole pickled module, as ``mace_run_train`` writes it: loading one runs code
-from the file, so it is read only from the path the campaign file names, and only after
-:func:`read_foundation` has checked, without unpickling anything, that the file is a torch archive whose
-pickled globals all come from mace, e3nn and torch (a planted ``os.system`` is refused). This is a check
-for the wrong file, not a sandbox: a foundation file is trusted as mace itself trusts it. What almat
+from the file, so it is read only from the path the campaign file names. :func:`read_foundation` first
+lists the file's pickled globals without unpickling anything and refuses a file whose globals do not all
+come from mace, e3nn and torch (a planted ``os.system`` is refused); it then loads it with torch's
+weights-only unpickler, allowed exactly those globals. This is a check for the wrong file, not a sandbox:
+a MACE pickle legitimately holds ``torch.fx``'s graph-module rebuild, which compiles code from the file,
+so a foundation file is trusted as mace itself trusts it. What almat
 stores is never that pickle: each fine-tuned member is kept in the safe format of
 :mod:`almat.learner.models` (class ``MACE``: the full MACE configuration as plain values, plus the state
 dict) and reloaded with ``weights_only=True``.
@@ -26,10 +28,10 @@ energy leaves of the labelled energies, so the first epoch starts from the right
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 import zipfile
+from importlib import import_module
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,7 +80,9 @@ def read_foundation(path: str | os.PathLike) -> torch.nn.Module:
     import mace.modules  # noqa: F401 - before e3nn, and the classes the pickle names
 
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)  # checked above; see the module doc
+        # torch's weights-only unpickler, allowed exactly the globals checked above and nothing else
+        with torch.serialization.safe_globals([_resolve(name) for name in found]):
+            model = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{path} is not a MACE model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
                          ) from None
@@ -89,6 +93,21 @@ def read_foundation(path: str | os.PathLike) -> torch.nn.Module:
     model.eval()
     _cache[key] = model
     return model
+
+
+def _resolve(name: str):
+    """The object a pickled global names (``module.sub.Class.Inner``): the longest importable module prefix,
+    then attributes."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"cannot import {name}")
 
 
 def foundation_elements(path: str | os.PathLike) -> list[str]:
@@ -141,8 +160,6 @@ def _mace_class(name: str) -> type:
     module, _, qualname = name.partition(":")
     if not module.startswith("mace.modules"):
         raise ValueError(f"{name} is not a mace.modules class")
-    from importlib import import_module
-
     obj = import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -316,15 +333,4 @@ def finetune_mace(
         model = model_from_architecture(mace_record(model, hp.dtype))
         model.load_state_dict(state, strict=True)
         model.eval()
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"fine-tuning gave non-finite validation metrics {metrics}")
-        return TrainResult(
-            model=model,
-            train_ids=[ids[i] for i in train_idx],
-            valid_ids=[ids[i] for i in valid_idx],
-            metrics=metrics,
-            epochs=epochs,
-            n_parameters=sum(p.numel() for p in model.parameters()),
-            wall_time=time.perf_counter() - start,
-            history=history,
-        )
+        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)

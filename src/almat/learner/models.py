@@ -9,6 +9,7 @@ the record and loads the state dict. Nothing else is ever unpickled, so a plante
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass, field
 from importlib import import_module
 
@@ -43,6 +44,15 @@ class TrainResult:
     n_parameters: int
     wall_time: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, ids, train_idx, valid_idx, metrics: dict[str, float], epochs: int,
+           start: float, history: list[dict[str, float]]) -> "TrainResult":
+        """The result of a training that started at ``time.perf_counter()`` = ``start``, on ``ids[train_idx]``
+        and validated on ``ids[valid_idx]``."""
+        return cls(model=model, train_ids=[ids[i] for i in train_idx], valid_ids=[ids[i] for i in valid_idx],
+                   metrics=metrics, epochs=epochs, n_parameters=sum(p.numel() for p in model.parameters()),
+                   wall_time=time.perf_counter() - start, history=history)
 
 
 def split_indices(n: int, valid_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

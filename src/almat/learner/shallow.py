@@ -103,6 +103,20 @@ def head_count(model: torch.nn.Module) -> int:
     return int(getattr(model, "n_heads", 1))
 
 
+def _grad_inputs(data: dict, compute_stress: bool):
+    """``(positions, displacement or None, inputs)``: what forces (and, with a zero strain ``displacement``
+    per graph, stresses) are the gradients of."""
+    positions = data["positions"]
+    if not positions.requires_grad:
+        positions = positions.detach().requires_grad_(True)
+    displacement = None
+    if compute_stress:
+        n_graphs = int(data["ptr"].numel() - 1)
+        displacement = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device,
+                                   requires_grad=True)
+    return positions, displacement, [positions] + ([displacement] if compute_stress else [])
+
+
 def head_outputs(model: torch.nn.Module, data: dict, compute_force: bool = True, compute_stress: bool = False,
                  create_graph: bool = False, force_heads: Sequence[int] | None = None,
                  batched: bool | None = None) -> dict[str, torch.Tensor]:
@@ -111,16 +125,7 @@ def head_outputs(model: torch.nn.Module, data: dict, compute_force: bool = True,
     or one backward batched over the heads (on an accelerator). ``create_graph`` keeps the graph of the forces
     (training: one backward per head, of ``force_heads`` only when given). ``batched`` forces the choice."""
     heads = head_count(model)
-    positions = data["positions"]
-    if not positions.requires_grad:
-        positions = positions.detach().requires_grad_(True)
-    inputs = [positions]
-    displacement = None
-    if compute_stress:
-        n_graphs = int(data["ptr"].numel() - 1)
-        displacement = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device,
-                                   requires_grad=True)
-        inputs.append(displacement)
+    positions, displacement, inputs = _grad_inputs(data, compute_stress)
     with torch.enable_grad():
         energy = graph_energies(model, data, positions, displacement, heads).T  # [n_heads, n_graphs]
         out = {"energy": energy}
@@ -153,13 +158,7 @@ def mean_outputs(model: torch.nn.Module, data: dict, compute_stress: bool = Fals
     """The heads' mean ``energy`` [n_graphs], ``forces`` [n_nodes, 3] (and ``stress``) at the cost of one model:
     one forward and one backward of the mean energy (MD steps whose model deviation is not recorded)."""
     heads = head_count(model)
-    positions = data["positions"].detach().requires_grad_(True)
-    inputs, displacement = [positions], None
-    if compute_stress:
-        n_graphs = int(data["ptr"].numel() - 1)
-        displacement = torch.zeros((n_graphs, 3, 3), dtype=positions.dtype, device=positions.device,
-                                   requires_grad=True)
-        inputs.append(displacement)
+    positions, displacement, inputs = _grad_inputs(data, compute_stress)
     with torch.enable_grad():
         energy = graph_energies(model, data, positions, displacement, heads).mean(dim=1)
         grads = torch.autograd.grad([energy.sum()], inputs)
@@ -300,6 +299,4 @@ def train_shallow_mace(
         for item, w in zip(train_set, weights):
             item[HEAD_WEIGHT_KEY] = torch.tensor(w, dtype=dtype)[None]
         model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, seed, progress, rotate)
-        return TrainResult(model=model, train_ids=[ids[i] for i in train_idx], valid_ids=[ids[i] for i in valid_idx],
-                           metrics=metrics, epochs=epochs, n_parameters=sum(p.numel() for p in model.parameters()),
-                           wall_time=time.perf_counter() - start, history=history)
+        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
