@@ -14,6 +14,7 @@ import pytest
 import torch
 from mace_foundation import emt_frames, write_foundation
 
+from almat.learner.committee import Committee
 from almat.learner.hyperparameters import MaceFinetuneHyperParameters
 from almat.learner.mace import predict
 from almat.learner.mace_finetune import (
@@ -144,3 +145,37 @@ def test_wrong_foundation_files_are_refused_in_one_line(foundation, tmp_path):
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError):  # (the planted file really is a pickle that runs code)
         torch.load(planted, weights_only=True)
+
+
+def test_finetuning_on_stresses(foundation):
+    """``stress_weight`` > 0: the fine-tuned member learns the labelled stresses (EMT's, over ±6 % strain)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.units import GPa
+
+    def with_stress(frames, seed):
+        rng = np.random.default_rng(seed)
+        for atoms in frames:
+            atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.06, 0.06)), scale_atoms=True)
+            atoms.calc = EMT()
+            results = dict(energy=atoms.get_potential_energy() + SHIFT * len(atoms), forces=atoms.get_forces(),
+                           stress=atoms.get_stress())
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        return frames
+
+    path, _ = foundation
+    labels, test = with_stress(emt_frames(12, 10), 0), with_stress(emt_frames(6, 11), 1)
+    reference = np.array([a.get_stress() for a in test])
+    rmse = {}
+    for weight in (0.0, 1.0):
+        settings = hp(path, epochs=10, lr=0.01, stress_weight=weight)  # 30 steps
+        result = finetune_mace(labels, [str(i) for i in range(12)], settings, seed=1)
+        assert ("stress_rmse_gpa" in result.metrics) == (weight > 0)
+        model = result.model
+        stresses = []
+        for atoms in test:
+            atoms = atoms.copy()
+            atoms.calc = Committee([model, model]).calculator(stress=True)  # the mean of one model
+            stresses.append(atoms.get_stress())
+        rmse[weight] = float(np.sqrt(np.mean((np.array(stresses) - reference) ** 2))) / GPa
+    assert rmse[1.0] < 0.5 * rmse[0.0], rmse

@@ -257,6 +257,9 @@ class LearnerSettings(Section):
                 except ValidationError as exc:  # one line, naming the keys under hyperparameters
                     raise ValueError(format_validation_error(exc, f"{kind} hyperparameters").replace(
                         f"{kind} hyperparameters: ", "hyperparameters.")) from None
+            if data.get("uncertainty") == "shallow" and getattr(data["hyperparameters"], "stress_weight", 0) > 0:
+                raise ValueError("hyperparameters.stress_weight: the heads of a shallow ensemble train on energies "
+                                 "and forces only; use uncertainty: committee to train on stresses")
         return data
 
     def maker(self, base_dir: Path | None = None):

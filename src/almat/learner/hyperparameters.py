@@ -7,6 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+STRESS_WEIGHT_HELP = (
+    "Weight of the squared stress error in GPa² (per configuration, over the labels that carry a stress; "
+    "0: stresses are not trained on). NPT exploration and densities need it: forces alone leave the "
+    "equilibrium volume loose")
+
+
 class MaceHyperParameters(BaseModel):
     """Model and training settings. The defaults are a small, fast model for CPU demos."""
 
@@ -33,6 +39,7 @@ class MaceHyperParameters(BaseModel):
     lr_final_fraction: float = Field(0.05, gt=0, le=1, description="Cosine decay of the lr down to lr * this")
     energy_weight: float = Field(1.0, ge=0)
     forces_weight: float = Field(10.0, ge=0)
+    stress_weight: float = Field(0.0, ge=0, description=STRESS_WEIGHT_HELP)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     eval_every: int = Field(5, ge=1, description="Validate every N epochs and keep the best state")
     dtype: str = Field("float32", pattern="^(float32|float64)$")
@@ -99,6 +106,7 @@ class MaceFinetuneHyperParameters(BaseModel):
     lr_final_fraction: float = Field(0.1, gt=0, le=1)
     energy_weight: float = Field(1.0, ge=0)
     forces_weight: float = Field(10.0, ge=0)
+    stress_weight: float = Field(0.0, ge=0, description=STRESS_WEIGHT_HELP)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     eval_every: int = Field(5, ge=1)
     dtype: str = Field("float64", pattern="^(float32|float64)$")

@@ -69,6 +69,18 @@ def _label_weights(atoms: Atoms, index: int) -> tuple[np.ndarray, float]:
     return fw, ew
 
 
+def _label_stress(atoms: Atoms) -> np.ndarray | None:
+    """The labelled stress (ASE's convention, eV/Å³, 3x3) of a periodic configuration, or None."""
+    stress = atoms.calc.results.get("stress") if atoms.calc is not None else None
+    if stress is None or not all(atoms.get_pbc()):
+        return None
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        xx, yy, zz, yz, xz, xy = stress
+        stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    return stress if stress.shape == (3, 3) and np.all(np.isfinite(stress)) else None
+
+
 def atoms_to_dataset(atoms_list: Sequence[Atoms], zs: Sequence[int], r_max: float, with_labels: bool = True):
     """MACE ``AtomicData`` for a list of Atoms; labels read from ``atoms.calc`` results.
 
@@ -88,7 +100,11 @@ def atoms_to_dataset(atoms_list: Sequence[Atoms], zs: Sequence[int], r_max: floa
         if with_labels:
             properties["energy"] = float(atoms.get_potential_energy())
             properties["forces"] = np.asarray(atoms.get_forces(), dtype=float)
-            weights = {"energy": 1.0, "forces": 1.0}
+            stress = _label_stress(atoms)
+            # a label without a stress gets weight 0 (mace's default weight is 1, on a zero stress)
+            weights = {"energy": 1.0, "forces": 1.0, "stress": 0.0 if stress is None else 1.0}
+            if stress is not None:
+                properties["stress"] = stress
             if weighted:
                 force_weights, weights["energy"] = _label_weights(atoms, index)
         config = Configuration(
@@ -205,7 +221,33 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.sum(values * weights) / total
 
 
+#: eV/Å³ -> GPa
+EV_PER_A3_IN_GPA = 160.21766208
+
+
+def _stress_weight(hp) -> float:
+    return float(getattr(hp, "stress_weight", 0.0))
+
+
+def _stress_errors(batch, out) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per configuration: the mean squared stress error (GPa²) and its weight (0 where there is no stress)."""
+    weight = batch.stress_weight.to(out["stress"].dtype)
+    diff = (batch.stress - out["stress"]) * EV_PER_A3_IN_GPA
+    # configurations without a stress label may have a non-finite prediction (no cell): they count for nothing
+    sq = torch.where(weight[:, None, None] > 0, torch.square(diff), torch.zeros_like(diff))
+    return torch.mean(sq, dim=(1, 2)), weight
+
+
 def _loss(batch, out, hp: MaceHyperParameters) -> torch.Tensor:
+    """Energy per atom and forces (weighted, see the module doc), and the stress in GPa where
+    ``hp.stress_weight`` > 0 (``out`` then holds the model's stress)."""
+    loss = _energy_forces_loss(batch, out, hp)
+    if _stress_weight(hp) > 0:
+        loss = loss + _stress_weight(hp) * _weighted_mean(*_stress_errors(batch, out))
+    return loss
+
+
+def _energy_forces_loss(batch, out, hp) -> torch.Tensor:
     natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
     node_w = batch[ATOM_FORCE_WEIGHT_KEY]
     if node_w is None:
@@ -219,14 +261,20 @@ def _loss(batch, out, hp: MaceHyperParameters) -> torch.Tensor:
     return hp.energy_weight * e_term + hp.forces_weight * f_term
 
 
-def _evaluate(model, loader, device) -> dict[str, float]:
+def _evaluate(model, loader, device, stress: bool = False) -> dict[str, float]:
     """Energy RMSE per atom, force RMSE and max force error; with weights (see the module doc),
-    weighted over the weighted configurations and atoms only (masked atoms never count)."""
+    weighted over the weighted configurations and atoms only (masked atoms never count). With ``stress``
+    also the stress RMSE in GPa over the configurations that carry a stress (``stress_rmse_gpa``)."""
     e_sq, f_sq, n_graphs, n_force = 0.0, 0.0, 0.0, 0.0
+    s_sq, n_stress = 0.0, 0.0
     f_max = 0.0
     for batch in loader:
         batch = batch.to(device)
-        out = model(batch.to_dict(), training=False, compute_force=True)
+        out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=stress)
+        if stress:
+            sq, weight = _stress_errors(batch, out)
+            s_sq += float(torch.sum(weight * sq.detach()))
+            n_stress += float(torch.sum(weight))
         natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
         de = torch.square((batch.energy - out["energy"].detach()) / natoms)
         df = batch.forces - out["forces"].detach()
@@ -246,11 +294,14 @@ def _evaluate(model, loader, device) -> dict[str, float]:
             norms = torch.linalg.vector_norm(df, dim=1)[node_w > 0]
             if norms.numel():
                 f_max = max(f_max, float(norms.max()))
-    return {
+    metrics = {
         "energy_rmse_per_atom": math.sqrt(e_sq / n_graphs) if n_graphs > 0 else 0.0,
         "force_rmse": math.sqrt(f_sq / n_force) if n_force > 0 else 0.0,
         "max_force_error": f_max,
     }
+    if stress and n_stress > 0:
+        metrics["stress_rmse_gpa"] = math.sqrt(s_sq / n_stress)
+    return metrics
 
 
 
@@ -328,9 +379,10 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
     )
     train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
     valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
+    stress = _stress_weight(hp) > 0
     if step_loss is None:
         def step_loss(model, batch, step):
-            return _loss(batch, model(batch.to_dict(), training=True, compute_force=True), hp)
+            return _loss(batch, model(batch.to_dict(), training=True, compute_force=True, compute_stress=stress), hp)
     best_state, best_loss = None, math.inf
     history: list[dict[str, float]] = []
     step = 0
@@ -352,8 +404,9 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
         if epoch % hp.eval_every == 0 or epoch == epochs:
             model.eval()
-            metrics = _evaluate(model, valid_loader, device)
-            vloss = hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
+            metrics = _evaluate(model, valid_loader, device, stress)
+            vloss = (hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
+                     + _stress_weight(hp) * metrics.get("stress_rmse_gpa", 0.0) ** 2)
             if not math.isfinite(vloss):
                 raise FloatingPointError(f"validation loss is {vloss} at epoch {epoch}")
             history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
@@ -365,8 +418,9 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    metrics = _evaluate(model, valid_loader, device)
-    metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False), device).items()})
+    metrics = _evaluate(model, valid_loader, device, stress)
+    metrics.update({f"train_{k}": v for k, v in _evaluate(model, _loader(train_set, hp.batch_size, False), device,
+                                                           stress).items()})
     return model.to("cpu"), metrics, history
 
 
