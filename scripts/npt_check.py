@@ -4,10 +4,13 @@ For each pre-relaxed start structure of the campaign (the oracle's relaxation, 0
 - relaxes the same start, cell included, with the committee (0 K density: a like-for-like comparison);
 - runs ``--ps`` picoseconds of NPT (ASE's isotropic MTK barostat) at ``--temperature`` and ``--pressure``
   bar with the committee, with the sampler's explosion checks;
-- prints the densities, the mean density over the second half of the MD, and the largest model deviation.
+- prints the densities, the mean density over the second half of the MD, and the largest model deviation;
+- with ``--oracle-ps`` and the campaign file (``--config``), also runs that much NPT with the oracle itself
+  from the same start and seed: the oracle's density at that temperature, like for like with the committee's.
 
     python scripts/npt_check.py li6ps5cl-npt --temperature 900 --ps 5
     python scripts/npt_check.py li6ps5cl-npt --json npt_check.json
+    python scripts/npt_check.py li6ps5cl-npt --ps 5 --oracle-ps 1 --config workflows/li6ps5cl_npt.yaml
 
 Reads the store of almat's settings (``ALMAT_DB_PATH`` / ``ALMAT_MONGO_URI``). Exits 1 if a run exploded.
 """
@@ -15,12 +18,14 @@ Reads the store of almat's settings (``ALMAT_DB_PATH`` / ``ALMAT_MONGO_URI``). E
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 from ase.units import _amu
 
 from almat.campaign.md import relaxed_starts
@@ -35,6 +40,31 @@ from almat.uncertainty.deviation import TrustLevels
 def density(atoms: Atoms, volume: float | None = None) -> float:
     """g/cm³."""
     return float(atoms.get_masses().sum() * _amu * 1e3 / ((volume or atoms.get_volume()) * 1e-24))
+
+
+def second_half_densities(atoms: Atoms, traj) -> list[float]:
+    """g/cm³ of the second half of a trajectory's recorded frames (the first half is equilibration)."""
+    volumes = np.array([abs(np.linalg.det(f.cell)) for f in traj.frames])
+    return [density(atoms, v) for v in volumes[len(volumes) // 2:]]
+
+
+class SingleCalculatorCommittee(Calculator):
+    """An ASE calculator (the oracle) in the place of a committee calculator: its results, zero deviation."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, calculator):
+        super().__init__()
+        self.inner = calculator
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        work = self.atoms.copy()
+        work.calc = self.inner
+        forces = work.get_forces()
+        self.results = {"energy": work.get_potential_energy(), "free_energy": work.get_potential_energy(),
+                        "forces": forces, "stress": work.get_stress(), "model_deviation": 0.0,
+                        "atomic_deviation": np.zeros(len(work)), "energy_deviation": 0.0}
 
 
 def relax_with(atoms: Atoms, calculator, fmax: float = 0.02, steps: int = 400) -> Atoms:
@@ -56,7 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timestep-fs", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the figures to this file too")
+    parser.add_argument("--oracle-ps", type=float, default=0.0,
+                        help="picoseconds of NPT with the oracle too (needs --config; GFN1-xTB: ~0.4 s a step)")
+    parser.add_argument("--config", help="the campaign file, whose oracle --oracle-ps runs")
     args = parser.parse_args(argv)
+    oracle = None
+    if args.oracle_ps > 0:
+        if not args.config:
+            print("error: --oracle-ps needs --config (the campaign file, for its oracle)", file=sys.stderr)
+            return 2
+        from almat.campaign.config import load_config
+
+        oracle = load_config(args.config).oracle.calculator.spec()
 
     with CampaignDB.from_settings(AlmatSettings()) as db:
         records = sorted(db.iterations.query({"campaign": args.campaign}), key=lambda d: d["iteration"])
@@ -83,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         traj = run_exploration(oracle_relaxed, committee.calculator(stress=True), TrustLevels(lo=1e-6, hi=1e9),
                                settings)
         wall = time.perf_counter() - t0
-        volumes = np.array([abs(np.linalg.det(f.cell)) for f in traj.frames])
-        second_half = volumes[len(volumes) // 2:]
-        md_density = [density(oracle_relaxed, v) for v in second_half]
+        md_density = second_half_densities(oracle_relaxed, traj)
         row = {
             "start": index, "formula": oracle_relaxed.get_chemical_formula(), "atoms": len(oracle_relaxed),
             "oracle_relaxed_density": density(oracle_relaxed),
@@ -97,6 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             "mean_temperature": float(np.mean([f.temperature for f in traj.frames[len(traj.frames) // 2:]])),
             "wall_s": wall,
         }
+        if oracle is not None:
+            oracle_steps = int(round(args.oracle_ps * 1000 / args.timestep_fs))
+            t0 = time.perf_counter()
+            oracle_traj = run_exploration(oracle_relaxed, SingleCalculatorCommittee(oracle.load()),
+                                          TrustLevels(lo=1e-6, hi=1e9),
+                                          dataclasses.replace(settings, steps=oracle_steps, sample_every=10))
+            oracle_density = second_half_densities(oracle_relaxed, oracle_traj)
+            row.update({"oracle_md_ps": args.oracle_ps, "oracle_md_density_mean": float(np.mean(oracle_density)),
+                        "oracle_md_density_std": float(np.std(oracle_density)),
+                        "oracle_md_exploded": bool(oracle_traj.exploded),
+                        "oracle_md_wall_s": time.perf_counter() - t0})
         exploded |= row["exploded"]
         rows.append(row)
         print(f"start {index} ({row['formula']}, {row['atoms']} atoms): "
@@ -108,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({100 * (row['md_density_mean'] / row['oracle_relaxed_density'] - 1):+.1f} % against the oracle's "
               f"0 K), max model deviation {row['max_model_deviation']:.3f} eV/Å"
               + (f"; EXPLODED: {row['stop_reason']}" if row["exploded"] else ""))
+        if oracle is not None:
+            print(f"  oracle NPT {args.oracle_ps:g} ps in {row['oracle_md_wall_s']:.0f} s: density "
+                  f"{row['oracle_md_density_mean']:.3f} ± {row['oracle_md_density_std']:.3f} g/cm³; the committee's "
+                  f"is {100 * (row['md_density_mean'] / row['oracle_md_density_mean'] - 1):+.1f} % off"
+                  + (" (the oracle run exploded)" if row["oracle_md_exploded"] else ""))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"campaign": args.campaign, "iteration": last["iteration"], "temperature": args.temperature,
