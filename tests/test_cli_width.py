@@ -23,7 +23,8 @@ def _store(db):
         CampaignDoc(name="cu-pool", config={"kind": "pool"}, config_fingerprint="g", status="running", chemsys="Cu",
                     oracle="ase:ase.calculators.emt.EMT")])
     db.upsert("iterations", [
-        IterationDoc(campaign="cu-emt-a-rather-long-campaign-name", iteration=i, trust_lo=0.05, trust_hi=0.3,
+        IterationDoc(campaign="cu-emt-a-rather-long-campaign-name", iteration=i, trust_lo=0.05 - 0.01 * i, trust_hi=0.3,
+                     stage=i, stage_name=["nvt-300-600K", "npt-hot-and-long-name"][i],
                      n_frames_explored=400, accurate_ratio=0.8125 + 0.1 * i, candidate_ratio=0.15, failed_ratio=0.0375,
                      n_labelled=12, n_train_labels=100 + 12 * i, calibrated_fraction=0.975,
                      test_errors=TestErrors(n_structures=12, force_rmse=0.04237), stop_reason=STOP if i else None)
@@ -43,10 +44,12 @@ def test_status_tables_fit_80_columns_with_a_legend(db):
     assert out.exit_code == 0, out.output
     assert _lines_fit(out.output, 80), out.output
     header = next(line for line in out.output.splitlines() if line.strip().startswith("it "))
-    assert header.split() == ["it", "frames", "acc%", "cand%", "fail%", "train", "new", "F", "RMSE", "k", "<tol%"]
+    assert header.split() == ["it", "stage", "lo", "frames", "acc%", "cand%", "fail%", "train", "new", "F", "RMSE",
+                              "k", "<tol%"]
     rows = [line.split() for line in out.output.splitlines() if line.strip()[:2] in ("0 ", "1 ")]
-    assert rows == [["0", "400", "81.2", "15", "3.75", "100", "12", "0.0424", "-", "97.5"],
-                    ["1", "400", "91.2", "15", "3.75", "112", "12", "0.0424", "-", "97.5"]]
+    # the stage's name (cut to 10 characters) and the lower trust level of each iteration
+    assert rows == [["0", "nvt-300-6…", "0.05", "400", "81.2", "15", "3.75", "100", "12", "0.0424", "-", "97.5"],
+                    ["1", "npt-hot-a…", "0.04", "400", "91.2", "15", "3.75", "112", "12", "0.0424", "-", "97.5"]]
     assert "acc/cand/fail%: explored frames below trust_lo" in out.output  # the legend
     assert f"it 1: {STOP}" in " ".join(out.output.split())  # the stop reason, below the table
     listing = runner.invoke(app, ["status"], env={"COLUMNS": "80"})
@@ -60,8 +63,9 @@ def test_status_tables_fit_80_columns_with_a_legend(db):
 
 def test_wide_terminals_keep_the_full_table(db):
     _store(db)
-    out = runner.invoke(app, ["status", "cu-emt-a-rather-long-campaign-name"], env={"COLUMNS": "220"})
+    out = runner.invoke(app, ["status", "cu-emt-a-rather-long-campaign-name"], env={"COLUMNS": "260"})
     assert "test F RMSE (eV/Å)" in out.output and STOP in out.output and "acc/cand" not in out.output
+    assert "npt-hot-and-long-name" in out.output and "lo (eV/Å)" in out.output
 
 
 def test_mace_import_noise_only_with_verbose():

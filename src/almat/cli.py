@@ -187,11 +187,19 @@ def run(
                   f"{result.wall_time:.0f} s: {c.stop_reason}")
 
 
+def _stage(it: dict) -> str | None:
+    """The exploration stage of an MD iteration: its name, else its index (None for records without stages)."""
+    if it.get("stage_name"):
+        return str(it["stage_name"])
+    return None if it.get("stage") is None else str(it["stage"])
+
+
 def _md_row(it: dict) -> dict:
     calibration, test = it.get("calibration") or {}, it.get("test_errors") or {}
     pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
     return {
-        "iteration": it["iteration"], "frames_explored": it.get("n_frames_explored", 0),
+        "iteration": it["iteration"], "stage": _stage(it), "trust_lo": it.get("trust_lo"),
+        "frames_explored": it.get("n_frames_explored", 0),
         "accurate_pct": pct(it.get("accurate_ratio", 0.0)), "candidate_pct": pct(it.get("candidate_ratio", 0.0)),
         "failed_pct": pct(it.get("failed_ratio", 0.0)), "train_labels": it.get("n_train_labels", 0),
         "new_labels": it.get("n_labelled", 0), "failed_labels": it.get("n_failed_labels", 0),
@@ -204,7 +212,8 @@ def _md_row(it: dict) -> dict:
 
 #: per campaign kind: the collection of its per-iteration records, and the columns of its status table
 RECORDS = {
-    "md": ("iterations", [("iteration", "it"), ("frames_explored", "frames"), ("accurate_pct", "accurate %"),
+    "md": ("iterations", [("iteration", "it"), ("stage", "stage"), ("trust_lo", "lo (eV/Å)"),
+                          ("frames_explored", "frames"), ("accurate_pct", "accurate %"),
                           ("candidate_pct", "candidate %"), ("failed_pct", "failed %"), ("train_labels", "train labels"),
                           ("new_labels", "new labels"),
                           ("test_force_rmse", "test F RMSE (eV/Å)"), ("calibration_factor", "k"),
@@ -227,13 +236,14 @@ def _rows(kind: str, records: list[dict]) -> list[dict]:
 
 
 #: narrow terminals (the full table does not fit): short column titles, explained by a legend
-SHORT = {"frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%", "failed_pct": "fail%",
+SHORT = {"trust_lo": "lo", "frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%", "failed_pct": "fail%",
          "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE", "calibration_factor": "k",
          "below_tolerance_pct": "<tol%", "acquisition": "acq", "n_labels": "labels", "n_new_labels": "new",
          "n_unlabelled": "unlab", "n_train_labels": "train", "max_uncertainty": "σ max", "threshold": "thr",
          "n_chunks": "chunks", "target_force_rmse": "F RMSE"}
 LEGEND = {
-    "md": "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
+    "md": "stage: exploration stage; lo: the lower trust level (eV/Å; chosen each iteration with adaptive_lo); "
+          "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
           "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
           "<tol%: frames whose k·σ is below the force tolerance",
     "pool": "acq: acquisition; labels: oracle calls so far; new: labelled in the iteration; unlab: unlabelled "
@@ -263,15 +273,16 @@ def _table(kind: str, name: str, records: list[dict]):
     columns, rows = RECORDS[kind][1], _rows(kind, records)
     table = Table(title=f"{kind} campaign {name}")
     for key, title in columns:
-        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition") else "right")
+        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition", "stage") else "right")
     for row in rows:
         table.add_row(*[_cell(row[k]) for k, _ in columns])
     if _fits(table, console.width):
         return table
-    table = Table(title=f"{kind} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=f"{kind} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     columns = [(k, t) for k, t in columns if k != "stop_reason"]
     for key, title in columns:
-        table.add_column(SHORT.get(key, title), justify="left" if key == "acquisition" else "right", no_wrap=True)
+        table.add_column(SHORT.get(key, title), justify="left" if key in ("acquisition", "stage") else "right",
+                         no_wrap=True, max_width=10 if key == "stage" else None, overflow="ellipsis")
     for row in rows:
         table.add_row(*[_cell(row[k], ".3g") for k, _ in columns])
     stops = [Text(f"it {row['iteration']}: {row['stop_reason']}") for row in rows if row.get("stop_reason")]
