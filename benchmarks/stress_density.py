@@ -3,7 +3,7 @@ labels of a finished campaign, with ``stress_weight`` 0 and with the given weigh
 oracle-relaxed start cells (cell included); their densities against the oracle's.
 
     python benchmarks/stress_density.py li6ps5cl-npt                      # stress_weight 0 vs 0.1
-    python benchmarks/stress_density.py li6ps5cl-npt --stress-weight 0.3 --n-models 2 --json out.json
+    python benchmarks/stress_density.py li6ps5cl-npt --stress-weight 0.3 --n-models 2 --epochs 30 --json out.json
 
 Reads the store of almat's settings (``ALMAT_DB_PATH`` / ``ALMAT_MONGO_URI``) and the campaign's learner
 hyperparameters from its last model; trains ``--n-models`` members per committee (seeds 0, 1, ...).
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("campaign")
     parser.add_argument("--stress-weight", type=float, default=0.1, help="GPa² (default 0.1)")
     parser.add_argument("--n-models", type=int, default=4)
+    parser.add_argument("--epochs", type=int, help="epochs from scratch (default: the campaign's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     labels.sort(key=lambda label: label.label_id)  # the same order, so the same splits, on any store
     hp = MaceHyperParameters(**{k: v for k, v in (model_doc.get("hyperparameters") or {}).items()
                                 if k in MaceHyperParameters.model_fields})
+    if args.epochs:
+        hp = hp.model_copy(update={"epochs": args.epochs})
     atoms_list, ids = [label.to_atoms() for label in labels], [label.label_id for label in labels]
     with_stress = sum(label.stress is not None for label in labels)
     print(f"campaign {args.campaign}: {len(labels)} ok labels ({with_stress} with a stress), {len(starts)} starts; "
