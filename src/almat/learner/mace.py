@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
 from ase.data import chemical_symbols
 
 from almat.learner.hyperparameters import MaceHyperParameters
@@ -76,8 +77,7 @@ def _label_stress(atoms: Atoms) -> np.ndarray | None:
         return None
     stress = np.asarray(stress, dtype=float)
     if stress.shape == (6,):
-        xx, yy, zz, yz, xz, xy = stress
-        stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        stress = voigt_6_to_full_3x3_stress(stress)
     return stress if stress.shape == (3, 3) and np.all(np.isfinite(stress)) else None
 
 
@@ -225,10 +225,6 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 EV_PER_A3_IN_GPA = 160.21766208
 
 
-def _stress_weight(hp) -> float:
-    return float(getattr(hp, "stress_weight", 0.0))
-
-
 def _stress_errors(batch, out) -> tuple[torch.Tensor, torch.Tensor]:
     """Per configuration: the mean squared stress error (GPa²) and its weight (0 where there is no stress)."""
     weight = batch.stress_weight.to(out["stress"].dtype)
@@ -242,8 +238,8 @@ def _loss(batch, out, hp: MaceHyperParameters) -> torch.Tensor:
     """Energy per atom and forces (weighted, see the module doc), and the stress in GPa where
     ``hp.stress_weight`` > 0 (``out`` then holds the model's stress)."""
     loss = _energy_forces_loss(batch, out, hp)
-    if _stress_weight(hp) > 0:
-        loss = loss + _stress_weight(hp) * _weighted_mean(*_stress_errors(batch, out))
+    if hp.stress_weight > 0:
+        loss = loss + hp.stress_weight * _weighted_mean(*_stress_errors(batch, out))
     return loss
 
 
@@ -379,7 +375,7 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
     )
     train_loader = _loader(train_set, hp.batch_size, shuffle=True, seed=seed)
     valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
-    stress = _stress_weight(hp) > 0
+    stress = hp.stress_weight > 0
     if step_loss is None:
         def step_loss(model, batch, step):
             return _loss(batch, model(batch.to_dict(), training=True, compute_force=True, compute_stress=stress), hp)
@@ -406,7 +402,7 @@ def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int
             model.eval()
             metrics = _evaluate(model, valid_loader, device, stress)
             vloss = (hp.energy_weight * metrics["energy_rmse_per_atom"] ** 2 + hp.forces_weight * metrics["force_rmse"] ** 2
-                     + _stress_weight(hp) * metrics.get("stress_rmse_gpa", 0.0) ** 2)
+                     + hp.stress_weight * metrics.get("stress_rmse_gpa", 0.0) ** 2)
             if not math.isfinite(vloss):
                 raise FloatingPointError(f"validation loss is {vloss} at epoch {epoch}")
             history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
