@@ -17,48 +17,24 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import Field, ValidationError, field_validator, model_serializer
 from pydantic import model_validator
 from pymatgen.core import Structure
 
 from almat.campaign.initial import perturbed_structures
-from almat.learner.hyperparameters import (
-    HYPERPARAMETERS,
-    SHALLOW_LEARNERS,
-    ChgnetHyperParameters,
-    MaceFinetuneHyperParameters,
-    MaceHyperParameters,
-)
+from almat.learner.settings import LEARNERS, LearnerSettings  # noqa: F401
 from almat.oracle.calculators import CalculatorSpec
 from almat.oracle.jobs import AseOracleMaker
 from almat.oracle.relax import AseRelaxMaker
 from almat.schemas import structure_hash, to_atoms, to_structure
+from almat.schemas.section import ConfigError, Section, format_validation_error, load_yaml  # noqa: F401
 from almat.select.policies import SELECTION_POLICIES, get_policy
 from almat.uncertainty.deviation import TrustLevels
 
 logger = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-
-
-class ConfigError(ValueError):
-    """The campaign configuration is invalid; the message names the key."""
-
-
-class Section(BaseModel):
-    """A settings section: unknown keys are errors; jobflow serialises it like an MSONable."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"@module": type(self).__module__, "@class": type(self).__name__,
-                **self.model_dump(mode="json", by_alias=True)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        return cls.model_validate({k: v for k, v in d.items() if not k.startswith("@")})
 
 
 def _structure_dict(obj: Any) -> dict[str, Any]:
@@ -203,79 +179,6 @@ class InitialDataSettings(Section):
     md_temperature: float = Field(600.0, gt=0, description="K (foundation-md)")
     md_steps: int = Field(200, ge=1, description="MD steps of 2 fs per start structure (foundation-md)")
     seed: int = 0
-
-
-LEARNERS = HYPERPARAMETERS  # learner kind -> its hyperparameters
-
-
-class LearnerSettings(Section):
-    """The committee: which learner (``kind``), how many members, and the learner's hyperparameters.
-
-    Kinds: ``mace`` (from scratch), ``mace-finetune`` (from a local MACE foundation ``.model``: ``foundation:
-    PATH`` or ``foundation: {path, mode: naive | multihead, replay, replay_samples, replay_weight}``) and
-    ``chgnet-finetune`` (from CHGNet's bundled weights).
-
-    ``uncertainty``: ``committee`` (``n_models`` models, each on its own seed) or ``shallow`` (one model with
-    ``n_heads`` readout heads, its heads the members: ``docs/uncertainty.md``; learners of ``SHALLOW_LEARNERS``).
-    """
-
-    kind: str = "mace"
-    n_models: int = Field(4, ge=2)
-    warm_start: bool = True
-    seed: int = 0
-    uncertainty: Literal["committee", "shallow"] = "committee"
-    n_heads: int = Field(4, ge=2, description="readout heads of the shallow ensemble (uncertainty: shallow)")
-    head_forces: Literal["all", "rotate"] = Field(
-        "all", description="shallow ensemble: each training step fits the forces of every head (all) or of one "
-        "head in turn (rotate: one model's training cost, one model's accuracy); every head fits its energies")
-    hyperparameters: MaceHyperParameters | MaceFinetuneHyperParameters | ChgnetHyperParameters = Field(
-        default_factory=MaceHyperParameters)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _hyperparameters_of_the_kind(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            kind = data.get("kind", "mace")
-            if kind not in LEARNERS:
-                raise ValueError(f"unknown learner kind {kind!r}; valid: {', '.join(LEARNERS)}")
-            if data.get("uncertainty") == "shallow" and kind not in SHALLOW_LEARNERS:
-                raise ValueError(f"uncertainty: shallow needs a learner that can have heads "
-                                 f"({', '.join(SHALLOW_LEARNERS)}); {kind} cannot")
-            if "foundation" in data:  # learner.foundation: a path, or {path, mode, replay, ...}
-                if kind != "mace-finetune":
-                    raise ValueError(f"foundation: only learner kind mace-finetune takes a foundation file, not {kind}")
-                data = dict(data)
-                foundation = data.pop("foundation")
-                foundation = {"path": foundation} if isinstance(foundation, str) else foundation
-                data["hyperparameters"] = {**(data.get("hyperparameters") or {}), "foundation": foundation}
-            elif kind == "mace-finetune" and "foundation" not in (data.get("hyperparameters") or {}):
-                raise ValueError("learner kind mace-finetune needs foundation: the path of a MACE .model file")
-            hp = data.get("hyperparameters")
-            if isinstance(hp, dict) or hp is None:
-                try:
-                    data = {**data, "hyperparameters": LEARNERS[kind](**(hp or {}))}
-                except ValidationError as exc:  # one line, naming the keys under hyperparameters
-                    raise ValueError(format_validation_error(exc, f"{kind} hyperparameters").replace(
-                        f"{kind} hyperparameters: ", "hyperparameters.")) from None
-            if data.get("uncertainty") == "shallow" and getattr(data["hyperparameters"], "stress_weight", 0) > 0:
-                raise ValueError("hyperparameters.stress_weight: the heads of a shallow ensemble train on energies "
-                                 "and forces only; use uncertainty: committee to train on stresses")
-        return data
-
-    def maker(self, base_dir: Path | None = None):
-        """The ``TrainCommitteeMaker`` of this committee (a relative foundation path starts at ``base_dir``)."""
-        from almat.learner.jobs import TrainCommitteeMaker
-
-        hp = self.hyperparameters.model_dump()
-        if isinstance(hp.get("foundation"), dict) and base_dir is not None:
-            path = Path(hp["foundation"]["path"]).expanduser()
-            hp["foundation"]["path"] = str(path if path.is_absolute() else Path(base_dir) / path)
-            replay = hp["foundation"].get("replay")
-            if replay and not Path(replay).expanduser().is_absolute():
-                hp["foundation"]["replay"] = str(Path(base_dir) / replay)
-        return TrainCommitteeMaker(n_models=self.n_models, hyperparameters=hp, base_seed=self.seed,
-                                   warm_start=self.warm_start, learner=self.kind, uncertainty=self.uncertainty,
-                                   n_heads=self.n_heads, head_forces=self.head_forces)
 
 
 class SystemQuery(Section):
@@ -871,18 +774,6 @@ CONFIG_CLASSES: dict[str, type[_Campaign]] = {"md": CampaignConfig, "pool": Pool
                                               "nft": NftCampaignConfig}
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line naming every bad key: ``source: a.b: message; c: unknown key``."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        msg = msg.strip().splitlines()[-1]  # (a pymatgen structure's error is its whole traceback)
-        nested = msg.startswith("hyperparameters.")  # (a learner's hyperparameters, checked by its kind)
-        parts.append(f"{loc}.{msg}" if nested and loc else f"{loc}: {msg}" if loc else msg)
-    return f"{source}: " + "; ".join(parts)
-
-
 def load_config(source: str | Path | dict[str, Any] | _Campaign) -> AnyCampaignConfig:
     """A validated campaign config of any kind from a YAML file, a dict or a config object.
 
@@ -895,18 +786,8 @@ def load_config(source: str | Path | dict[str, Any] | _Campaign) -> AnyCampaignC
         data, where, base = dict(source), "campaign config", None
     else:
         path = Path(source)
-        if path.is_dir():
-            raise ConfigError(f"{path} is a folder, not a campaign file")
-        if not path.is_file():
-            raise ConfigError(f"campaign file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})"
-                              ) from None
-        if not isinstance(data, dict):
+        data = load_yaml(path, "campaign file")
+        if data is None:
             raise ConfigError(f"{path}: expected a mapping at the top level")
         where, base = str(path), path.parent.resolve()
     kind = data.get("kind", "md")

@@ -1,0 +1,96 @@
+"""One registry of campaign kinds: everything that differs between ``md``, ``pool`` and ``nft`` outside
+their explorer's code.
+
+Each :class:`CampaignKind` names its settings class and its explorer (``"module:Class"`` strings, imported
+on use, so that reading the registry imports no torch), the collection and document class of its
+per-iteration records, the columns of its status table with their short titles and a legend, and the
+figures of its report. ``almat.cli``, ``almat.serve``, ``almat.report``, the runner and the flow read it;
+a new kind is a new explorer module and one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from almat.schemas import AlmatDocument, IterationDoc, NftIterationDoc, PoolIterationDoc
+
+
+def import_string(path: str) -> Any:
+    """The object that ``"module:name"`` names."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+@dataclass(frozen=True)
+class CampaignKind:
+    """What one campaign kind is, as data."""
+
+    name: str
+    config: str  # "module:Class" of its settings (a pydantic model with ``kind: Literal[name]``)
+    explorer: str  # "module:Class" of its ``Explorer``
+    records: str  # the ``CampaignDB`` collection of its per-iteration records
+    record_class: type[AlmatDocument]
+    columns: tuple[tuple[str, str], ...]  # (row key, title) of the status table
+    legend: str  # what the short titles mean (narrow terminals, almat serve)
+    short: dict[str, str] = field(default_factory=dict)  # row key -> short title
+    figures: tuple[str, ...] = ()  # the report figures it has (names of ``almat.report`` plots)
+
+    def config_class(self) -> type:
+        return import_string(self.config)
+
+    def explorer_class(self) -> type:
+        return import_string(self.explorer)
+
+
+KINDS: dict[str, CampaignKind] = {
+    "md": CampaignKind(
+        name="md", config="almat.campaign.config:CampaignConfig", explorer="almat.campaign.md:MdExplorer",
+        records="iterations", record_class=IterationDoc,
+        columns=(("iteration", "it"), ("stage", "stage"), ("trust_lo", "lo (eV/Å)"), ("frames_explored", "frames"),
+                 ("accurate_pct", "accurate %"), ("candidate_pct", "candidate %"), ("failed_pct", "failed %"),
+                 ("train_labels", "train labels"), ("new_labels", "new labels"),
+                 ("test_force_rmse", "test F RMSE (eV/Å)"), ("calibration_factor", "k"),
+                 ("below_tolerance_pct", "below tol %"), ("stop_reason", "")),
+        short={"trust_lo": "lo", "frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%",
+               "failed_pct": "fail%", "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE",
+               "calibration_factor": "k", "below_tolerance_pct": "<tol%"},
+        legend="stage: exploration stage; lo: the lower trust level (eV/Å; chosen each iteration with adaptive_lo); "
+               "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
+               "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
+               "<tol%: frames whose k·σ is below the force tolerance",
+        figures=("learning_curve", "deviation", "parity", "calibration")),
+    "pool": CampaignKind(
+        name="pool", config="almat.campaign.config:PoolCampaignConfig", explorer="almat.campaign.pool:PoolExplorer",
+        records="pool_iterations", record_class=PoolIterationDoc,
+        columns=(("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"), ("n_new_labels", "new"),
+                 ("n_unlabelled", "unlabelled"), ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")),
+        short={"acquisition": "acq", "n_labels": "labels", "n_new_labels": "new", "n_unlabelled": "unlab",
+               "test_force_rmse": "F RMSE"},
+        legend="acq: acquisition; labels: oracle calls so far; new: labelled in the iteration; unlab: unlabelled "
+               "pool; F RMSE: held-out force RMSE (eV/Å)",
+        figures=("learning_curve",)),
+    "nft": CampaignKind(
+        name="nft", config="almat.campaign.config:NftCampaignConfig", explorer="almat.campaign.nft:NftExplorer",
+        records="nft_iterations", record_class=NftIterationDoc,
+        columns=(("iteration", "it"), ("n_train_labels", "train labels"), ("max_uncertainty", "max σ_atom (eV/Å)"),
+                 ("threshold", "threshold (eV/Å)"), ("n_chunks", "chunks"),
+                 ("target_force_rmse", "target F RMSE (eV/Å)"), ("stop_reason", "")),
+        short={"n_train_labels": "train", "max_uncertainty": "σ max", "threshold": "thr", "n_chunks": "chunks",
+               "target_force_rmse": "F RMSE"},
+        legend="train: training labels; σ max: largest atomic force uncertainty of the target (eV/Å); thr: selection "
+               "threshold (eV/Å); F RMSE: committee against the oracle on the target (eV/Å)",
+        figures=("learning_curve",)),
+}
+
+
+def kind_of(config_or_doc: Any) -> CampaignKind:
+    """The kind of a campaign config, or of a stored campaign document (its ``config.kind``; default md)."""
+    if isinstance(config_or_doc, dict):
+        name = (config_or_doc.get("config") or {}).get("kind", "md")
+    else:
+        name = getattr(config_or_doc, "kind", "md")
+    if name not in KINDS:
+        raise ValueError(f"unknown campaign kind {name!r}; valid: {', '.join(KINDS)}")
+    return KINDS[name]
