@@ -8,7 +8,7 @@ one epoch. For 1, 4 and 16 walkers (NVT Langevin, temperatures 300-900 K, each i
 atom-steps per second of ``almat.sampler.run_walkers`` on all walkers (one batched forward per model per
 MD step for all of them) and of the same walkers run one after another (``run_walkers`` on one walker at a
 time: the same code, threads and torch settings, without the batching), and, for reference, of
-``run_exploration`` with the committee calculator in the main thread (the single-walker ``ExploreMaker``
+``run_exploration`` with the committee calculator in the main thread (a single walker's
 path). ``OMP_WAIT_POLICY=PASSIVE`` is set unless given: on a shared 2-core machine, OpenMP threads that
 spin while they wait made a committee call in the main thread 10-20x slower than in a worker thread.
 

@@ -45,7 +45,7 @@ import logging
 import numpy as np
 from ase import Atoms
 
-from almat.campaign.config import acquisition_policy
+from almat.select.lookup import acquisition_policy
 from almat.campaign.jobs import test_errors
 from almat.campaign.pool import Acquired, PoolState, acquire, decide_stop
 from almat.report.plots import COLORS, STYLE, _pyplot

@@ -185,7 +185,7 @@ def main(argv=None) -> int:
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="almat-qbench-"))
     settings = AlmatSettings(db_path=root / "db", run_dir=root / "runs")
-    db = CampaignDB.from_settings(settings).connect()
+    db = CampaignDB.from_settings(settings).connect(indexes=True)  # as almat run makes them
     campaigns = _campaigns(args.campaigns)
     t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

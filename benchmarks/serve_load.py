@@ -127,7 +127,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="almat-serve-bench-"))
     settings = AlmatSettings(db_path=tmp / "db", run_dir=tmp / "runs")
     t = time.perf_counter()
-    with CampaignDB.from_settings(settings) as db:
+    with CampaignDB.from_settings(settings).connect(indexes=True) as db:  # as almat run makes them
         fill_store(db, n_iterations=args.iterations, n_labels=args.labels)
     fill_s = time.perf_counter() - t
     base, server = start_server(settings)

@@ -52,7 +52,7 @@ def measure(settings, n: int) -> dict[str, float]:
     from almat.query import query_labels
     from almat.stores import CampaignDB
 
-    db = CampaignDB.from_settings(settings).connect()
+    db = CampaignDB.from_settings(settings).connect(indexes=True)  # as almat run makes them
     campaigns = _campaigns(16)
     t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
     _, t_import = fill(db, n, NATOMS, campaigns, t0)

@@ -8,10 +8,17 @@ record their own held-out errors per iteration (``almat status NAME``).
 """
 
 import argparse
+import contextlib
+import io
 import json
 import warnings
 
 warnings.filterwarnings("ignore")
+with contextlib.redirect_stdout(io.StringIO()):  # mace prints "cuequivariance ... not available" on its first import
+    try:
+        import mace.modules  # noqa: F401
+    except ImportError:  # (the committee's learner says what is missing, where it is used)
+        pass
 
 import numpy as np  # noqa: E402
 from ase import units  # noqa: E402

@@ -7,7 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LIGHT = ("almat.schemas, almat.settings, almat.stores, almat.uncertainty, almat.learner.hyperparameters, "
-         "almat.select, almat.oracle.calculators, almat.campaign.config")
+         "almat.select, almat.select.lookup, almat.oracle.calculators, almat.oracle.settings, almat.campaign.config, "
+         "almat.campaign.kinds, almat.campaign.settings.common, almat.campaign.settings.md, "
+         "almat.campaign.settings.pool, almat.campaign.settings.nft, almat.campaign.fingerprint, "
+         "almat.campaign.sources")
 WORKFLOWS = ROOT / "workflows"
 
 

@@ -324,3 +324,37 @@ def test_two_campaigns_run_at_once_on_one_store(tmp_path):
             assert db.models.count({"campaign": name}) == 2 and db.iterations.count({"campaign": name}) == 1
             for model in db.models.query({"campaign": name}):
                 assert db.data.count({"blob_uuid": model["weights_blob_id"]}) == 1
+
+
+def test_unique_index_is_enforced_on_the_sqlite_store(tmp_path):
+    store = SQLiteStore("things", tmp_path / "u.sqlite")
+    store.update([{"name": "a", "code": 1, "tags": ["x", "y"]}, {"name": "b", "code": 2, "tags": ["z"]}], key="name")
+    assert store.ensure_index("code", unique=True) and store.unique_fields() == ["code"]
+    with pytest.raises(StoreError, match=r"^duplicate key in things: another document has code = 1.0 \(a unique index\)$"):
+        store.update({"name": "c", "code": 1.0}, key="name")  # 1 and 1.0 are one key, as in MongoDB
+    assert store.count() == 2 and store.count({"name": "c"}) == 0
+    store.update({"name": "a", "code": 1, "tags": ["x", "y"], "more": 1}, key="name")  # the same document: no duplicate
+    with pytest.raises(StoreError, match="code = 7"):  # a batch that repeats a value is refused as a whole
+        store.update([{"name": "g", "code": 7}, {"name": "h", "code": 7}], key="name")
+    assert store.count({"name": {"$in": ["g", "h"]}}) == 0
+    # without the field, or with a sub-document there, a document is not checked (as a sparse index)
+    store.update([{"name": "c"}, {"name": "d"}, {"name": "e", "code": {"k": 1}}, {"name": "f", "code": {"k": 1}}],
+                 key="name")
+    store.remove_docs({"name": "b"})
+    store.update({"name": "b2", "code": 2}, key="name")  # a removed document's value is free again
+    # arrays: each element is a key (MongoDB's multikey unique index); a repeat within one document is fine
+    store.ensure_index("tags", unique=True)
+    with pytest.raises(StoreError, match="another document has tags = 'y'"):
+        store.update({"name": "i", "tags": ["y", "q"]}, key="name")
+    store.update({"name": "j", "tags": ["w", "w"]}, key="name")
+    # duplicates already stored refuse the index, in one line naming the key
+    store.update([{"name": "k", "kind": "q"}, {"name": "l", "kind": "q"}], key="name")
+    with pytest.raises(StoreError, match=r"^cannot make 'kind' unique in things: several documents have kind = 'q'$"):
+        store.ensure_index("kind", unique=True)
+    assert store.unique_fields() == ["code", "tags"]
+    # another process (another store on the file) finds the unique index there
+    other = SQLiteStore("things", tmp_path / "u.sqlite")
+    with pytest.raises(StoreError, match="another document has code = 2"):
+        other.update({"name": "m", "code": 2}, key="name")
+    assert sorted(d["name"] for d in other.query({"code": {"$exists": True}}, properties=["name"])) == \
+        ["a", "b2", "e", "f"]

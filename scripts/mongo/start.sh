@@ -14,7 +14,9 @@
 # By default the server requires authentication (SCRAM, user `almat`, a random password kept in
 # password, chmod 600), as a real deployment does: the URI carries user:password, so the tests also
 # check that the password never leaks. ALMAT_MONGO_AUTH=0 serves without users. ALMAT_MONGO_PORT picks
-# the port (default: a free one chosen by the OS).
+# the port (default: a free one chosen by the OS; give the old one to start a stopped server again on the
+# same URI: its data and password stay in the state folder). ALMAT_MONGO_VENV: the venv to use (default
+# <state>/venv), e.g. to share one venv between several state folders (its creation is locked).
 # Idempotent: while the server from an earlier call is alive and answers a ping, it prints the same URI.
 # Exits non-zero, with the reason and the tail of the log, when the server cannot start.
 #
@@ -26,7 +28,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 STATE="${ALMAT_MONGO_DIR:-$ROOT/.mongo}"
 SPEC="mongoeco[wire]==4.11.0"
-VENV="$STATE/venv"
+VENV="${ALMAT_MONGO_VENV:-$STATE/venv}"
 VPY="$VENV/bin/python"
 LOG="$STATE/server.log"
 AUTH="${ALMAT_MONGO_AUTH:-1}"
@@ -78,6 +80,9 @@ rm -f "$STATE/server.pid" "$STATE/port" "$STATE/uri"
 # ---------------------------------------------------------------- venv with mongoeco
 t0=$(date +%s.%N)
 STAMP="$VENV/.installed-$SPEC"
+mkdir -p "$(dirname "$VENV")"
+exec 8>"$VENV.lock"
+flock -w 600 8 || die "another start.sh holds $VENV.lock"
 if [[ ! -e "$STAMP" ]]; then
     PY="$(find_python)" || die "mongoeco needs Python >= 3.13 and none was found (tried \$ALMAT_MONGO_PYTHON, \
 python3.14/python3.13/python3 on PATH and pyenv's versions); install one, e.g. 'pyenv install 3.13', \
@@ -90,6 +95,7 @@ or point ALMAT_MONGO_PYTHON at it"
     touch "$STAMP"
     say "venv ready in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s"
 fi
+exec 8>&-
 
 # ---------------------------------------------------------------- server
 args=(--db "$STATE/data.sqlite" --port "${ALMAT_MONGO_PORT:-0}" --port-file "$STATE/port")
@@ -101,7 +107,7 @@ if [[ "$AUTH" != 0 ]]; then
 fi
 t1=$(date +%s.%N)
 echo "--- $(date -Is) start.sh" >>"$LOG"
-setsid nohup "$VPY" "$ROOT/scripts/mongo/server.py" "${args[@]}" >>"$LOG" 2>&1 </dev/null 9>&- &
+setsid nohup "$VPY" "$ROOT/scripts/mongo/server.py" "${args[@]}" >>"$LOG" 2>&1 </dev/null 9>&- 8>&- &
 echo $! > "$STATE/server.pid"
 
 for _ in $(seq 300); do

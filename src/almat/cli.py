@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import signal
-from contextlib import contextmanager
 import sys
+import time
+import warnings
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Optional
 
 import click
 import typer
-from rich.console import Console
+from pydantic import ValidationError
+from rich import box
+from rich.console import Console, Group
 from rich.markup import escape
-from typer.core import TyperGroup
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from almat.campaign import load_config
+from almat.campaign.kinds import CampaignKind, kind_of
+from almat.enumeration.cli import enumerate_file, parse_occupancy
+from almat.export import LabelImportError, export_command, import_command
+from almat.launch.state import campaign_state  # a submitted campaign: judged with its LaunchPad
+from almat.oracle.calculators import CalculatorSpecError
+from almat.query import MixedOraclesError, UnknownFilterError
+from almat.report import report_command
+from almat.schemas.section import ConfigError, format_validation_error
+from almat.serve import LOCAL_HOSTS, bind, create_app, serve
+from almat.settings import get_settings
+from almat.stores import CampaignDB, StoreError, check_connection, migrate_montydb
 
 # OpenMP threads that busy-wait between torch calls starve the rest of a small machine (measured: a committee
 # call 20x slower on 2 shared cores); set before torch starts its threads
@@ -87,10 +107,6 @@ def _quiet_third_party(verbose: bool) -> None:
     it here with stdout captured, so only -v shows it."""
     if verbose or "mace.tools.cg" in sys.modules:
         return
-    import io
-    import warnings
-    from contextlib import redirect_stdout
-
     with redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e3nn's torch.load warning
         try:
@@ -123,19 +139,11 @@ def _fail(message: str) -> None:
 
 
 def _db(settings):
-    from almat.stores import CampaignDB, check_connection
-
     check_connection(settings)
     return CampaignDB.from_settings(settings).connect()
 
 
 def _settings():
-    from almat.settings import get_settings
-
-    from pydantic import ValidationError
-
-    from almat.campaign.config import format_validation_error
-
     try:
         return get_settings()
     except ValidationError as exc:  # (never the values: a URI holds a password)
@@ -155,10 +163,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show jobflow's log"),
 ) -> None:
     """Run a campaign locally (jobflow run_locally) with a progress display."""
-    import warnings
-
-    from almat.campaign import CampaignConvergedError, CampaignExistsError, ConfigError, load_config, run_campaign
-    from almat.oracle.calculators import CalculatorSpecError
+    # the loop imports torch: only here, so that the other commands start without it
+    from almat.campaign.runner import CampaignConvergedError, CampaignExistsError, run_campaign
 
     warnings.filterwarnings("ignore")  # e3nn/torch warnings drown the progress display
     signal.signal(signal.SIGTERM, _terminated)  # (SLURM's time limit): end like Ctrl-C, recording why
@@ -181,76 +187,14 @@ def run(
         console.print(f"[green]{converged}[/]")
         status_cmd(config.name, as_json=False)
         return
-    console.print(_table(config.kind, config.name, [r.model_dump(mode="json") for r in result.iterations]))
+    console.print(_table(kind_of(config), config.name, [r.model_dump(mode="json") for r in result.iterations]))
     c = result.campaign
     console.print(f"[bold green]{c.status.value}[/] after {c.n_iterations} iteration(s), {c.n_labels} labels, "
                   f"{result.wall_time:.0f} s: {c.stop_reason}")
 
 
-def _stage(it: dict) -> str | None:
-    """The exploration stage of an MD iteration: its name, else its index (None for records without stages)."""
-    if it.get("stage_name"):
-        return str(it["stage_name"])
-    return None if it.get("stage") is None else str(it["stage"])
-
-
-def _md_row(it: dict) -> dict:
-    calibration, test = it.get("calibration") or {}, it.get("test_errors") or {}
-    pct = lambda x: None if x is None else round(100 * x, 2)  # noqa: E731
-    return {
-        "iteration": it["iteration"], "stage": _stage(it), "trust_lo": it.get("trust_lo"),
-        "frames_explored": it.get("n_frames_explored", 0),
-        "accurate_pct": pct(it.get("accurate_ratio", 0.0)), "candidate_pct": pct(it.get("candidate_ratio", 0.0)),
-        "failed_pct": pct(it.get("failed_ratio", 0.0)), "train_labels": it.get("n_train_labels", 0),
-        "new_labels": it.get("n_labelled", 0), "failed_labels": it.get("n_failed_labels", 0),
-        "test_force_rmse": test.get("force_rmse"), "test_structures": test.get("n_structures", 0),
-        "calibration_factor": calibration.get("factor"), "calibration_spearman": calibration.get("spearman"),
-        "calibration_samples": calibration.get("n_samples", 0), "below_tolerance_pct": pct(it.get("calibrated_fraction")),
-        "converged": it.get("converged", False), "stop_reason": it.get("stop_reason"),
-    }
-
-
-#: per campaign kind: the collection of its per-iteration records, and the columns of its status table
-RECORDS = {
-    "md": ("iterations", [("iteration", "it"), ("stage", "stage"), ("trust_lo", "lo (eV/Å)"),
-                          ("frames_explored", "frames"), ("accurate_pct", "accurate %"),
-                          ("candidate_pct", "candidate %"), ("failed_pct", "failed %"), ("train_labels", "train labels"),
-                          ("new_labels", "new labels"),
-                          ("test_force_rmse", "test F RMSE (eV/Å)"), ("calibration_factor", "k"),
-                          ("below_tolerance_pct", "below tol %"), ("stop_reason", "")]),
-    "pool": ("pool_iterations", [("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"),
-                                 ("n_new_labels", "new"), ("n_unlabelled", "unlabelled"),
-                                 ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")]),
-    "nft": ("nft_iterations", [("iteration", "it"), ("n_train_labels", "train labels"),
-                               ("max_uncertainty", "max σ_atom (eV/Å)"), ("threshold", "threshold (eV/Å)"),
-                               ("n_chunks", "chunks"), ("target_force_rmse", "target F RMSE (eV/Å)"),
-                               ("stop_reason", "")]),
-}
-
-
-def _rows(kind: str, records: list[dict]) -> list[dict]:
-    if kind == "md":
-        return [_md_row(r) for r in records]
-    return [{key: len(r.get("chunks") or []) if key == "n_chunks" else r.get(key) for key, _ in RECORDS[kind][1]}
-            for r in records]
-
-
-#: narrow terminals (the full table does not fit): short column titles, explained by a legend
-SHORT = {"trust_lo": "lo", "frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%", "failed_pct": "fail%",
-         "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE", "calibration_factor": "k",
-         "below_tolerance_pct": "<tol%", "acquisition": "acq", "n_labels": "labels", "n_new_labels": "new",
-         "n_unlabelled": "unlab", "n_train_labels": "train", "max_uncertainty": "σ max", "threshold": "thr",
-         "n_chunks": "chunks", "target_force_rmse": "F RMSE"}
-LEGEND = {
-    "md": "stage: exploration stage; lo: the lower trust level (eV/Å; chosen each iteration with adaptive_lo); "
-          "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
-          "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
-          "<tol%: frames whose k·σ is below the force tolerance",
-    "pool": "acq: acquisition; labels: oracle calls so far; new: labelled in the iteration; unlab: unlabelled "
-            "pool; F RMSE: held-out force RMSE (eV/Å)",
-    "nft": "train: training labels; σ max: largest atomic force uncertainty of the target (eV/Å); thr: selection "
-           "threshold (eV/Å); F RMSE: committee against the oracle on the target (eV/Å)",
-}
+#: columns whose values are text (left-aligned)
+TEXT_COLUMNS = ("stop_reason", "acquisition", "stage")
 
 
 def _cell(value, spec: str = ".4g") -> str:
@@ -258,41 +202,33 @@ def _cell(value, spec: str = ".4g") -> str:
 
 
 def _fits(table: Table, width: int) -> bool:
-    from rich.measure import Measurement
-
     return Measurement.get(console, console.options.update_width(10_000), table).maximum <= width
 
 
-def _table(kind: str, name: str, records: list[dict]):
-    """The per-iteration table of a campaign of any kind; on a narrow terminal short titles, a legend,
-    and the stop reasons below the table."""
-    from rich import box
-    from rich.console import Group
-    from rich.text import Text
-
-    columns, rows = RECORDS[kind][1], _rows(kind, records)
-    table = Table(title=f"{kind} campaign {name}")
+def _table(kind: CampaignKind, name: str, records: list[dict]):
+    """The per-iteration table of a campaign of any kind (its records as stored); on a narrow terminal
+    short titles, the kind's legend, and the stop reasons below the table."""
+    columns, rows = kind.columns, [kind.status_row(r) for r in records]
+    table = Table(title=f"{kind.name} campaign {name}")
     for key, title in columns:
-        table.add_column(title, justify="left" if key in ("stop_reason", "acquisition", "stage") else "right")
+        table.add_column(title, justify="left" if key in TEXT_COLUMNS else "right")
     for row in rows:
         table.add_row(*[_cell(row[k]) for k, _ in columns])
     if _fits(table, console.width):
         return table
-    table = Table(title=f"{kind} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(title=f"{kind.name} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     columns = [(k, t) for k, t in columns if k != "stop_reason"]
     for key, title in columns:
-        table.add_column(SHORT.get(key, title), justify="left" if key in ("acquisition", "stage") else "right",
+        table.add_column(kind.short.get(key, title), justify="left" if key in TEXT_COLUMNS else "right",
                          no_wrap=True, max_width=10 if key == "stage" else None, overflow="ellipsis")
     for row in rows:
         table.add_row(*[_cell(row[k], ".3g") for k, _ in columns])
     stops = [Text(f"it {row['iteration']}: {row['stop_reason']}") for row in rows if row.get("stop_reason")]
-    return Group(table, Text(LEGEND[kind], style="dim"), *stops)
+    return Group(table, Text(kind.legend, style="dim"), *stops)
 
 
 def _campaigns_table(rows: list[dict], where: str) -> Table:
     """All campaigns; on a narrow terminal the oracle and the date are shortened."""
-    from rich import box
-
     table = Table(title=f"campaigns in {where}")
     for col in ("name", "status", "iterations", "labels", "chemsys", "oracle", "updated"):
         table.add_column(col)
@@ -326,8 +262,6 @@ def status_cmd(
     except ConnectionError as exc:
         _fail(str(exc))
     try:
-        from almat.campaign.lease import campaign_state
-
         if campaign is None:
             docs = sorted(db.campaigns.query({}), key=lambda d: str(d.get("created_at")))
             rows = [{
@@ -348,12 +282,12 @@ def status_cmd(
             names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
             _fail(f"no campaign {campaign!r} in {settings.describe()}"
                   + (f"; known: {', '.join(names)}" if names else ""))
-        kind = (doc.get("config") or {}).get("kind", "md")
-        records = sorted(getattr(db, RECORDS[kind][0]).query({"campaign": campaign}), key=lambda d: d["iteration"])
+        kind = kind_of(doc)
+        records = sorted(getattr(db, kind.records).query({"campaign": campaign}), key=lambda d: d["iteration"])
         state, why = campaign_state(db, doc)  # a running campaign whose process is gone is "killed"
         if as_json:
-            rows = _rows(kind, records)
-            out = {"name": campaign, "kind": kind, "status": state, "stop_reason": why,
+            rows = [kind.status_row(r) for r in records]
+            out = {"name": campaign, "kind": kind.name, "status": state, "stop_reason": why,
                    "labels": doc.get("n_labels", 0), "iterations": rows}
             sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
             return
@@ -375,8 +309,7 @@ def submit(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts"),
 ) -> None:
     """Submit a campaign to a FireWorks LaunchPad; SLURM workers (qlaunch) run its jobs."""
-    import warnings
-
+    # building the flow imports the learners (torch): only here, so that the other commands start without it
     from almat.launch.submit import SubmitError, submit_campaign
 
     warnings.filterwarnings("ignore")
@@ -410,11 +343,6 @@ def enumerate_cmd(
     no_sort: bool = typer.Option(False, "--no-sort", help="No Ewald ranking (charged targets allowed)"),
 ) -> None:
     """Enumerate symmetry-distinct ordered structures, ranked by Ewald energy; one file each."""
-    import time
-    import warnings
-
-    from almat.enumeration.cli import enumerate_file, parse_occupancy
-
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
     try:
@@ -444,9 +372,6 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file"),
 ) -> None:
     """Export labels: extxyz for MACE (REF_energy/REF_forces/REF_stress), an ASE database, or JSON lines."""
-    from almat.export import export_command
-    from almat.query import MixedOraclesError, UnknownFilterError
-
     try:
         res = export_command(out, fmt=fmt, force=force, campaign=campaign, chemsys=chemsys, elements=elements,
                              formula=formula, iteration=iteration, source=source,
@@ -463,8 +388,6 @@ def import_cmd(
     replace: bool = typer.Option(False, "--replace", help="Overwrite labels that are already stored"),
 ) -> None:
     """Import labels from a JSON-lines export: validated as a whole, all or nothing."""
-    from almat.export import LabelImportError, import_command
-
     if not path.is_file():
         _fail(f"no file {path}")
     try:
@@ -481,8 +404,6 @@ def migrate_store_cmd(
     path: Optional[Path] = typer.Argument(None, help="Store folder (default: ALMAT_DB_PATH, ./almat_db)"),
 ) -> None:
     """Copy an embedded store of an earlier almat version (montydb) into the SQLite store in the same folder."""
-    from almat.stores import StoreError, migrate_montydb
-
     try:
         copied = migrate_montydb(path or _settings().db_path)
     except StoreError as exc:
@@ -492,16 +413,29 @@ def migrate_store_cmd(
     console.print(f"migrated {sum(copied.values())} documents; the montydb files were left as they were")
 
 
+db_app = typer.Typer(help="The store itself: almat db init creates its indexes.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("init")
+def db_init_cmd() -> None:
+    """Create the store's indexes (a write: run it as a user who may write; run, submit and import do it too)."""
+    settings = _settings()
+    db = _db(settings)
+    try:
+        created = db.ensure_indexes()
+    finally:
+        db.close()
+    console.print(f"indexes ready: {sum(map(len, created.values()))} fields of {len(created)} collections in "
+                  f"{settings.describe()}")
+
+
 @app.command("report")
 def report_cmd(
     campaign: str = typer.Argument(..., help="Campaign name"),
     out_dir: Path = typer.Option(Path("report"), "-o", "--out", help="Folder for report.html and the PNGs"),
 ) -> None:
     """Write a campaign report: learning curve, model deviation, parity, labels per source (PNG + HTML)."""
-    import warnings
-
-    from almat.report import report_command
-
     warnings.filterwarnings("ignore")
     _quiet_third_party(False)  # the parity figure loads the committees (mace)
     try:
@@ -524,8 +458,6 @@ def serve_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request"),
 ) -> None:
     """Serve a live, read-only view of every campaign in the store in the browser."""
-    from almat.serve import LOCAL_HOSTS, bind, create_app, serve
-
     settings = _settings()
     if launchpad is not None and not launchpad.is_file():
         _fail(f"no LaunchPad file {launchpad}")

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from almat.schemas.section import load_yaml
 
 DEFAULT_CONFIG_FILE = "~/.almat.yaml"
 
@@ -35,15 +36,7 @@ class _YamlSource(PydanticBaseSettingsSource):
             if "ALMAT_CONFIG_FILE" in os.environ:
                 raise FileNotFoundError(f"ALMAT_CONFIG_FILE points to a missing file: {path}")
             return {}
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ValueError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})"
-                             ) from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        data = load_yaml(path, "settings file", empty={})
         # keys in the file may be written as in the environment (ALMAT_DB_PATH) or as fields
         return {k.lower().removeprefix("almat_"): v for k, v in data.items()}
 

@@ -1,12 +1,23 @@
 """The campaign Maker is built from Makers, as in atomate2: a user's own atomate2 Maker from Python, an
 update of a built flow with ``update_maker_kwargs``, and actors that are not Makers refused at build time."""
 
+import dataclasses
+from types import SimpleNamespace
+from typing import Literal
+
 import pytest
 from atomate2.vasp.jobs.core import StaticMaker
 from pymatgen.io.vasp.sets import MPStaticSet
 
 from almat.campaign import CampaignMaker, ConfigError
+from almat.campaign.config import CampaignConfig
 from almat.campaign.jobs import all_jobs, label_batch
+from almat.campaign.kinds import KINDS
+from almat.campaign.md import MdExplorer
+from almat.oracle.jobs import AseOracleMaker
+from almat.oracle.registry import ORACLES, label_maker
+from almat.oracle.relax import AseRelaxMaker
+from almat.oracle.settings import ORACLE_SETTINGS
 from almat.oracle.vasp import VaspStaticOracleMaker
 from almat.schemas import StructureDoc, StructureSource
 
@@ -60,8 +71,6 @@ def test_actors_that_are_not_makers_are_refused_when_the_campaign_is_built():
 
 
 def test_md_explorer_makes_one_job_for_all_walkers_without_running():
-    from almat.campaign.md import MdExplorer
-
     cfg = {"name": "cu-md", "structures": [{"bulk": {"name": "Cu", "cubic": True}},
                                            {"bulk": {"name": "Cu", "cubic": True}, "supercell": [2, 1, 1]}],
            "sampler": {"temperatures": [300, 900], "steps": 20}, "learner": {"n_models": 2}}
@@ -77,3 +86,36 @@ def test_md_explorer_makes_one_job_for_all_walkers_without_running():
     assert len({w["seed"] for w in walkers}) == 4  # each walker its own seed
     assert jobs[-1].name == "select it3" and exploration.uuid == jobs[-1].uuid
     assert {j.metadata["almat_role"] for j in md} == {"explore"} and jobs[-1].metadata["almat_role"] == "select"
+
+
+class ToyConfig(CampaignConfig):
+    """An MD campaign under a kind name of its own."""
+
+    kind: Literal["toy"] = "toy"
+
+
+class ToyExplorer(MdExplorer):
+    kind = "toy"
+
+
+def test_a_new_campaign_kind_is_one_explorer_and_one_kinds_entry(monkeypatch):
+    monkeypatch.setitem(KINDS, "toy", dataclasses.replace(KINDS["md"], name="toy", config=f"{__name__}:ToyConfig",
+                                                          explorer=f"{__name__}:ToyExplorer"))
+    maker = CampaignMaker.from_config({**CONFIG, "kind": "toy", "oracle": {}})
+    assert isinstance(maker.config, ToyConfig) and type(maker.explorer) is ToyExplorer
+    assert maker.explorer.selection == maker.config.selection  # built from the config, as an MD explorer is
+    assert "decide it0" in {j.name for j in all_jobs(maker.make())}
+    with pytest.raises(ConfigError, match="kind: 'toys' is not a campaign kind; valid: md, pool, nft, toy"):
+        CampaignMaker.from_config({**CONFIG, "kind": "toys"})
+
+
+def test_oracle_makers_come_from_the_registry_of_oracle_kinds():
+    assert set(ORACLES) == set(ORACLE_SETTINGS) == {"ase", "vasp", "cp2k"}
+    lj = {"module": "ase.calculators.lj", "class": "LennardJones"}
+    ase = CampaignMaker.from_config({**CONFIG, "oracle": {"calculator": lj, "compute_stress": False},
+                                     "prerelax": {"enabled": True, "fmax": 0.1}})
+    assert isinstance(ase.oracle, AseOracleMaker) and ase.oracle.calculator.path == "ase.calculators.lj.LennardJones"
+    assert not ase.oracle.compute_stress and isinstance(ase.relax, AseRelaxMaker) and ase.relax.fmax == 0.1
+    assert isinstance(CampaignMaker.from_config(CONFIG).oracle, VaspStaticOracleMaker)
+    with pytest.raises(ConfigError, match="unknown oracle kind 'gaussian'; valid: ase, vasp, cp2k"):
+        label_maker(SimpleNamespace(kind="gaussian"))

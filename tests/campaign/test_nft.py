@@ -6,6 +6,7 @@ import pytest
 
 from almat.campaign import CampaignMaker, ConfigError, load_config, run_campaign
 from almat.campaign.nft import stop_decision
+from almat.campaign.sources import load_target
 from almat.schemas import LabelDoc, ModelDoc, NftIterationDoc
 
 CUTOFF = 4.5
@@ -45,7 +46,7 @@ def _small(**chunks):
 def test_config_validation():
     cfg = load_config(_small())
     assert cfg.kind == "nft" and cfg.chunks.mode == "cluster"
-    assert len(cfg.load_target()) == 108
+    assert len(load_target(cfg)) == 108
     with pytest.raises(ConfigError, match="chunks.percentile"):
         load_config(_small(percentile=150))
     with pytest.raises(ConfigError, match="chunks.coefficient"):
@@ -72,7 +73,7 @@ def test_example_workflow_is_valid():
     from pathlib import Path
 
     maker = CampaignMaker.from_config(Path(__file__).parents[2] / "workflows" / "cu_nft_emt.yaml")
-    assert len(maker.config.load_target()) == 255 and maker.config.kind == "nft"
+    assert len(load_target(maker.config)) == 255 and maker.config.kind == "nft"
 
 
 def test_stop_rules():

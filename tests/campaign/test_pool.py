@@ -11,11 +11,13 @@ from ase.io import write
 
 
 from almat.campaign import ConfigError, load_config, run_campaign
-from almat.campaign.config import PoolCampaignConfig, acquisition_policy
+from almat.campaign.config import PoolCampaignConfig
 from almat.campaign.jobs import test_errors
 from almat.campaign.pool import PoolState, acquire, decide_stop
+from almat.campaign.sources import load_pool
 from almat.report.learning import plot_learning_curves
 from almat.schemas import CampaignStatus, StructureDoc, TestErrors
+from almat.select.lookup import acquisition_policy
 from almat.stores import CampaignDB
 
 
@@ -62,7 +64,7 @@ def test_empty_pool_and_bad_sizes_are_clear_errors(pool):
         PoolCampaignConfig(name="x", pool=[])
     cfg = PoolCampaignConfig(name="x", pool=[{"structures": []}])
     with pytest.raises(ValueError, match="pool is empty"):
-        cfg.load_pool()
+        load_pool(cfg)
 
 
 def test_unknown_acquisition_lists_the_valid_ones():
@@ -182,19 +184,19 @@ def test_pool_sources_extxyz_python_list_and_perturbations(tmp_path):
         "pool": [{"file": "md.extxyz"}, {"file": "md.extxyz", "index": "::2", "supercell": [2, 1, 1]},
                  {"bulk": {"name": "Cu", "cubic": True}, "perturb": {"n": 3, "seed": 0}}],
     })
-    pool = cfg.load_pool()
+    pool = load_pool(cfg)
     assert len(pool) == 6 + 3 + 3
     assert pool[0].info["temperature"] == 300.0 and pool[0].info["pool_origin"] == "md.extxyz#0"
     assert len(pool[6]) == 8 and pool[-1].info["perturbation"] == 2
     # duplicates are dropped with a warning
     dup = PoolCampaignConfig(name="dup", pool=[{"file": tmp_path / "md.extxyz"}, {"file": tmp_path / "md.extxyz"}])
     with pytest.warns(UserWarning, match="6 duplicate structure"):
-        assert len(dup.load_pool()) == 6
+        assert len(load_pool(dup)) == 6
     # a plain Python list of Atoms is one source
     py = PoolCampaignConfig(name="py", pool=frames[:4])
-    assert len(py.pool) == 1 and len(py.load_pool()) == 4
+    assert len(py.pool) == 1 and len(load_pool(py)) == 4
     with pytest.raises(ConfigError, match="pool file not found"):
-        PoolCampaignConfig(name="nofile", pool=[{"file": tmp_path / "nope.xyz"}]).load_pool()
+        load_pool(PoolCampaignConfig(name="nofile", pool=[{"file": tmp_path / "nope.xyz"}]))
     with pytest.raises(ConfigError, match="give exactly one of"):
         load_config({"kind": "pool", "name": "x", "pool": [{"bulk": {"name": "Cu"}, "file": "a.xyz"}]})
 
@@ -211,15 +213,15 @@ def test_pool_from_a_labels_query(db):
         labels.append(label_with_calculator(to_structure(a), spec, campaign="other"))
     db.upsert("labels", labels)
     cfg = PoolCampaignConfig(name="q", pool=[{"query": {"collection": "labels", "filters": {"campaign": "other"}}}])
-    assert len(cfg.load_pool(db)) == 3
+    assert len(load_pool(cfg, db)) == 3
     with pytest.raises(ConfigError, match="needs the store"):
-        cfg.load_pool()
+        load_pool(cfg)
 
 
 def test_example_workflow_loads():
     cfg = load_config(ROOT / "workflows" / "cu_pool_emt.yaml")
     assert cfg.kind == "pool" and cfg.acquisition.name == "committee"
-    assert len(cfg.load_pool()) >= 50
+    assert len(load_pool(cfg)) >= 50
 
 
 @pytest.fixture(scope="module")

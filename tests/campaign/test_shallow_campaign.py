@@ -6,6 +6,7 @@ import pytest
 
 from almat.campaign import load_config, run_campaign
 from almat.learner.committee import Committee
+from almat.learner.jobs import TrainCommitteeMaker
 from almat.schemas import CampaignStatus, ModelDoc, StructureDoc
 from almat.settings import AlmatSettings
 from almat.stores import CampaignDB
@@ -74,5 +75,5 @@ def test_uncertainty_settings_and_fingerprints():
     explicit = load_config({**CONFIG, "learner": {"uncertainty": "committee", "n_heads": 7}})
     shallow = load_config(CONFIG)
     assert base.fingerprint() == explicit.fingerprint() != shallow.fingerprint()  # committee: as before
-    maker = shallow.learner.maker()
+    maker = TrainCommitteeMaker.from_settings(shallow.learner)
     assert (maker.uncertainty, maker.n_heads, maker.head_forces) == ("shallow", 3, "all")

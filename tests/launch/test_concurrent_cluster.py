@@ -16,14 +16,17 @@ dropped at the end) with its own qadapters:
 - Phase 2 (``kill_run``): a tiny pool campaign whose oracle (``slow_emt.SlowEMT``, this folder, on the
   workers' ``PYTHONPATH``) sleeps in each label job; the rocket running one label job is killed with
   ``SIGKILL``, the campaign stalls on that firework (RUNNING, never pinged again), the workers are stopped,
-  ``lpad detect_lostruns --time 1 --rerun`` marks its launch FIZZLED and makes it READY again, and new
-  workers finish the campaign.
+  ``almat status`` (with FireWorks' ``RUN_EXPIRATION_SECS`` at ``EXPIRATION_S``) shows the campaign
+  ``lost`` with the ``lpad detect_lostruns ... --rerun`` command that recovers it; that command marks the
+  launch FIZZLED and makes the firework READY again, and new workers finish the campaign.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -54,6 +57,7 @@ WORKER_LIFE_S = 300  # rlaunch rapidfire --timeout: a rocket takes no new firewo
 WALLTIME = "00:10:00"  # SLURM limit of every worker job
 PHASE_TIMEOUT_S = 300  # each wait for a campaign to finish
 KILL_WAIT_S = 150  # for a label job to run, and for the campaign to stall on the killed one
+EXPIRATION_S = 2  # FireWorks' RUN_EXPIRATION_SECS for `almat status` once no worker runs (default: 4 h)
 POLL_S = 0.5
 
 MD = dict(MD_CONFIG, name="cc-md")
@@ -248,17 +252,29 @@ def _job_key(fw: dict) -> tuple[str, int]:
     return job["uuid"], job["index"]
 
 
-def _status_json(cluster: ConcurrentCluster, names: list[str]) -> dict[str, dict]:
+def _status_json(cluster: ConcurrentCluster, names: list[str], env: dict | None = None) -> dict[str, dict]:
     """``almat status NAME --json`` for each name, in parallel subprocesses with the workers' settings."""
     procs = {n: subprocess.Popen([sys.executable, "-c", f"from almat.cli import app; app(['status', {n!r}, '--json'])"],
-                                 env=cluster.env, cwd=cluster.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for n in names}
+                                 env=env or cluster.env, cwd=cluster.root, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for n in names}
     out = {}
     for n, p in procs.items():
         stdout, stderr = p.communicate(timeout=120)
         assert p.returncode == 0, f"almat status {n} failed:\n{stderr[-2000:]}"
         out[n] = json.loads(stdout)
     return out
+
+
+def _heartbeat(db, name: str) -> dict | None:
+    """The campaign's lease document: the heartbeat its FireWorks jobs wrote last."""
+    from almat.campaign.lease import lease_store
+
+    store = lease_store(db)
+    store.connect()
+    try:
+        return store.query_one({"campaign": name})
+    finally:
+        store.close()
 
 
 def _campaign_records(cluster: ConcurrentCluster, names: list[str]) -> dict[str, dict]:
@@ -279,6 +295,7 @@ def _campaign_records(cluster: ConcurrentCluster, names: list[str]) -> dict[str,
                     "iterations": db.iterations.count({"campaign": name}),
                     "pool_iterations": db.pool_iterations.count({"campaign": name}),
                     "campaign": db.campaigns.query_one({"name": name}),
+                    "heartbeat": _heartbeat(db, name),
                 }
         finally:
             db.close()  # closes the JobStore's docs store too (shared)
@@ -348,6 +365,22 @@ def concurrent_run(cluster):
     return run
 
 
+def _lost_status(cluster: ConcurrentCluster, name: str, timeout: float = 60) -> dict:
+    """``almat status NAME --json`` where the LaunchPad is known (``LAUNCHPAD_LOC``) and FireWorks'
+    ``RUN_EXPIRATION_SECS`` is ``EXPIRATION_S``, until it says ``lost`` (the killed launch's last ping must
+    first be that old)."""
+    config = cluster.root / "reader" / "FW_config.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(yaml.safe_dump({"RUN_EXPIRATION_SECS": EXPIRATION_S}))
+    env = {**cluster.env, "LAUNCHPAD_LOC": str(cluster.lp_file), "FW_CONFIG_FILE": str(config)}
+    deadline = time.time() + timeout
+    while True:
+        status = _status_json(cluster, [name], env)[name]
+        if status["status"] == "lost" or time.time() > deadline:
+            return status
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def kill_run(cluster):
     """Phase 2: SIGKILL the rocket running a label job, ``lpad detect_lostruns --time 1 --rerun``, finish."""
@@ -358,7 +391,7 @@ def kill_run(cluster):
     def ids() -> list[int]:
         return cluster.wf_fw_ids(name)
 
-    report: dict = {"submitted": submitted}
+    report: dict = {"submitted": submitted, "lp_file": str(cluster.lp_file)}
     workers = Workers(cluster, cluster.launch_dir / "kill_1").start()
     try:
         # 1. a label job in its oracle call: RUNNING, and its launch folder has the oracle's marker
@@ -400,9 +433,11 @@ def kill_run(cluster):
     report["state_after_kill"] = cluster.lp.fireworks.find_one({"fw_id": fw["fw_id"]})["state"]
     report["launch_after_kill"] = cluster.lp.launches.find_one({"launch_id": launch["launch_id"]})["state"]
     report["waiting_after_kill"] = sorted(f["name"] for f in cluster.fws(ids()) if f["state"] == "WAITING")
-    # 3. recovery, as a user does it: the lost run's last ping is older than --time seconds
-    out = _run([str(VENV_BIN / "lpad"), "-l", str(cluster.lp_file), "detect_lostruns", "--time", "1", "--rerun"],
-               cluster.env, cluster.root, timeout=120)
+    # 3. almat status says it is lost and prints the command; recovery, as a user does it
+    report["status_after_kill"] = _lost_status(cluster, name)
+    report["recover_command"] = re.search(r"`(lpad [^`]*detect_lostruns[^`]*)`",
+                                          report["status_after_kill"]["stop_reason"]).group(1)
+    out = _run(["bash", "-c", report["recover_command"]], cluster.env, cluster.root, timeout=120)
     report["detect_output"] = (out.stdout + out.stderr).strip()
     after = cluster.lp.fireworks.find_one({"fw_id": fw["fw_id"]})
     report["state_after_detect"] = after["state"]
@@ -425,7 +460,8 @@ def kill_run(cluster):
     final = next(f for f in report["fws"] if f["fw_id"] == fw["fw_id"])
     print(f"\n[killed worker] fw {fw['fw_id']} ({fw['name']}): rocket pid {pid} got SIGKILL "
           f"{report['killed_after']:.1f} s into its oracle call; fw {report['state_after_kill']} with launch "
-          f"{launch['launch_id']} {report['launch_after_kill']}; detect_lostruns --time 1 --rerun -> launch "
+          f"{launch['launch_id']} {report['launch_after_kill']}; almat status: "
+          f"{report['status_after_kill']['status']}, printed `{report['recover_command']}` -> launch "
           f"{report['killed_launch_final']}, fw {report['state_after_detect']} (launches "
           f"{report['launches_after_detect']}, archived {report['archived_after_detect']}); workers again: fw "
           f"{' -> '.join(seen)}; launches now {final['launches']} + archived {final.get('archived_launches')} "
@@ -532,7 +568,15 @@ def test_killed_label_job_was_lost_then_rerun_by_detect_lostruns(kill_run):
     # the killed rocket left its firework RUNNING; the rest of the campaign waited for it
     assert r["state_after_kill"] == "RUNNING" and r["launch_after_kill"] == "RUNNING"
     assert r["waiting_after_kill"], "nothing was waiting on the lost label job"
-    # detect_lostruns --rerun: launch FIZZLED and archived, the firework READY again
+    # almat status: lost, naming the firework, with the command that recovers exactly it
+    status = r["status_after_kill"]
+    assert status["status"] == "lost", status
+    assert f"fw_id {r['fw_id']} {r['fw_name']!r}" in status["stop_reason"]
+    cmd = shlex.split(r["recover_command"])
+    assert cmd[:4] == ["lpad", "-l", str(kill_run["lp_file"]), "detect_lostruns"] and "--rerun" in cmd
+    assert cmd[cmd.index("--time") + 1] == str(EXPIRATION_S) and json.loads(cmd[cmd.index("-q") + 1]) == {
+        "fw_id": {"$in": [r["fw_id"]]}}
+    # that command (detect_lostruns --rerun): launch FIZZLED and archived, the firework READY again
     assert str(r["fw_id"]) in r["detect_output"], r["detect_output"]
     assert r["state_after_detect"] == "READY" and r["launches_after_detect"] == []
     assert r["archived_after_detect"] == [r["killed_launch"]] and r["killed_launch_final"] == "FIZZLED"
@@ -562,3 +606,7 @@ def test_campaign_completed_with_nothing_lost_or_duplicated(kill_run):
     assert all(l["status"] == "ok" for l in labels)
     assert rec["pool_iterations"] == 1 and rec["models"] == 2
     assert rec["campaign"]["status"] == "max_iterations"
+    # its jobs' heartbeat: the last job's end, written from a worker of the second round
+    beat = rec["heartbeat"]
+    assert beat["manager"] == "fireworks" and beat["event"] == "end" and beat["fw_id"] in {f["fw_id"] for f in fws}
+    assert beat["slurm_job_id"] in {x["slurm_job_id"] for x in r["rockets_2"]}

@@ -16,6 +16,7 @@ from jobflow import CURRENT_JOB, Flow, Maker, Response, run_locally
 from pydantic import BaseModel
 
 from almat.campaign.jobs import ROLE_KEY, ROLES, declare_role
+from almat.launch.launchpad import launchpad_host, load_launchpad_spec
 from almat.launch.routing import Routing, RoutingError, apply_routing, job_role, load_routing
 from almat.launch.submit import (
     LaunchPadError,
@@ -26,6 +27,7 @@ from almat.launch.submit import (
     read_qadapter,
     submit_campaign,
 )
+from almat.schemas.section import ConfigError
 from almat.stores import CampaignDB, build_job_store, store_job
 from almat.stores.runinfo import RUN_RECORD_KEY
 
@@ -397,6 +399,29 @@ def test_bad_launchpad_files(tmp_path, monkeypatch):
     folder.mkdir()
     with pytest.raises(LaunchPadError, match="not found"):
         find_launchpad_file(folder)
+
+
+def test_launchpad_file_without_a_database_name_is_one_line(tmp_path):
+    """A LaunchPad file without ``name:`` would silently use FireWorks' ``fireworks`` database (issue 24)."""
+    path = tmp_path / "lp.yaml"
+    path.write_text("host: mongo.example.org\nport: 27017\n")
+    for load in (load_launchpad, load_launchpad_spec):
+        with pytest.raises((LaunchPadError, ConfigError), match=r"lp\.yaml: name: .*names no database") as err:
+            load(path)
+        assert "\n" not in str(err.value)
+    path.write_text("")
+    with pytest.raises(LaunchPadError, match="empty"):
+        load_launchpad(path)
+    path.write_text("host: h\nname: fw\n  port: [\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+"):
+        load_launchpad_spec(path)
+    spec = {"host": "mongodb://me:s3cret@db.example.org:27018/fw", "uri_mode": True, "name": "fw"}
+    assert launchpad_host(spec) == "db.example.org:27018"
+    assert launchpad_host({"host": "h", "name": "fw"}) == "h:27017"
+    bad = tmp_path / "routing.yaml"
+    bad.write_text("train: [gpu\n")
+    with pytest.raises(RoutingError, match=r"routing\.yaml: not valid YAML at line"):
+        load_routing(bad)
 
 
 def test_unreachable_mongo_fails_fast_naming_the_host(tmp_path, job_store):

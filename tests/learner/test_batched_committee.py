@@ -57,7 +57,7 @@ def test_members_that_do_not_stack_fall_back_to_the_loop(cu_data):
 
 
 def test_the_default_batches_small_frames_on_the_cpu_and_falls_back_once(cu_data):
-    from almat.learner.committee import CPU_BATCH_MAX_ATOMS
+    from almat.learner.mace import CPU_BATCH_MAX_ATOMS
 
     torch.manual_seed(1)
     models = [model_from_architecture(mace_architecture(MaceHyperParameters(num_channels=c), [29], [-0.3], 10.0,

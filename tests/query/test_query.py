@@ -164,6 +164,8 @@ def test_index_follows_writes_and_overwrites(db):
 
 def test_explain_reports_index_use(db):
     db.upsert("labels", label_all(cu_structures(2), campaign="e"))
+    assert query_labels(db, chemsys="Cu").explain()["indexed_fields"] == []  # readers never create indexes
+    db.ensure_indexes()  # almat run, submit, import and db init do
     plan = query_labels(db, chemsys="Cu", oracle_fingerprint="x").explain()
     assert plan["backend"] == "sqlite" and plan["uses_index"] and not plan["post_filter"]
     assert plan["indexed_fields"] == ["chemsys", "oracle_fingerprint", "status"]

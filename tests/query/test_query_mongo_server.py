@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.mongo, pytest.mark.skipif(not URI, reason="ALMAT_TEST_
 
 def test_typical_queries_use_indexes_on_mongodb():
     settings = AlmatSettings(mongo_uri=URI, database=f"almat_test_{uuid.uuid4().hex[:8]}")
-    db = CampaignDB.from_settings(settings).connect()
+    db = CampaignDB.from_settings(settings).connect(indexes=True)  # as almat run does
     try:
         cu = label_all(cu_structures(3), campaign="a", iteration=0)
         cuau = label_all(cuau_structures(3), campaign="b", iteration=1)

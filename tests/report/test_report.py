@@ -202,3 +202,19 @@ def test_pool_and_nft_campaigns_get_their_own_report(db, tmp_path):
     page = nft_report.files["html"].read_text()
     assert f"<td>{nft[1].max_uncertainty:.4g}</td>" in page and "below stop_delta" in page
     assert "learning_curve" not in nft_report.files  # the MD figures are not drawn for an NFT campaign
+
+
+def test_every_kind_names_figures_and_columns_the_report_and_the_pages_know():
+    from almat.campaign.kinds import KINDS
+    from almat.report.html import FIGURES
+    from almat.serve.app import HERE
+    from almat.serve.data import CHARTS
+
+    for kind in KINDS.values():
+        assert kind.figures and set(kind.figures) <= set(FIGURES), kind.name
+        # every figure the pages draw has its values and its template, and the other way round
+        drawn = {f for f in kind.figures if (HERE / "templates" / f"_figure_{f}.html").exists()}
+        assert drawn and drawn <= set(CHARTS), kind.name
+        assert kind.page_row is not None and kind.page_columns and kind.columns and kind.legend
+        for _, path in kind.report_columns:
+            assert path.split(".")[0] in kind.record_class.model_fields, (kind.name, path)

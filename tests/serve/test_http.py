@@ -147,6 +147,26 @@ def test_unreachable_mongodb_is_named_and_the_server_keeps_running(tmp_path):
         server.should_exit = True
 
 
+def test_a_bad_launchpad_file_is_named_on_the_page_never_its_values(tmp_path):
+    """The queue reads the LaunchPad file with ``almat.launch.launchpad`` (as ``almat submit`` does): a bad
+    one is one line on the page, naming the file and what is wrong, never a value from it."""
+    from almat.serve.app import Backend
+
+    lp_file = tmp_path / "my_launchpad.yaml"
+    backend = Backend(AlmatSettings(db_path=tmp_path / "db"), launchpad=lp_file)
+    try:
+        error = backend._queue(None, "x")["error"]
+        assert error == f"cannot read the LaunchPad file: LaunchPad file not found: {lp_file}"
+        lp_file.write_text(f"host: {uri_with_secret('db.example.org:27017')}\nport: 27017: 1\n")
+        error = backend._queue(None, "x")["error"]
+        assert f"{lp_file}: not valid YAML at line 2" in error and SECRET not in error
+        lp_file.write_text(f"host: {uri_with_secret('db.example.org:27017')}\nuri_mode: true\n")
+        error = backend._queue(None, "x")["error"]
+        assert "name: the LaunchPad file names no database" in error and SECRET not in error
+    finally:
+        backend.pool.shutdown()
+
+
 def test_serve_command_port_in_use_and_host_warning(monkeypatch):
     runner = CliRunner()
     with socket.socket() as taken:
@@ -158,7 +178,7 @@ def test_serve_command_port_in_use_and_host_warning(monkeypatch):
     assert out.output.strip() == f"error: port {port} on 127.0.0.1 is already in use (another almat serve?); pick " \
                                  "one with --port"
     served = []
-    monkeypatch.setattr("almat.serve.serve", lambda app, sock, log_level: served.append(sock.getsockname()))
+    monkeypatch.setattr("almat.cli.serve", lambda app, sock, log_level: served.append(sock.getsockname()))
     out = runner.invoke(cli_app, ["serve", "--host", "0.0.0.0", "--port", "0"])
     assert out.exit_code == 0, out.output
     assert "warning: listening on 0.0.0.0" in out.output and served and served[0][0] == "0.0.0.0"

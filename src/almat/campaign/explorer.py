@@ -8,7 +8,7 @@ An :class:`Explorer` says how candidates are produced (committee MD, a fixed poo
 which held-out data measure the committee (calibration frames, the pool's test split, the target),
 the label weights, and the stop rule. It is a small serialisable object (in the spirit of dpgen2's
 ``ConfSelector`` / ``ExplorationReport`` / ``StageScheduler``) and each method can be tested without
-the workflow. To add a kind, subclass it and register it in ``almat.campaign.flow.EXPLORERS``.
+the workflow. To add a kind, subclass it and register it in ``almat.campaign.kinds.KINDS``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class Explorer(MSONable):
     record_class: ClassVar[type[AlmatDocument]]
     exploration_class: ClassVar[type[Exploration]] = Exploration  # what its explore step outputs
     held_out_each_iteration: ClassVar[bool] = False  # whether ``Exploration.held_out`` is ever filled
+
+    @classmethod
+    def from_config(cls, config) -> "Explorer":
+        """The explorer of a campaign config (``CampaignMaker.from_config`` builds it so)."""
+        return cls()
 
     def check(self, config) -> None:
         """Refuse, before any job runs, what the config allows but this kind can't do."""

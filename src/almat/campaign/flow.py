@@ -19,19 +19,14 @@ from jobflow import Flow, Maker
 from almat.campaign.config import AnyCampaignConfig, ConfigError, load_config
 from almat.campaign.explorer import Explorer, ResumeState
 from almat.campaign.jobs import declare_role, decide, label_batch, register
-from almat.campaign.md import MdExplorer, explore_maker
-from almat.campaign.nft import NftExplorer
-from almat.campaign.pool import PoolExplorer
+from almat.campaign.kinds import kind_of
 from almat.learner.jobs import TrainCommitteeMaker
-
-#: campaign kind -> its explorer
-EXPLORERS: dict[str, type[Explorer]] = {"md": MdExplorer, "pool": PoolExplorer, "nft": NftExplorer}
+from almat.oracle.registry import label_maker, relax_maker
 
 
 def _explorer(config) -> Explorer:
-    if config.kind == "md":
-        return MdExplorer(explore_maker(config.sampler, config.learner.hyperparameters.device), config.selection)
-    return EXPLORERS[config.kind]()
+    """The explorer of the config's kind (``almat.campaign.kinds``), built from the config."""
+    return kind_of(config).explorer_class().from_config(config)
 
 
 @dataclass
@@ -59,10 +54,10 @@ class CampaignMaker(Maker):
     def from_config(cls, config: Any, **actors: Any) -> "CampaignMaker":
         """The campaign of a config (object, dict or YAML path); ``actors`` replace the built ones."""
         cfg = load_config(config)
-        built = {"oracle": cfg.oracle.label_maker(), "trainer": cfg.learner.maker(cfg.base_dir),
-                 "explorer": _explorer(cfg)}
+        built = {"oracle": label_maker(cfg.oracle), "explorer": _explorer(cfg),
+                 "trainer": TrainCommitteeMaker.from_settings(cfg.learner, cfg.base_dir)}
         if getattr(cfg, "prerelax", None) is not None and cfg.prerelax.enabled:
-            built["relax"] = cfg.oracle.relax_maker(cfg.prerelax)
+            built["relax"] = relax_maker(cfg.oracle, cfg.prerelax)
         maker = cls(name=cfg.name, config=cfg, **{**built, **actors})
         # a foundation file that is missing, not a model or without one of the campaign's elements is
         # refused here, before any job runs
@@ -83,8 +78,9 @@ class CampaignMaker(Maker):
                 raise ConfigError(f"{actor}: {type(value).__name__} is not a jobflow Maker")
         if self.oracle is None or not callable(getattr(self.oracle, "make", None)):
             raise ConfigError("oracle: a Maker whose make(structure, campaign, iteration) labels a structure is needed")
-        if not isinstance(self.explorer, EXPLORERS[self.config.kind]):
-            raise ConfigError(f"explorer: a {self.config.kind} campaign needs a {EXPLORERS[self.config.kind].__name__}")
+        explorer = kind_of(self.config).explorer_class()
+        if not isinstance(self.explorer, explorer):
+            raise ConfigError(f"explorer: a {self.config.kind} campaign needs a {explorer.__name__}")
         self.explorer.check(self.config)
 
     # the oracle's name and settings fingerprint, as labels record them

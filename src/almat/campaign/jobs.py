@@ -13,8 +13,10 @@ import numpy as np
 from jobflow import Flow, Job, Response
 
 from almat.campaign.initial import perturbed_structures
+from almat.campaign.sources import load_structures
 from almat.learner.committee import Committee
-from almat.learner.jobs import flatten_labels
+from almat.learner.jobs import TrainCommitteeMaker, flatten_labels
+from almat.learner.zero_shot import foundation_calculator, foundation_md_frames
 from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, TestErrors
 from almat.schemas import to_atoms, to_structure, utcnow
 from almat.stores import require_db, store_job
@@ -112,26 +114,29 @@ def register(maker, resume: bool = False) -> dict:
     return {"name": cfg.name, "setup": setup}
 
 
+def _foundation_md_copies(config, structure, rng, calculator):
+    """The structure and ``n_per_structure - 1`` frames of MD with the learner's foundation model."""
+    init = config.initial
+    frames = foundation_md_frames(to_atoms(structure), init.n_per_structure - 1, init.md_temperature,
+                                  init.md_steps, int(rng.integers(2**31)), calculator)
+    return [structure, *(to_structure(f) for f in frames)]
+
+
 @store_job
 def initial_structures(config, campaign: str | None = None, structures: list | None = None) -> list[StructureDoc]:
-    """Strained and rattled copies of each start structure (iteration -1): the config's, or the given ones
-    (e.g. pre-relaxed). ``campaign`` (the register job's output) orders this job after registration."""
+    """Strained and rattled copies of each start structure (iteration -1), or frames of MD with a
+    foundation model (``initial.method: foundation-md``): of the config's start structures, or of the given
+    ones (e.g. pre-relaxed). ``campaign`` (the register job's output) orders this job after registration."""
     rng = np.random.default_rng(config.initial.seed)
-    docs = []
-    starts = config.load_structures() if structures is None else [to_structure(s) for s in structures]
-    calculator = None
+    init, docs, calculator = config.initial, [], None
+    starts = load_structures(config) if structures is None else [to_structure(s) for s in structures]
     for structure in starts:
         parent = StructureDoc(structure=structure, source=StructureSource.init).structure_hash
-        init = config.initial
         if init.method == "foundation-md":
-            from almat.learner.zero_shot import foundation_calculator, foundation_md_frames
-
             if calculator is None:
-                calculator = foundation_calculator(config.learner.kind,
-                                                   config.learner.maker(config.base_dir).hyperparameters)
-            frames = foundation_md_frames(to_atoms(structure), init.n_per_structure - 1, init.md_temperature,
-                                          init.md_steps, int(rng.integers(2**31)), calculator)
-            copies, source = [structure, *(to_structure(f) for f in frames)], StructureSource.md
+                hp = TrainCommitteeMaker.from_settings(config.learner, config.base_dir).hyperparameters
+                calculator = foundation_calculator(config.learner.kind, hp)
+            copies, source = _foundation_md_copies(config, structure, rng, calculator), StructureSource.md
         else:
             copies = perturbed_structures(structure, init.n_per_structure, init.rattle_std, init.max_strain, rng)
             source = StructureSource.perturbed

@@ -16,22 +16,26 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-
 from pydantic import Field
 
-from almat.campaign.config import ConfigError, ConvergenceSettings, SamplerSettings, SelectionSettings, StageSettings
-from almat.campaign.config import SystemSettings
-
+from almat.campaign.config import (
+    ConfigError,
+    ConvergenceSettings,
+    SamplerSettings,
+    SelectionSettings,
+    StageSettings,
+    SystemSettings,
+)
+from almat.campaign.convergence import get_rule
+from almat.campaign.exploration import DEVIATION_BINS, ExplorationReport  # noqa: F401 - DEVIATION_BINS: re-export
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import initial_structures, ok_ids, test_errors
+from almat.campaign.scheduler import StageScheduler
 from almat.learner.committee import Committee
 from almat.learner.jobs import load_labels
-from almat.sampler.jobs import ExploreDoc, ExploreWalkersMaker
+from almat.sampler.jobs import CandidateFrame, ExploreDoc, ExploreWalkersMaker
 from almat.sampler.md import decode_trajectory
-from almat.sampler.jobs import CandidateFrame
-from almat.schemas import CalibrationDoc, CampaignStatus, DeviationHistogram, IterationDoc, StructureDoc
-from almat.schemas import StructureSource
-from almat.schemas import structure_hash, to_structure
+from almat.schemas import CalibrationDoc, IterationDoc, StructureDoc, StructureSource, structure_hash, to_structure
 from almat.select.fps import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
 from almat.select.guard import RandomGuard
 from almat.select.policies import get_policy
@@ -41,15 +45,12 @@ from almat.uncertainty.calibration import calibrate, committee_errors, convergen
 
 logger = logging.getLogger(__name__)
 
-#: bin edges (eV/Å) of the stored model-deviation histograms
-DEVIATION_BINS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 1e9]
-
 
 def explore_maker(sampler: SamplerSettings, device: str = "cpu") -> ExploreWalkersMaker:
     """The template of the campaign's MD jobs (each advances many walkers together)."""
     return ExploreWalkersMaker(stop_after_failed=sampler.stop_after_failed,
                                min_distance_factor=sampler.min_distance_factor,
-                               max_volume_factor=sampler.max_volume_factor, device=device)
+                               max_volume_factor=sampler.max_volume_factor, device=device, drive=sampler.drive)
 
 
 def stage_walkers(sampler: SamplerSettings, stage_index: int, starts: list, iteration: int) -> list[dict]:
@@ -212,6 +213,59 @@ def find_candidates(explored: list[ExploreDoc], trajs: dict, adaptive=None) -> t
     return candidates, lo
 
 
+def _selected_doc(c: CandidateFrame, campaign: str, iteration: int, policy: str) -> StructureDoc:
+    return StructureDoc(
+        structure=c.structure, source=StructureSource.md, campaign=campaign, iteration=iteration, parent=c.parent,
+        metadata={"model_deviation": c.model_deviation, "energy_deviation": c.energy_deviation,
+                  "temperature": c.temperature, "step": c.step, "trajectory_blob_id": c.trajectory_blob_id,
+                  "policy": policy})
+
+
+def _pick(db: CampaignDB, selection: SelectionSettings, policy, candidates: list[CandidateFrame],
+          explored: list[ExploreDoc], label_ids: list, iteration: int) -> list[int]:
+    """The candidates the policy selects (policies that look at descriptors get them from the committee)."""
+    if not candidates:
+        return []
+    context = SelectionContext(iteration=iteration)
+    if policy_needs_descriptors(policy, iteration):
+        committee = Committee.from_store(db, next((d.model_ids for d in explored if d.model_ids), []))
+        training = [lab.to_atoms() for lab in load_labels(db, label_ids)]
+        context = build_selection_context(candidates, committee, training, iteration)
+    return call_policy(policy, candidates, selection.max_select, np.random.default_rng(selection.seed + iteration),
+                       context)
+
+
+def _guard(db: CampaignDB, campaign: str, iteration: int, explored: list[ExploreDoc], trajs: dict, trained: set[str],
+           convergence: ConvergenceSettings, seed: int) -> tuple[list[StructureDoc], str | None]:
+    """The random guard's frames and why it fired (none and None when it does not)."""
+    guard = RandomGuard(convergence.guard_patience, convergence.guard_samples)
+    quiet = quiet_iterations(db, campaign, iteration, 0)
+    deviations = [x for d in explored for x in d.model_deviation]
+    above, why = calibrated_error_above(db, campaign, iteration, deviations, convergence)
+    if not guard.fires(quiet, above):
+        return [], None
+    frames = guard_frames(explored, trajs, guard, np.random.default_rng(seed + 104729 * (iteration + 1)), trained)
+    reason = (f"no candidate selected for {quiet} iteration(s) while the calibrated error is "
+              f"{'not known' if above is None else 'above tolerance'} ({why}): "
+              f"{len(frames)} random explored frame(s) labelled")
+    logger.warning("iteration %d: random guard: %s", iteration, reason)
+    return [_selected_doc(c, campaign, iteration, "guard-random") for c in frames], reason
+
+
+def _held_out(db: CampaignDB, campaign: str, iteration: int, explored: list[ExploreDoc], selected: list[StructureDoc],
+              n: int, seed: int, trained: set[str], trajs: dict) -> list[StructureDoc]:
+    """``n`` held-out calibration frames (see ``calibration_frames``), none equal to a selected one."""
+    trained = trained | {d.structure_hash for d in selected}
+    rng = np.random.default_rng(seed + 7919 * (iteration + 1))
+    return [StructureDoc(
+        structure=_frame_structure(traj, i), source=StructureSource.md, campaign=campaign,
+        iteration=iteration, parent=doc.start_structure_hash,
+        metadata={"role": "calibration", "model_deviation": traj["model_deviation"][i],
+                  "temperature": traj["temperature"][i], "step": traj["steps"][i],
+                  "trajectory_blob_id": doc.trajectory_blob_id})
+        for doc, traj, i in calibration_frames(db, explored, selected, n, rng, trained, trajs)]
+
+
 @store_job(output_schema=MdExploration)
 def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: list, label_ids: list,
               calibration_samples: int, calibration_seed: int, stage: StageSettings | None = None,
@@ -224,7 +278,7 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
     sel = explorer.selection
     explored = _flatten(explored)
     policy = get_policy(sel.policy, **sel.options)
-    picks, held_out = [], []
+    held_out, n_guard, guard_reason = [], 0, None
     db = require_db()
     try:
         trajs = {d.trajectory_blob_id: decode_trajectory(get_blob(db.data, d.trajectory_blob_id))
@@ -232,55 +286,16 @@ def select_md(explorer: "MdExplorer", campaign: str, iteration: int, explored: l
         candidates, lo = find_candidates(explored, trajs, stage.adaptive_lo if stage is not None else None)
         if lo is not None:
             logger.info("iteration %d: adaptive lower trust level %.4f eV/Å", iteration, lo)
-        if candidates:
-            context = SelectionContext(iteration=iteration)
-            if policy_needs_descriptors(policy, iteration):
-                committee = Committee.from_store(db, next((d.model_ids for d in explored if d.model_ids), []))
-                training = [lab.to_atoms() for lab in load_labels(db, label_ids)]
-                context = build_selection_context(candidates, committee, training, iteration)
-            picks = call_policy(policy, candidates, sel.max_select, np.random.default_rng(sel.seed + iteration),
-                                context)
-        selected = [StructureDoc(
-            structure=candidates[i].structure, source=StructureSource.md, campaign=campaign, iteration=iteration,
-            parent=candidates[i].parent,
-            metadata={"model_deviation": candidates[i].model_deviation,
-                      "energy_deviation": candidates[i].energy_deviation, "temperature": candidates[i].temperature,
-                      "step": candidates[i].step, "trajectory_blob_id": candidates[i].trajectory_blob_id,
-                      "policy": policy.name}) for i in picks]
+        picks = _pick(db, sel, policy, candidates, explored, label_ids, iteration)
+        selected = [_selected_doc(candidates[i], campaign, iteration, policy.name) for i in picks]
         trained = {d["structure_hash"] for d in db.labels.query(
             {"label_id": {"$in": ok_ids(label_ids)}}, properties=["structure_hash"])}
-        n_guard, guard_reason = 0, None
         if convergence is not None and not selected and trajs:
-            guard = RandomGuard(convergence.guard_patience, convergence.guard_samples)
-            quiet = quiet_iterations(db, campaign, iteration, 0)
-            deviations = [x for d in explored for x in d.model_deviation]
-            above, why = calibrated_error_above(db, campaign, iteration, deviations, convergence)
-            if guard.fires(quiet, above):
-                rng = np.random.default_rng(sel.seed + 104729 * (iteration + 1))
-                frames = guard_frames(explored, trajs, guard, rng, trained)
-                guard_reason = (f"no candidate selected for {quiet} iteration(s) while the calibrated error is "
-                                f"{'not known' if above is None else 'above tolerance'} ({why}): "
-                                f"{len(frames)} random explored frame(s) labelled")
-                n_guard = len(frames)
-                selected += [StructureDoc(
-                    structure=c.structure, source=StructureSource.md, campaign=campaign, iteration=iteration,
-                    parent=c.parent, metadata={"model_deviation": c.model_deviation,
-                                               "energy_deviation": c.energy_deviation, "temperature": c.temperature,
-                                               "step": c.step, "trajectory_blob_id": c.trajectory_blob_id,
-                                               "policy": "guard-random"})
-                             for c in frames]
-                logger.warning("iteration %d: random guard: %s", iteration, guard_reason)
+            guarded, guard_reason = _guard(db, campaign, iteration, explored, trajs, trained, convergence, sel.seed)
+            selected, n_guard = selected + guarded, len(guarded)
         if calibration_samples and explored:
-            trained |= {d.structure_hash for d in selected}
-            rng = np.random.default_rng(calibration_seed + 7919 * (iteration + 1))
-            held_out = [StructureDoc(
-                structure=_frame_structure(traj, i), source=StructureSource.md, campaign=campaign,
-                iteration=iteration, parent=doc.start_structure_hash,
-                metadata={"role": "calibration", "model_deviation": traj["model_deviation"][i],
-                          "temperature": traj["temperature"][i], "step": traj["steps"][i],
-                          "trajectory_blob_id": doc.trajectory_blob_id})
-                for doc, traj, i in calibration_frames(db, explored, selected, calibration_samples, rng, trained,
-                                                       trajs)]
+            held_out = _held_out(db, campaign, iteration, explored, selected, calibration_samples, calibration_seed,
+                                 trained, trajs)
         db.upsert("structures", selected + held_out)
     finally:
         db.close()
@@ -322,6 +337,10 @@ class MdExplorer(Explorer):
 
     explore_maker: ExploreWalkersMaker = field(default_factory=ExploreWalkersMaker)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
+
+    @classmethod
+    def from_config(cls, config) -> "MdExplorer":
+        return cls(explore_maker(config.sampler, config.learner.hyperparameters.device), config.selection)
 
     def initial(self, maker, setup):
         cfg, campaign = maker.config, maker.campaign_ref
@@ -382,77 +401,41 @@ class MdExplorer(Explorer):
 
     def resume_state(self, db, config, last, label_ids):
         starts = (relaxed_starts(db, config.name) or None) if config.prerelax.enabled else None
-        stage, n_stages = int(last.get("stage") or 0), len(config.sampler.stage_list())
+        stage = int(last.get("stage") or 0)
         done = sum(1 for d in db.iterations.query({"campaign": config.name, "stage": stage}, properties=["iteration"]))
         if stage == 0 and not config.sampler.stages:
             done = int(last["iteration"]) + 1  # records from before stages have no stage
         stage_max = stage_convergence(config, config.sampler.stage_list()[stage]).max_iterations
-        if (last.get("converged") or done >= stage_max) and stage + 1 < n_stages:
-            stage, done = stage + 1, 0
+        stage, done = StageScheduler.from_config(config).resume(stage, done, bool(last.get("converged")), stage_max)
         return label_ids, {"starts": starts, "stage": stage, "stage_iteration": done}
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
+        """The exploration report, the calibration on held-out frames, the stage's convergence rule and the
+        stage scheduler make the iteration's record and say what comes next."""
         cfg, st = maker.config, _stage_state(state)
-        stages = cfg.sampler.stage_list()
-        stage = stages[st["stage"]]
+        stage = cfg.sampler.stage_list()[st["stage"]]
         conv = stage_convergence(cfg, stage)
-        explored = exploration.explored
-        n_selected = len(exploration.candidates) - exploration.n_guard
-        deviations = np.array([d for doc in explored for d in doc.model_deviation])
-        counts = {k: sum(doc.counts.get(k, 0) for doc in explored) for k in ("accurate", "candidate", "failed")}
-        n_frames = int(sum(counts.values()))
-        ratio = {k: (v / n_frames if n_frames else 0.0) for k, v in counts.items()}
-        hist = np.histogram(deviations, bins=DEVIATION_BINS)[0] if deviations.size else np.zeros(len(DEVIATION_BINS) - 1)
-        new_ids = ok_ids(labels)
+        rule = get_rule(conv)
+        report = ExplorationReport.from_walkers(exploration.explored)
+        new_ids, cal_ids = ok_ids(labels), ok_ids(held_out)
         all_ids = list(dict.fromkeys(train_ids + new_ids))
-        cal_ids = ok_ids(held_out)
-        scored = cal_ids
-        if conv.cumulative_calibration:
-            scored = list(dict.fromkeys(previous_calibration_ids(db, cfg.name, before=iteration) + cal_ids))
-        scored = [i for i in scored if i not in set(all_ids)]  # held out means never trained on
-        calibration, note, check = None, None, None
-        if scored or conv.rule == "calibrated":
-            cal_labels = load_labels(db, scored) if scored else []
-            if len(cal_labels) < 2:
-                note = f"{len(cal_labels)} held-out calibration label(s): not enough to calibrate"
-            else:
-                u, e = committee_errors(committee, [lab.to_atoms() for lab in cal_labels])
-                try:
-                    calibration = calibrate(u, e, coverage=conv.calibration_coverage, method=conv.calibration_method,
-                                            campaign=cfg.name, iteration=iteration)
-                except ValueError as exc:
-                    note = f"calibration failed: {exc}"
-        if calibration is not None and n_frames:
-            check = convergence_check(deviations, calibration, conv.force_tolerance, conv.conv_accuracy,
+        calibration, note = calibrate_committee(db, cfg.name, iteration, committee, cal_ids, all_ids, conv,
+                                                always=rule.needs_calibration)
+        check = None
+        if calibration is not None and report.n_frames:
+            check = convergence_check(report.deviations, calibration, conv.force_tolerance, conv.conv_accuracy,
                                       bound=conv.bound)
-        if conv.rule == "calibrated":
-            converged, reason = check is not None and check.stop, check.reason if check is not None else ""
-        else:
-            converged = n_frames > 0 and ratio["accurate"] >= conv.conv_accuracy
-            reason = f"accurate ratio {ratio['accurate']:.3f} >= conv_accuracy {conv.conv_accuracy}"
-        status, stop = CampaignStatus.running, None
-        done, last_stage = st["stage_iteration"] + 1, st["stage"] + 1 >= len(stages)
-        next_state = {**st, "stage_iteration": done}
-        what = f"stage {st['stage']}{f' ({stage.name})' if stage.name else ''}"
-        if (converged or done >= conv.max_iterations) and not last_stage:
-            next_state = {**st, "stage": st["stage"] + 1, "stage_iteration": 0}
-            logger.info("iteration %d: %s %s; next stage", iteration, what,
-                        f"converged ({reason})" if converged else f"reached its max_iterations ({conv.max_iterations})")
-        elif converged:
-            status, stop = CampaignStatus.converged, reason
-        elif done >= conv.max_iterations:
-            status, stop = CampaignStatus.max_iterations, f"max_iterations ({conv.max_iterations}) reached"
-        if status == CampaignStatus.running and iteration + 1 >= cfg.convergence.max_iterations:
-            status = CampaignStatus.max_iterations
-            stop = f"max_iterations ({cfg.convergence.max_iterations}) of the campaign reached in {what}"
-        elif (status == CampaignStatus.running and next_state["stage"] == st["stage"] and not new_ids
-              and not RandomGuard(conv.guard_patience, conv.guard_samples).holds_back_stop(
-                  quiet_iterations(db, cfg.name, iteration, n_selected))):
-            status, stop = CampaignStatus.stopped, ("nothing new to learn: no candidate was labelled "
-                                                    f"({counts['failed']} frames beyond trust_hi); widen the trust levels")
-        errors = test_errors(committee, labels)
+        converged, reason = rule.check(report, check)
+        n_selected = len(exploration.candidates) - exploration.n_guard
+        stall = None
+        if not new_ids and not RandomGuard(conv.guard_patience, conv.guard_samples).holds_back_stop(
+                quiet_iterations(db, cfg.name, iteration, n_selected)):
+            stall = ("nothing new to learn: no candidate was labelled "
+                     f"({report.counts['failed']} frames beyond trust_hi); widen the trust levels")
+        step = StageScheduler.from_config(cfg).step(st, iteration, converged, reason, conv.max_iterations, stall)
+        errors, explored, ratio = test_errors(committee, labels), exploration.explored, report.ratios
         doc = IterationDoc(
-            campaign=cfg.name, iteration=iteration, n_frames_explored=n_frames, accurate_ratio=ratio["accurate"],
+            campaign=cfg.name, iteration=iteration, n_frames_explored=report.n_frames, accurate_ratio=ratio["accurate"],
             candidate_ratio=ratio["candidate"], failed_ratio=ratio["failed"],
             n_candidates=exploration.n_candidates, n_selected=n_selected, n_guard_samples=exploration.n_guard,
             guard_reason=exploration.guard_reason,
@@ -460,25 +443,52 @@ class MdExplorer(Explorer):
             n_reused_labels=sum(1 for lab in labels if lab.ok and lab.reused_from), n_train_labels=len(train_ids),
             trust_lo=exploration.trust_lo if exploration.trust_lo is not None else stage.trust_lo,
             trust_hi=stage.trust_hi, stage=st["stage"], stage_name=stage.name, n_walkers=len(explored),
-            test_errors=errors,
-            deviation_histogram=DeviationHistogram(bin_edges=DEVIATION_BINS, counts=[int(c) for c in hist]),
-            model_ids=committee.model_ids, trajectory_blob_ids=[d.trajectory_blob_id for d in explored
-                                                                if d.trajectory_blob_id],
+            test_errors=errors, deviation_histogram=report.histogram(), model_ids=committee.model_ids,
+            trajectory_blob_ids=[d.trajectory_blob_id for d in explored if d.trajectory_blob_id],
             exploded_trajectories=sum(1 for d in explored if d.exploded), converged=converged, stop_rule=conv.rule,
             calibration=calibration, calibration_label_ids=cal_ids,
-            calibrated_fraction=None if check is None else check.fraction_below, stop_reason=stop)
-        if calibration is not None:
-            logger.info("iteration %d: calibration on %d held-out frames: k = %.2f, q(%.0f%%) = %.2f, Spearman %s; %s",
-                        iteration, calibration.n_samples, calibration.factor, 100 * calibration.coverage,
-                        calibration.quantile, "n/a" if calibration.spearman is None else f"{calibration.spearman:.2f}",
-                        check.reason if check is not None else "no explored frames")
-        elif note:
-            logger.warning("iteration %d: %s", iteration, note)
-        f = errors.force_rmse
-        logger.info("iteration %d: %d frames, accurate %.1f%%, candidate %.1f%%, failed %.1f%%; labelled %d; "
-                    "test force RMSE %s%s", iteration, n_frames, 100 * ratio["accurate"], 100 * ratio["candidate"],
-                    100 * ratio["failed"], len(new_ids), "n/a" if f is None else f"{f:.3f} eV/Å",
-                    f"; stop: {stop}" if stop else "")
+            calibrated_fraction=None if check is None else check.fraction_below, stop_reason=step.stop_reason)
+        _log_iteration(doc, report, check, note)
         if conv.recycle_calibration:  # they have calibrated this committee; the next ones may learn from them
             all_ids = list(dict.fromkeys(all_ids + cal_ids))
-        return Decision(doc, status, stop, all_ids, next_state)
+        return Decision(doc, step.status, step.stop_reason, all_ids, step.state)
+
+
+def calibrate_committee(db: CampaignDB, campaign: str, iteration: int, committee, cal_ids: list[str],
+                        trained_ids: list[str], conv: ConvergenceSettings, always: bool = False
+                        ) -> tuple[CalibrationDoc | None, str | None]:
+    """The committee calibrated on held-out labels it never trained on: this iteration's (``cal_ids``), with
+    ``cumulative_calibration`` the earlier iterations' too; ``(None, why)`` when it can't be (``always``: try
+    even without held-out labels, to say so), ``(None, None)`` when there is nothing to try."""
+    scored = cal_ids
+    if conv.cumulative_calibration:
+        scored = list(dict.fromkeys(previous_calibration_ids(db, campaign, before=iteration) + cal_ids))
+    trained = set(trained_ids)
+    scored = [i for i in scored if i not in trained]  # held out means never trained on
+    if not (scored or always):
+        return None, None
+    cal_labels = load_labels(db, scored) if scored else []
+    if len(cal_labels) < 2:
+        return None, f"{len(cal_labels)} held-out calibration label(s): not enough to calibrate"
+    u, e = committee_errors(committee, [lab.to_atoms() for lab in cal_labels])
+    try:
+        return calibrate(u, e, coverage=conv.calibration_coverage, method=conv.calibration_method,
+                         campaign=campaign, iteration=iteration), None
+    except ValueError as exc:
+        return None, f"calibration failed: {exc}"
+
+
+def _log_iteration(doc: IterationDoc, report: ExplorationReport, check, note: str | None) -> None:
+    calibration, it = doc.calibration, doc.iteration
+    if calibration is not None:
+        logger.info("iteration %d: calibration on %d held-out frames: k = %.2f, q(%.0f%%) = %.2f, Spearman %s; %s",
+                    it, calibration.n_samples, calibration.factor, 100 * calibration.coverage,
+                    calibration.quantile, "n/a" if calibration.spearman is None else f"{calibration.spearman:.2f}",
+                    check.reason if check is not None else "no explored frames")
+    elif note:
+        logger.warning("iteration %d: %s", it, note)
+    f, ratio = doc.test_errors.force_rmse, report.ratios
+    logger.info("iteration %d: %d frames, accurate %.1f%%, candidate %.1f%%, failed %.1f%%; labelled %d; "
+                "test force RMSE %s%s", it, report.n_frames, 100 * ratio["accurate"], 100 * ratio["candidate"],
+                100 * ratio["failed"], doc.n_labelled, "n/a" if f is None else f"{f:.3f} eV/Å",
+                f"; stop: {doc.stop_reason}" if doc.stop_reason else "")

@@ -12,6 +12,7 @@ import numpy as np
 
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import initial_structures, ok_ids
+from almat.campaign.sources import load_target
 from almat.learner.committee import Committee
 from almat.sampler.chunks import atomic_uncertainty, check_target_size, cut_chunks, perpendicular_widths
 from almat.sampler.chunks import select_uncertain_atoms
@@ -26,7 +27,7 @@ _STATUS = {"stop_delta": CampaignStatus.converged, "max_iterations": CampaignSta
 
 
 def target_doc(config) -> StructureDoc:
-    return StructureDoc(structure=config.load_target(), source=StructureSource.init, campaign=config.name,
+    return StructureDoc(structure=load_target(config), source=StructureSource.init, campaign=config.name,
                         iteration=-1, metadata={"role": "nft-target"})
 
 
@@ -134,7 +135,7 @@ class NftExplorer(Explorer):
 
     def check(self, config) -> None:
         """A target too small for the chunks is refused before any job runs, naming the sizes."""
-        atoms = to_atoms(config.load_target())
+        atoms = to_atoms(load_target(config))
         check_target_size(atoms, config.chunks.cutoff)
         if config.chunks.mode == "periodic":
             width, cell = float(perpendicular_widths(atoms.cell).min()), config.chunks.periodic_cell()
@@ -143,7 +144,7 @@ class NftExplorer(Explorer):
                                  f"perpendicular width {width:.2f} Å); use cluster chunks or a larger target")
 
     def elements(self, config):
-        return [*super().elements(config), *(el.symbol for el in config.load_target().composition.elements)]
+        return [*super().elements(config), *(el.symbol for el in load_target(config).composition.elements)]
 
     def setup(self, maker, db):
         db.upsert("structures", [target_doc(maker.config)])

@@ -18,15 +18,17 @@ import numpy as np
 from ase import Atoms
 from pydantic import Field, model_validator
 
-from almat.campaign.config import Section, acquisition_policy
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import as_labels, ok_ids, test_errors
+from almat.campaign.sources import load_pool
 from almat.learner.committee import Committee
 from almat.learner.jobs import load_labels
 from almat.schemas import CampaignStatus, LabelDoc, PoolIterationDoc, StructureDoc, StructureSource, TestErrors
 from almat.schemas import to_atoms, to_structure
+from almat.schemas.section import Section
 from almat.select.fps import SelectionContext, build_selection_context, call_policy, policy_needs_descriptors
 from almat.select.fps import FPSSelection
+from almat.select.lookup import acquisition_policy
 from almat.select.policies import RandomSelection
 from almat.stores import CampaignDB, require_db, store_job
 
@@ -293,13 +295,13 @@ class PoolExplorer(Explorer):
     def elements(self, config):
         if any(s.query is not None for s in config.pool):
             return []
-        return [s for a in config.load_pool() for s in a.get_chemical_symbols()]
+        return [s for a in load_pool(config) for s in a.get_chemical_symbols()]
 
     def setup(self, maker, db):
         """Store the pool (``source: pool``, ``metadata.pool_index``) and split it; the held-out and the
         initial structures come back to be labelled."""
         cfg = maker.config
-        frames = cfg.load_pool(db)
+        frames = load_pool(cfg, db)
         state = PoolState.create(len(frames), cfg.n_init, cfg.test_fraction, cfg.n_test, seed=cfg.seed)
         docs = []
         for i, atoms in enumerate(frames):

@@ -14,9 +14,10 @@ from jobflow import Flow, run_locally
 from almat.campaign.explorer import ResumeState
 from almat.campaign.flow import CampaignMaker
 from almat.campaign.lease import CampaignBusyError, CampaignLease
+from almat.oracle.registry import check_oracle
 from almat.schemas import AlmatDocument, CampaignDoc, CampaignStatus, utcnow
 from almat.settings import AlmatSettings, get_settings
-from almat.stores import CampaignDB, build_job_store, check_connection
+from almat.stores import CampaignDB, build_job_store, check_connection, lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ def _maker(config: Any) -> CampaignMaker:
     return config if isinstance(config, CampaignMaker) else CampaignMaker.from_config(config)
 
 
-def _max_iterations(config) -> int:
-    return config.max_iterations if config.kind == "pool" else config.convergence.max_iterations
-
-
 def resume_state(db: CampaignDB, config: Any) -> ResumeState | None:
     """Where a stored campaign stands (None before its first iteration): the next iteration, its training
     labels (ok labels that are not held out), its last committee and the explorer's state."""
@@ -98,7 +95,8 @@ def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
         raise CampaignExistsError(f"campaign {cfg.name!r} already exists (status {status}, "
                                   f"{existing.get('n_iterations', 0)} iteration(s)); resume it (--resume) or choose "
                                   "another name")
-    if status == CampaignStatus.converged.value or (status == CampaignStatus.stopped.value and cfg.kind != "md"):
+    if status == CampaignStatus.converged.value or (status == CampaignStatus.stopped.value
+                                                    and not cfg.resumable_when_stopped):
         raise CampaignConvergedError(f"campaign {cfg.name!r} has already {'converged' if status == 'converged' else 'stopped'}"
                                      f" ({existing.get('stop_reason')}); nothing to resume")
     state = resume_state(db, maker)
@@ -106,7 +104,7 @@ def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
     if state is None:
         logger.info("resuming %s from its start (no iteration finished yet; stored labels are reused)", cfg.name)
         return maker.make(resume=True)
-    if state.start_iteration >= _max_iterations(cfg):
+    if state.start_iteration >= cfg.iteration_limit():
         raise CampaignExistsError(f"campaign {cfg.name!r} already ran {state.start_iteration} iteration(s), the "
                                   "max_iterations of its config; raise max_iterations to continue")
     logger.info("resuming %s at iteration %d with %d labels", cfg.name, state.start_iteration, len(state.label_ids))
@@ -127,10 +125,9 @@ def _drop_unfinished_models(db: CampaignDB, name: str, first: int) -> None:
 def open_store(settings: AlmatSettings, config) -> tuple:
     """Check the server and the oracle before any job runs; the ``JobStore`` and its ``CampaignDB``."""
     check_connection(settings)
-    if config.oracle.kind == "ase":
-        config.oracle.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
+    check_oracle(config.oracle)  # e.g. a calculator that can't be built fails here, not in a job
     job_store = build_job_store(settings)
-    return job_store, CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect()
+    return job_store, CampaignDB.from_job_store(job_store, prefix=settings.collection_prefix).connect(indexes=True)
 
 
 def run_campaign(config: Any, settings: AlmatSettings | None = None, resume: bool = False,
@@ -158,6 +155,8 @@ def run_campaign(config: Any, settings: AlmatSettings | None = None, resume: boo
             if campaign is not None and not finished:
                 _mark_failed(db, campaign, f"did not finish: {why}")
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C, SIGTERM, ...: the campaign says so, then go on
+        if (lost := lost_connection(exc, settings)) is not None:  # the server went away: nothing to mark
+            raise lost from None
         if not isinstance(exc, (CampaignExistsError, CampaignBusyError)):
             db.close()
             db = reopen()

@@ -27,7 +27,6 @@ __all__ = [
     "enumerate_derivatives",
     "enumlib_available",
     "ewald_energy",
-    "realisable_cell_sizes",
     "set_occupancy",
     "write_structures",
 ]
@@ -193,12 +192,6 @@ def _sublattices(structure: Structure, symm_prec: float) -> list[_Sublattice]:
                       f"{np.round(site.frac_coords, 4).tolist()})",
             ))
     return out
-
-
-def realisable_cell_sizes(structure: Structure, sizes, symm_prec: float = 0.1) -> list[int]:
-    """The cell sizes (multiples of the given cell) at which all occupancies give whole atoms."""
-    subs = [s for s in _sublattices(structure, symm_prec) if not s.ordered]
-    return [k for k in sizes if all(s.targets(k) is not None for s in subs)]
 
 
 _NO_SORT = "or skip the ranking (sort_criteria=None; `almat enumerate --no-sort`)"
@@ -464,6 +457,36 @@ def enumerate_derivatives(
         Refuse a cell size whose labelings (before symmetry reduction) exceed this: icet holds them all
         in memory (about 2 GB for 2.7 million in the argyrodite's doubled primitive cell).
     """
+    _check_request(structure, sort_criteria, n_structures)
+    start = time.perf_counter()
+    chosen = _resolve_backend(backend)
+    if refine_structure:
+        structure = SpacegroupAnalyzer(structure, symprec=symm_prec).get_refined_structure()
+    subs = _sublattices(structure, symm_prec)
+    ok_sizes = _realisable_sizes(subs, _sizes(subs, min_cell_size, max_cell_size, max_disordered_sites))
+    if sort_criteria == "ewald":
+        _check_oxidation_states(structure)
+
+    if chosen == "enumlib":
+        candidates = _enumlib_candidates(structure, min_cell_size, max_cell_size, symm_prec, max_disordered_sites,
+                                         n_structures, sort_criteria)
+    else:
+        candidates = _icet_candidates(structure, subs, ok_sizes, symm_prec, max_candidates, max_labelings)
+        if sort_criteria == "ewald":
+            candidates = [(ewald_energy(s), size, s) for _, size, s in candidates]
+    n_streamed = len(candidates)
+
+    if sort_criteria == "ewald":
+        candidates = _rank(candidates)
+    kept = _distinct(candidates, n_structures)
+    logger.info("enumerated %s (%d sites) with %s at cell sizes %s: %d candidates, %d distinct kept in %.1f s",
+                structure.composition.reduced_formula, len(structure), chosen, ok_sizes, n_streamed, len(kept),
+                time.perf_counter() - start)
+    return [EnumeratedStructure(structure=s, rank=i, ewald_energy=e, cell_size=size, backend=chosen)
+            for i, (e, size, s) in enumerate(kept)]
+
+
+def _check_request(structure: Structure, sort_criteria: str | None, n_structures: int) -> None:
     if structure.is_ordered:
         raise EnumerationError(
             f"{structure.composition.formula} is already ordered: nothing to enumerate "
@@ -473,13 +496,11 @@ def enumerate_derivatives(
         raise EnumerationError(f"sort_criteria must be 'ewald' or None, got {sort_criteria!r}")
     if n_structures < 1:
         raise EnumerationError("n_structures must be at least 1")
-    start = time.perf_counter()
-    chosen = _resolve_backend(backend)
-    if refine_structure:
-        structure = SpacegroupAnalyzer(structure, symprec=symm_prec).get_refined_structure()
-    subs = _sublattices(structure, symm_prec)
+
+
+def _realisable_sizes(subs: list[_Sublattice], sizes: list[int]) -> list[int]:
+    """The cell sizes at which every occupancy gives a whole number of atoms; an error if there is none."""
     disordered = [s for s in subs if not s.ordered]
-    sizes = _sizes(subs, min_cell_size, max_cell_size, max_disordered_sites)
     ok_sizes = [k for k in sizes if all(s.targets(k) is not None for s in disordered)]
     if not ok_sizes:
         bad = next(s for s in disordered if any(s.targets(k) is None for k in sizes))
@@ -487,61 +508,49 @@ def enumerate_derivatives(
             f"the occupancies of {bad.label} give no whole number of atoms at cell sizes {sizes}: "
             f"{bad.suggestion(sizes)}. Set a realisable occupancy (set_occupancy) or allow larger cells"
         )
-    if sort_criteria == "ewald":
-        _check_oxidation_states(structure)
     skipped = sorted(set(sizes) - set(ok_sizes))
     if skipped:
         logger.info("cell sizes %s skipped: occupancies give no whole number of atoms there", skipped)
+    return ok_sizes
 
-    candidates: list[tuple[float | None, int, Structure]] = []
-    if chosen == "enumlib":
-        for size, s, energy in _enumlib_run(structure, min_cell_size, max_cell_size, symm_prec, False,
-                                            max_disordered_sites, max(n_structures * 10, n_structures),
-                                            sort_criteria):
-            if sort_criteria == "ewald":
-                energy = ewald_energy(s)
-            candidates.append((energy, size, s))
-        n_streamed = len(candidates)
-    else:
-        for size in ok_sizes:
-            n_lab = _n_labelings(disordered, size)
-            if n_lab > max_labelings:
-                raise EnumerationError(
-                    f"cell size {size} of {structure.composition.reduced_formula} ({len(structure)} sites) has "
-                    f"~{n_lab:.3g} labelings before symmetry reduction (limit max_labelings={max_labelings:.3g}); "
-                    "icet would hold them all in memory. Use the primitive cell, smaller cell sizes, or raise "
-                    "max_labelings if you have the memory (about 0.7 GB per million)"
-                )
-        n_streamed = 0
-        capped = False
-        for size, s in _icet_stream(structure, disordered + [x for x in subs if x.ordered], ok_sizes,
-                                    symprec=symm_prec):
-            n_streamed += 1
-            candidates.append((None, size, s))
-            if n_streamed >= max_candidates:
-                capped = True
-                break
-        if capped:
+
+def _enumlib_candidates(structure, min_cell_size, max_cell_size, symm_prec, max_disordered_sites, n_structures,
+                        sort_criteria) -> list[tuple[float | None, int, Structure]]:
+    """``(energy, cell size, structure)`` from enumlib; energies are Ewald's when ranking by them."""
+    candidates = []
+    for size, s, energy in _enumlib_run(structure, min_cell_size, max_cell_size, symm_prec, False,
+                                        max_disordered_sites, max(n_structures * 10, n_structures), sort_criteria):
+        if sort_criteria == "ewald":
+            energy = ewald_energy(s)
+        candidates.append((energy, size, s))
+    return candidates
+
+
+def _icet_candidates(structure, subs, ok_sizes, symm_prec, max_candidates,
+                     max_labelings) -> list[tuple[None, int, Structure]]:
+    """``(None, cell size, structure)`` from icet's stream, at most ``max_candidates`` (logged when capped);
+    a cell size with more than ``max_labelings`` labelings is an error."""
+    disordered = [s for s in subs if not s.ordered]
+    for size in ok_sizes:
+        n_lab = _n_labelings(disordered, size)
+        if n_lab > max_labelings:
+            raise EnumerationError(
+                f"cell size {size} of {structure.composition.reduced_formula} ({len(structure)} sites) has "
+                f"~{n_lab:.3g} labelings before symmetry reduction (limit max_labelings={max_labelings:.3g}); "
+                "icet would hold them all in memory. Use the primitive cell, smaller cell sizes, or raise "
+                "max_labelings if you have the memory (about 0.7 GB per million)"
+            )
+    candidates = []
+    for size, s in _icet_stream(structure, disordered + [x for x in subs if x.ordered], ok_sizes, symprec=symm_prec):
+        candidates.append((None, size, s))
+        if len(candidates) >= max_candidates:
             logger.warning(
                 "enumeration stopped at max_candidates=%d structures (cell sizes %s): the ranking covers "
                 "only these; raise max_candidates or reduce the cell sizes for a complete ranking",
                 max_candidates, ok_sizes,
             )
-        if sort_criteria == "ewald":
-            candidates = [(ewald_energy(s), size, s) for _, size, s in candidates]
-
-    if sort_criteria == "ewald":
-        candidates = _rank(candidates)
-    kept = _distinct(candidates, n_structures)
-    logger.info(
-        "enumerated %s (%d sites) with %s at cell sizes %s: %d candidates, %d distinct kept in %.1f s",
-        structure.composition.reduced_formula, len(structure), chosen, ok_sizes, n_streamed, len(kept),
-        time.perf_counter() - start,
-    )
-    return [
-        EnumeratedStructure(structure=s, rank=i, ewald_energy=e, cell_size=size, backend=chosen)
-        for i, (e, size, s) in enumerate(kept)
-    ]
+            break
+    return candidates
 
 
 # --------------------------------------------------------------------------------------------------

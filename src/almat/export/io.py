@@ -353,5 +353,5 @@ def export_command(
 
 def import_command(path: str | Path, settings=None, replace: bool = False) -> dict[str, Any]:
     """``almat import FILE``: import a JSON-lines export; returns counts (all or nothing)."""
-    with CampaignDB.from_settings(settings, check=True) as db:
+    with CampaignDB.from_settings(settings, check=True).connect(indexes=True) as db:
         return {"path": str(path), **import_labels(db, path, replace=replace)}

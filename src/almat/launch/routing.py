@@ -14,11 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jobflow.core.job import store_inputs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from almat.campaign.jobs import ROLE_KEY, ROLES, all_jobs
+from almat.schemas.section import ConfigError, load_yaml
 
 CATEGORY_KEY = "_category"
 
@@ -67,14 +67,11 @@ def load_routing(routing: Routing | dict | str | Path | None = None) -> Routing:
         return routing or Routing()
     source = "routing"
     if isinstance(routing, (str, Path)):
-        path = Path(routing).expanduser()
-        source = str(path)
-        if not path.is_file():
-            raise RoutingError(f"routing file not found: {path}")
+        source = str(Path(routing).expanduser())
         try:
-            routing = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RoutingError(f"cannot read routing file {path}: {exc}") from None
+            routing = load_yaml(routing, "routing file", mapping=False, empty={})
+        except ConfigError as exc:
+            raise RoutingError(str(exc)) from None
     if not isinstance(routing, dict):
         raise RoutingError(f"{source}: expected a mapping of job role -> category, got {type(routing).__name__}")
     if set(routing) == {"routing"}:

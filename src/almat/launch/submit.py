@@ -9,13 +9,16 @@
    the LaunchPad file): a SLURM qadapter without a partition is an error; a routed category that no
    fworker pulls is a warning (those jobs would wait for ever);
 4. the LaunchPad's MongoDB answers within ``timeout_ms`` (the error names the host, never the
-   credentials);
+   credentials), and holds no live job of the campaign (READY, RESERVED, RUNNING or WAITING): a second
+   submit, ``--resume`` included, is refused naming them;
 5. the JobStore the workers will write to (jobflow's ``JOB_STORE`` from ``JOBFLOW_CONFIG_FILE`` or
    ``~/.jobflow.yaml``; almat's settings store when there is no jobflow config): when reachable, a
    campaign of the same name is refused as ``almat run`` does.
 
-Then it builds the campaign flow, routes it (``almat.launch.routing``), converts it with jobflow's
-``flow_to_workflow`` (without a store: each worker uses its own jobflow ``JOB_STORE``) and adds it.
+Then it builds the campaign flow, routes it (``almat.launch.routing``), tags every job with the campaign's
+name (``metadata.almat_campaign``, passed on to the jobs added at run time: their heartbeat, see
+``almat.stores.heartbeat``), converts it with jobflow's ``flow_to_workflow`` (without a store: each worker
+uses its own jobflow ``JOB_STORE``) and adds it.
 """
 
 from __future__ import annotations
@@ -32,11 +35,16 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from almat.campaign import CampaignMaker, ConfigError
+from almat.campaign import CampaignMaker
 from almat.campaign.runner import CampaignExistsError, build_flow
+from almat.launch.launchpad import launchpad_from_spec, launchpad_host, load_launchpad_spec
 from almat.launch.routing import Routing, RoutingError, apply_routing, load_routing
+from almat.launch.state import describe_live, live_jobs
+from almat.oracle.registry import check_oracle
+from almat.schemas.section import ConfigError, load_yaml
 from almat.settings import get_settings
-from almat.stores import CampaignDB, build_job_store
+from almat.stores import CampaignDB, ReadOnlyStoreError, build_job_store
+from almat.stores.heartbeat import CAMPAIGN_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +87,9 @@ def find_launchpad_file(launchpad_file: str | Path | None = None) -> Path:
 
 def _read_yaml(path: Path, what: str, error=SubmitError) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"cannot read {what} {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise error(f"{what} {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise error(f"{what} {path}: expected a mapping, got {type(data).__name__}")
-    return data
+        return load_yaml(path, what, empty={})
+    except ConfigError as exc:
+        raise error(str(exc)) from None
 
 
 def _mongomock_file() -> str | None:
@@ -95,12 +98,25 @@ def _mongomock_file() -> str | None:
     return fw_config.MONGOMOCK_SERVERSTORE_FILE or None
 
 
-def launchpad_host(spec: dict) -> str:
-    """Host (and port) of a LaunchPad spec, without credentials."""
-    host = str(spec.get("host") or "localhost")
-    if spec.get("uri_mode") or host.startswith(("mongodb://", "mongodb+srv://")):
-        return urlsplit(host).netloc.rsplit("@", 1)[-1] or host
-    return f"{host}:{spec.get('port') or 27017}"
+def _mongomock_host(mock: str) -> str:
+    """FireWorks' mongomock mode: create its file when missing; the name for messages."""
+    if not Path(mock).exists():
+        Path(mock).parent.mkdir(parents=True, exist_ok=True)
+        Path(mock).write_text("{}")
+        logger.info("created the mongomock LaunchPad file %s", mock)
+    return f"mongomock file {mock}"
+
+
+def _initialise(lp, host: str, ping: bool) -> None:
+    """Ping the server; give an empty database FireWorks' id counters (what ``lpad reset`` does)."""
+    if ping:
+        lp.connection.admin.command("ping")
+    if lp.fw_id_assigner.find_one({}) is not None:
+        return
+    if lp.fireworks.count_documents({}) or lp.workflows.count_documents({}):
+        raise LaunchPadError(f"the LaunchPad at {host} has fireworks but no id counter; run `lpad reset`")
+    lp._restart_ids(1, 1)
+    logger.info("initialised the empty LaunchPad database %s at %s", lp.name, host)
 
 
 def load_launchpad(launchpad_file: str | Path | None = None, timeout_ms: int = 5000):
@@ -109,38 +125,23 @@ def load_launchpad(launchpad_file: str | Path | None = None, timeout_ms: int = 5
     In FireWorks' mongomock mode (``MONGOMOCK_SERVERSTORE_FILE``) the file is created when missing.
     An empty database (never reset) gets FireWorks' id counters, which ``lpad reset`` would create.
     """
-    from fireworks import LaunchPad
     from pymongo.errors import OperationFailure, PyMongoError
 
     path = find_launchpad_file(launchpad_file)
-    spec = _read_yaml(path, "LaunchPad file", LaunchPadError)
+    try:
+        spec = load_launchpad_spec(path)
+    except ConfigError as exc:
+        raise LaunchPadError(str(exc)) from None
     if not spec.get("host") and not spec.get("uri_mode"):
         logger.info("LaunchPad file %s names no host: using localhost:27017", path)
-    host = launchpad_host(spec)
     mock = _mongomock_file()
-    if mock:
-        if not Path(mock).exists():
-            Path(mock).parent.mkdir(parents=True, exist_ok=True)
-            Path(mock).write_text("{}")
-            logger.info("created the mongomock LaunchPad file %s", mock)
-        host = f"mongomock file {mock}"
-    kwargs = dict(spec.get("mongoclient_kwargs") or {})
-    kwargs["serverSelectionTimeoutMS"] = timeout_ms
-    kwargs["connectTimeoutMS"] = timeout_ms
-    spec = {**spec, "mongoclient_kwargs": kwargs}
+    host = _mongomock_host(mock) if mock else launchpad_host(spec)
     try:
-        lp = LaunchPad.from_dict(spec)
+        lp = launchpad_from_spec(spec, timeout_ms)
     except Exception as exc:  # noqa: BLE001 - a bad option in the file
         raise LaunchPadError(f"LaunchPad file {path}: {type(exc).__name__}: {exc}") from None
     try:
-        if not mock:
-            lp.connection.admin.command("ping")
-        initialised = lp.fw_id_assigner.find_one({}) is not None
-        if not initialised:
-            if lp.fireworks.count_documents({}) or lp.workflows.count_documents({}):
-                raise LaunchPadError(f"the LaunchPad at {host} has fireworks but no id counter; run `lpad reset`")
-            lp._restart_ids(1, 1)  # what `lpad reset` does on an empty database
-            logger.info("initialised the empty LaunchPad database %s at %s", lp.name, host)
+        _initialise(lp, host, ping=not mock)
     except OperationFailure as exc:
         raise LaunchPadError(
             f"the MongoDB of the LaunchPad at {host} refused access ({exc.code}): check username, password and "
@@ -298,11 +299,9 @@ def check_workers(
 
 def store_location(store: Any) -> str:
     """Where a maggma store (or a JobStore's docs store) keeps its documents, without credentials."""
-    from maggma.stores import MemoryStore, MongoStore, MontyStore
+    from maggma.stores import MemoryStore, MongoStore
 
     store = getattr(store, "docs_store", store)
-    if isinstance(store, MontyStore):
-        return f"montydb {Path(store.database_path).resolve()} [{store.database_name}.{store.collection_name}]"
     if type(store) is MemoryStore:
         return "memory (not shared between processes)"
     if isinstance(store, MongoStore):
@@ -391,6 +390,72 @@ class SubmitResult:
         return asdict(self)
 
 
+def _campaign_maker(config, routing) -> tuple[CampaignMaker, Routing]:
+    """The campaign Maker (carrying the routing) and the routing; bad input is one ``SubmitError`` line."""
+    try:
+        routing = load_routing(routing)
+        maker = config if isinstance(config, CampaignMaker) else CampaignMaker.from_config(config)
+    except (ConfigError, RoutingError, ValueError) as exc:
+        raise SubmitError(str(exc)) from None
+    maker.routing = routing.model_dump()
+    try:
+        check_oracle(maker.config.oracle)  # (a calculator that cannot be built fails here, not in a job)
+    except Exception as exc:  # noqa: BLE001 - CalculatorSpecError and import errors
+        raise SubmitError(f"oracle: {exc}") from None
+    return maker, routing
+
+
+def _store_warnings(where: str, origin: str, settings) -> list[str]:
+    """What is wrong with the workers' JobStore: in memory, unnamed by a jobflow config, or not almat's."""
+    if where.startswith("memory"):
+        return [f"the workers' JobStore ({origin}) is in memory: outputs would be lost between jobs; set "
+                "JOBFLOW_CONFIG_FILE to a jobflow.yaml with a MongoDB (or shared embedded SQLite) JOB_STORE"]
+    if origin.startswith("almat settings"):
+        return [f"no jobflow config file here (JOBFLOW_CONFIG_FILE or ~/.jobflow.yaml): checked the name in almat's "
+                f"store ({where}); the workers' JOBFLOW_CONFIG_FILE must name that store (write_jobflow_config)"]
+    mine = store_location(build_job_store(settings))
+    if mine != where:
+        return [f"the workers' JobStore ({where}, from {origin}) is not the one almat's settings name ({mine}): "
+                "`almat status` will not see this campaign unless ALMAT_* settings point to the same database"]
+    return []
+
+
+def _checked_flow(maker: CampaignMaker, store, where: str, settings, resume: bool, timeout_ms: int, warn):
+    """``(flow, name_checked)``: the campaign flow, built against the workers' store when it can be read
+    (a campaign of the same name is refused as ``almat run`` does), else without it."""
+    if not where.startswith("memory"):
+        def check_name():
+            db = CampaignDB.from_job_store(store, prefix=settings.collection_prefix).connect(indexes=True)
+            try:
+                return build_flow(maker, db, resume=resume)
+            finally:
+                db.close()
+
+        try:
+            return _with_timeout(check_name, timeout_ms / 1000 + 2), True
+        except (CampaignExistsError, ReadOnlyStoreError) as exc:  # a reader may not run campaigns
+            raise SubmitError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - unreachable store: submit anyway, but say so
+            warn(f"could not read the JobStore ({where}) to check the campaign name: {type(exc).__name__}: {exc}")
+    if resume:
+        raise SubmitError("--resume needs the workers' JobStore to be readable from here")
+    return maker.make(), False
+
+
+def _refuse_live(lp, name: str) -> None:
+    """A campaign with live jobs on the LaunchPad is not submitted again (with or without ``--resume``)."""
+    live = live_jobs(lp, name)
+    if not live:
+        return
+    ids = {fw["fw_id"] for fw in live}
+    heads = sorted(min(set(wf["nodes"]) & ids) for wf in lp.workflows.find({"metadata.almat_campaign": name},
+                                                                         {"nodes": 1}) if set(wf["nodes"]) & ids)
+    defuse = f"lpad -l {shlex.quote(lp.almat_file)} defuse_wflows -i {','.join(map(str, heads))}"
+    raise SubmitError(f"campaign {name!r} has {describe_live(live)} on the LaunchPad at {lp.almat_host}: it is "
+                      f"submitted already (see `almat status {name}`); to submit it again, stop those first "
+                      f"(`{defuse}`), then continue it with `almat submit --resume`")
+
+
 def submit_campaign(
     config,
     launchpad_file: str | Path | None = None,
@@ -418,17 +483,8 @@ def submit_campaign(
         warnings.append(message)
         logger.warning(message)
 
-    try:
-        routing = load_routing(routing)
-        maker = config if isinstance(config, CampaignMaker) else CampaignMaker.from_config(config)
-    except (ConfigError, RoutingError, ValueError) as exc:
-        raise SubmitError(str(exc)) from None
-    cfg, maker.routing = maker.config, routing.model_dump()
-    if getattr(cfg.oracle, "kind", "ase") == "ase":
-        try:
-            cfg.oracle.calculator.spec().check()
-        except Exception as exc:  # noqa: BLE001 - CalculatorSpecError and import errors
-            raise SubmitError(f"oracle: {exc}") from None
+    maker, routing = _campaign_maker(config, routing)
+    cfg = maker.config
     settings = settings or get_settings()
 
     lp_path = find_launchpad_file(launchpad_file)
@@ -440,64 +496,24 @@ def submit_campaign(
         warn(w)
 
     lp = load_launchpad(lp_path, timeout_ms=timeout_ms)
-
+    _refuse_live(lp, cfg.name)
     store, origin = _worker_job_store(job_store, settings)
     where = store_location(store)
-    if where.startswith("memory"):
-        warn(f"the workers' JobStore ({origin}) is in memory: outputs would be lost between jobs; set "
-             "JOBFLOW_CONFIG_FILE to a jobflow.yaml with a MongoDB (or shared embedded SQLite) JOB_STORE")
-    elif origin.startswith("almat settings"):
-        warn(f"no jobflow config file here (JOBFLOW_CONFIG_FILE or ~/.jobflow.yaml): checked the name in almat's "
-             f"store ({where}); the workers' JOBFLOW_CONFIG_FILE must name that store (write_jobflow_config)")
-    else:
-
-        mine = store_location(build_job_store(settings))
-        if mine != where:
-            warn(f"the workers' JobStore ({where}, from {origin}) is not the one almat's settings name ({mine}): "
-                 "`almat status` will not see this campaign unless ALMAT_* settings point to the same database")
-
-    name_checked = False
-    flow = None
-    if not where.startswith("memory"):
-        def check_name():
-            db = CampaignDB.from_job_store(store, prefix=settings.collection_prefix).connect()
-            try:
-                return build_flow(maker, db, resume=resume)
-            finally:
-                db.close()
-
-        try:
-            flow = _with_timeout(check_name, timeout_ms / 1000 + 2)
-            name_checked = True
-        except CampaignExistsError as exc:
-            raise SubmitError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - unreachable store: submit anyway, but say so
-            warn(f"could not read the JobStore ({where}) to check the campaign name: {type(exc).__name__}: {exc}")
-    if flow is None:
-        if resume:
-            raise SubmitError("--resume needs the workers' JobStore to be readable from here")
-        flow = maker.make()
+    for w in _store_warnings(where, origin, settings):
+        warn(w)
+    flow, name_checked = _checked_flow(maker, store, where, settings, resume, timeout_ms, warn)
 
     apply_routing(flow, routing)
+    flow.update_metadata({CAMPAIGN_KEY: cfg.name}, dynamic=True)  # every job, added ones too: its heartbeat
     workflow_name = f"almat {cfg.name}"
     wf = flow_to_workflow(flow, name=workflow_name, metadata={"almat_campaign": cfg.name})
-    categories = {fw.name: fw.spec.get("_category") for fw in wf.fws}
     fw_ids: dict[str, int] = {}
     if not dry_run:
         id_map = lp.add_wf(wf)
         fw_ids = {fw.name: id_map.get(fw.fw_id, fw.fw_id) for fw in wf.fws}
         logger.info("campaign %s: added %d fireworks to the LaunchPad at %s", cfg.name, len(wf.fws), lp.almat_host)
     return SubmitResult(
-        campaign=cfg.name,
-        workflow=workflow_name,
-        launchpad=lp.almat_host,
-        job_store=where,
-        n_fireworks=len(wf.fws),
-        fw_ids=fw_ids,
-        categories=categories,
-        partitions={c: p for c, p in partitions.items()},
-        name_checked=name_checked,
-        submitted=not dry_run,
-        warnings=warnings,
+        campaign=cfg.name, workflow=workflow_name, launchpad=lp.almat_host, job_store=where,
+        n_fireworks=len(wf.fws), fw_ids=fw_ids, categories={fw.name: fw.spec.get("_category") for fw in wf.fws},
+        partitions=dict(partitions), name_checked=name_checked, submitted=not dry_run, warnings=warnings,
     )
-

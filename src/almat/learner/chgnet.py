@@ -16,12 +16,15 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from ase import Atoms
 
+from ase.data import chemical_symbols
+
+from almat.learner.base import CommitteePrediction, Learner, Training
 from almat.learner.hyperparameters import ChgnetHyperParameters
 from almat.learner.models import TrainResult, model_from_architecture, split_indices
 
@@ -93,14 +96,10 @@ def _batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndar
     return [order[i:i + size] for i in range(0, n, size)]
 
 
-def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetHyperParameters, seed: int,
-                    init_model: torch.nn.Module | None = None,
-                    progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
+def _finetune(run: Training) -> TrainResult:
     """Fine-tune CHGNet on labelled Atoms (energy and forces in ``atoms.calc``): from the pretrained
     weights, or from ``init_model`` (a previous member) for ``hp.warm_start_epochs``."""
-    if len(atoms_list) < 2:
-        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
-    start = time.perf_counter()
+    start, hp, seed, init_model, atoms_list = time.perf_counter(), run.hp, run.seed, run.init_model, run.atoms_list
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_idx, valid_idx = split_indices(len(atoms_list), hp.valid_fraction, rng)
@@ -146,11 +145,11 @@ def finetune_chgnet(atoms_list: Sequence[Atoms], ids: Sequence[str], hp: ChgnetH
         if float(v_loss) < best_loss:
             best_loss, best = float(v_loss), copy.deepcopy(model.state_dict())
             metrics = {"energy_rmse_per_atom": math.sqrt(e_sq), "force_rmse": math.sqrt(f_sq)}
-        if progress is not None:
-            progress(epoch, epochs, total / len(train_idx))
+        if run.progress is not None:
+            run.progress(epoch, epochs, total / len(train_idx))
     model.load_state_dict(best)
     model.eval()
-    return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
+    return TrainResult.of(model, run.ids, train_idx, valid_idx, metrics, epochs, start, history)
 
 
 def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batch_size: int = 16,
@@ -174,3 +173,39 @@ def predict_chgnet(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms
                 if stress:  # CHGNet's stress is in GPa
                     stresses[m, i] = full_3x3_to_voigt_6_stress(out["s"][k].detach().numpy() * units.GPa)
     return energies, forces, stresses
+
+
+class ChgnetLearner(Learner):
+    """CHGNet fine-tuned from the weights bundled with chgnet; it knows every element of its table."""
+
+    kind = "chgnet-finetune"
+    hyperparameters = ChgnetHyperParameters
+    architectures = {"CHGNet": build_chgnet}
+
+    def fit(self, run: Training) -> TrainResult:
+        return _finetune(run)
+
+    def elements(self, models) -> list[str]:
+        return list(chemical_symbols[1:95])
+
+    def predict(self, committee, atoms_list, batch_size=16, stress=False) -> CommitteePrediction:
+        return CommitteePrediction(*predict_chgnet(committee.models, atoms_list, batch_size=batch_size, stress=stress))
+
+    def descriptors(self, model, atoms_list, batch_size=16, num_layers=-1, device="cpu") -> list[np.ndarray]:
+        """CHGNet's atom features (invariant too), before its last layer."""
+        if not atoms_list:
+            return []
+        out = model(crystal_graphs(model, atoms_list), task="e", return_atom_feas=True)["atom_fea"]
+        return [f.detach().cpu().numpy().astype(float) for f in out]
+
+    def descriptor_size(self, model, num_layers=-1) -> int:
+        return int(model.atom_fea_dim)
+
+    def zero_shot_calculator(self, hp: ChgnetHyperParameters):
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=pretrained_chgnet(hp.pretrained), use_device="cpu")
+
+
+#: ``ChgnetLearner().train``: one CHGNet member fine-tuned from the bundled weights (or from ``init_model``)
+finetune_chgnet = ChgnetLearner().train

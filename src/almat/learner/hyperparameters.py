@@ -1,10 +1,17 @@
-"""MACE model and training settings, without importing torch (a campaign file validates with them)."""
+"""The hyperparameters of almat's learners, without importing torch (a campaign file validates with them).
+
+A hyperparameters class is a ``Section`` (unknown keys are refused; jobflow serialises it) with a ``device``
+(the torch device its models run on). ``shorthands`` names keys that a campaign file may also write in the
+``learner`` section itself (``learner.foundation: PATH``), with what they are.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from almat.schemas.section import Section
 
 
 STRESS_WEIGHT_HELP = (
@@ -13,10 +20,8 @@ STRESS_WEIGHT_HELP = (
     "equilibrium volume loose")
 
 
-class MaceHyperParameters(BaseModel):
+class MaceHyperParameters(Section):
     """Model and training settings. The defaults are a small, fast model for CPU demos."""
-
-    model_config = ConfigDict(extra="forbid")
 
     r_max: float = Field(4.5, gt=0, description="Cutoff radius (Å)")
     num_channels: int = Field(16, ge=1)
@@ -51,10 +56,8 @@ class MaceHyperParameters(BaseModel):
         return "+".join(f"{self.num_channels}x{ell}{parity[ell]}" for ell in range(self.max_L + 1))
 
 
-class ChgnetHyperParameters(BaseModel):
+class ChgnetHyperParameters(Section):
     """Fine-tuning settings of CHGNet from its bundled pretrained weights (a few epochs suffice)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pretrained: str = Field("0.3.0", description="Version of the weights shipped in the chgnet package")
     epochs: int = Field(10, ge=1, description="Epochs of the first fine-tuning from the pretrained weights")
@@ -67,7 +70,7 @@ class ChgnetHyperParameters(BaseModel):
     device: str = Field("cpu", description="torch device (cpu only is tested)")
 
 
-class FoundationSettings(BaseModel):
+class FoundationSettings(Section):
     """A MACE foundation model on disk (``.model``, as ``mace_run_train`` writes them) and how to fine-tune it.
 
     ``naive``: every weight continues from the foundation on the campaign's labels. ``multihead``: a second
@@ -75,8 +78,6 @@ class FoundationSettings(BaseModel):
     energies and forces, or the foundation's predictions where it has none) while the campaign head fits
     the labels, so the shared layers do not forget; the pt head is dropped after training.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str = Field(..., min_length=1, description="The foundation .model file (relative: to the campaign file)")
     mode: Literal["naive", "multihead"] = "naive"
@@ -91,10 +92,10 @@ class FoundationSettings(BaseModel):
         return self
 
 
-class MaceFinetuneHyperParameters(BaseModel):
+class MaceFinetuneHyperParameters(Section):
     """Fine-tuning of a MACE foundation model: its architecture is the foundation's, so only training settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    shorthands: ClassVar[dict[str, str]] = {"foundation": "a foundation file"}
 
     foundation: FoundationSettings
     epochs: int = Field(20, ge=1, description="Epochs of the first fine-tuning from the foundation")
@@ -113,16 +114,13 @@ class MaceFinetuneHyperParameters(BaseModel):
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps")
     num_threads: int | None = Field(None, ge=1)
 
-
-#: learner kind -> its hyperparameters: MACE from scratch, MACE fine-tuned from a foundation file, or CHGNet
-#: fine-tuned from its bundled weights
-HYPERPARAMETERS: dict[str, type[BaseModel]] = {"mace": MaceHyperParameters,
-                                               "mace-finetune": MaceFinetuneHyperParameters,
-                                               "chgnet-finetune": ChgnetHyperParameters}
-
-#: learner kinds whose model can carry several readout heads (``learner.uncertainty: shallow``,
-#: ``almat.learner.shallow``)
-SHALLOW_LEARNERS: tuple[str, ...] = ("mace",)
-
-#: how a learner's committee gives its uncertainty: N models, or the N heads of one shallow ensemble
-UNCERTAINTY_KINDS: tuple[str, ...] = ("committee", "shallow")
+    @model_validator(mode="before")
+    @classmethod
+    def _foundation_path(cls, data: Any) -> Any:
+        """``foundation`` is required; a path alone stands for ``{path: PATH}``."""
+        if isinstance(data, dict):
+            if "foundation" not in data:
+                raise ValueError("learner kind mace-finetune needs foundation: the path of a MACE .model file")
+            if isinstance(data["foundation"], str):
+                data = {**data, "foundation": {"path": data["foundation"]}}
+        return data

@@ -28,9 +28,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from ase import Atoms
-from ase.stress import voigt_6_to_full_3x3_stress
+from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
+from ase.stress import voigt_6_to_full_3x3_stress
 
+from almat.learner.base import CommitteePrediction, Learner, Training
+from almat.learner.batched import evaluate_stacked, stackable
 from almat.learner.hyperparameters import MaceHyperParameters
 from almat.learner.models import TrainResult, model_from_architecture, split_indices
 
@@ -303,13 +306,9 @@ def _evaluate(model, loader, device, stress: bool = False) -> dict[str, float]:
 
 @contextmanager
 def training_context(atoms_list: Sequence[Atoms], ids: Sequence[str], hp, seed: int) -> Iterator[tuple]:
-    """What every MACE training starts with: the input checks, torch's threads, the default dtype of
+    """What every MACE training starts with (after ``Learner.train``'s input checks): torch's threads, the default dtype of
     ``hp.dtype`` (restored afterwards), the seeds; yields ``(rng, train_idx, valid_idx, zs)``: the split of
     the configurations (``hp.valid_fraction``) and their sorted atomic numbers."""
-    if len(atoms_list) != len(ids):
-        raise ValueError("atoms_list and ids must have the same length")
-    if len(atoms_list) < 2:
-        raise ValueError(f"need at least 2 labelled configurations to train, got {len(atoms_list)}")
     if hp.num_threads:
         torch.set_num_threads(hp.num_threads)
     previous_dtype = torch.get_default_dtype()
@@ -324,27 +323,16 @@ def training_context(atoms_list: Sequence[Atoms], ids: Sequence[str], hp, seed: 
         torch.set_default_dtype(previous_dtype)
 
 
-def train_mace(
-    atoms_list: Sequence[Atoms],
-    ids: Sequence[str],
-    hp: MaceHyperParameters,
-    seed: int,
-    init_model: torch.nn.Module | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
-) -> TrainResult:
-    """Train one MACE model on labelled Atoms (``atoms.calc`` holds energy and forces).
-
-    ``ids`` name the configurations (label ids) so that the result says which went to training and
-    which to validation. With ``init_model`` the model continues from those weights (warm start) for
-    ``hp.warm_start_epochs`` epochs, provided it covers the same elements.
-    """
-    start = time.perf_counter()
-    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
+def _fit_mace(run: Training) -> TrainResult:
+    """One MACE model on labelled Atoms; with ``init_model`` (same elements) it continues from those weights
+    for ``hp.warm_start_epochs`` (warm start)."""
+    start, hp, init_model = time.perf_counter(), run.hp, run.init_model
+    with training_context(run.atoms_list, run.ids, hp, run.seed) as (rng, train_idx, valid_idx, zs):
         warm = init_model is not None and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs
         if init_model is not None and not warm:
             logger.info("elements changed; training from scratch instead of warm start")
         r_max = float(init_model.r_max) if warm else hp.r_max
-        data = atoms_to_dataset(atoms_list, zs, r_max)
+        data = atoms_to_dataset(run.atoms_list, zs, r_max)
         train_set = [data[i] for i in train_idx]
         valid_set = [data[i] for i in valid_idx]
 
@@ -354,8 +342,8 @@ def train_mace(
         else:
             model = build_model(hp, zs, train_set)
             epochs = hp.epochs
-        model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress)
-        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
+        model, metrics, history = fit(model, train_set, valid_set, hp, epochs, run.seed, run.progress)
+        return TrainResult.of(model, run.ids, train_idx, valid_idx, metrics, epochs, start, history)
 
 
 def fit(model: torch.nn.Module, train_set, valid_set, hp, epochs: int, seed: int,
@@ -464,3 +452,156 @@ def predict(models: Sequence[torch.nn.Module], atoms_list: Sequence[Atoms], batc
                 forces[frame][m_index] = f[ptr[g]:ptr[g + 1]]
                 frame += 1
     return energies, forces
+
+
+# ------------------------------------------------------------------ the committee of MACE models
+
+#: on the CPU, ``Committee(batched=None)`` evaluates the members in one pass only for batches this small
+CPU_BATCH_MAX_ATOMS = 24
+
+
+def voigt(stress: np.ndarray) -> np.ndarray:
+    """[..., 3, 3] -> [..., 6] (xx yy zz yz xz xy)."""
+    return stress[..., [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+
+
+def on_device(batch, device: str):
+    """A collated batch on ``device`` (left as it is on the CPU)."""
+    return batch.to(device) if torch.device(device).type != "cpu" else batch
+
+
+def collate(committee, atoms_list: Sequence[Atoms]):
+    """All frames in one batch on the committee's device: neighbour lists and collation built once, shared by
+    the members."""
+    from mace.tools.torch_geometric import Batch
+
+    return on_device(Batch.from_data_list(model_inputs(committee.models, atoms_list)), committee.device)
+
+
+def _stacked(committee, data: dict, compute_stress: bool):
+    """(energies, forces, stresses) of every member in one vmapped pass, or None where they do not stack or
+    the pass fails (then the loop is used from here on: ``committee.batched`` becomes False)."""
+    if "stackable" not in committee.cache:
+        committee.cache["stackable"] = stackable(committee.models)  # (once: the members do not change)
+    if not committee.cache["stackable"]:
+        committee.batched = False
+        return None
+    try:
+        return evaluate_stacked(committee.models, data, compute_stress)
+    except RuntimeError as exc:  # a transform mace does not support: the loop gives the same numbers
+        logger.warning("batched committee evaluation failed (%s); evaluating the members one by one",
+                       str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        committee.batched = False
+        return None
+
+
+def evaluate_committee(committee, atoms_list: Sequence[Atoms], compute_stress: bool = False) -> CommitteePrediction:
+    """Every member on all frames in one batch: one vmapped pass (``committee.batched``; None: on an
+    accelerator, and on the CPU up to ``CPU_BATCH_MAX_ATOMS`` atoms) or one forward per member."""
+    batch = collate(committee, atoms_list)
+    data, ptr = batch.to_dict(), batch.ptr.cpu().numpy()
+    auto = torch.device(committee.device).type != "cpu" or int(batch.num_nodes) <= CPU_BATCH_MAX_ATOMS
+    batched = auto if committee.batched is None else committee.batched
+    stacked = _stacked(committee, data, compute_stress) if batched else None
+    if stacked is not None:
+        e, f, s = stacked
+    else:
+        outs = [model(dict(data), training=False, compute_force=True, compute_stress=compute_stress)
+                for model in committee.models]
+        e, f = torch.stack([o["energy"] for o in outs]), torch.stack([o["forces"] for o in outs])
+        s = torch.stack([o["stress"] for o in outs]) if compute_stress else None
+    f = f.detach().cpu().numpy().astype(float)
+    return CommitteePrediction(e.detach().cpu().numpy().astype(float),
+                               [f[:, ptr[i]:ptr[i + 1]] for i in range(len(atoms_list))],
+                               None if s is None else voigt(s.detach().cpu().numpy().astype(float)))
+
+
+# ------------------------------------------------------------------ descriptors: the invariant node features
+
+
+def invariant_indices(model: torch.nn.Module, num_layers: int = -1) -> np.ndarray:
+    """Column indices of the scalar (``0e``) channels of ``out["node_feats"]``, layer by layer.
+
+    ``num_layers=-1`` keeps every interaction layer; ``num_layers=k`` the first ``k``.
+    """
+    from e3nn import o3
+
+    products = list(model.products)
+    if num_layers == -1:
+        num_layers = len(products)
+    if not 1 <= num_layers <= len(products):
+        raise ValueError(f"num_layers must be -1 or in [1, {len(products)}], got {num_layers}")
+    columns: list[np.ndarray] = []
+    offset = 0
+    for layer, product in enumerate(products):
+        irreps = o3.Irreps(str(product.linear.irreps_out))
+        for mul, ir in irreps:
+            width = mul * ir.dim
+            if layer < num_layers and ir.l == 0 and ir.p == 1:
+                columns.append(np.arange(offset, offset + width))
+            offset += width
+    return np.concatenate(columns) if columns else np.zeros(0, dtype=int)
+
+
+def node_descriptors(model: torch.nn.Module, atoms_list: Sequence[Atoms], batch_size: int = 16,
+                     num_layers: int = -1, device: str = "cpu") -> list[np.ndarray]:
+    """The scalar channels of every layer's node features (``invariant_indices``), per frame ``[n_atoms, n]``."""
+    columns = torch.as_tensor(invariant_indices(model, num_layers))
+    data = model_inputs([model], atoms_list)
+    if next(model.parameters()).device != torch.device(device):
+        model.to(device)
+    out: list[np.ndarray] = []
+    for batch in _loader(data, batch_size, shuffle=False):
+        batch = batch.to(device)
+        # node features need no gradients; MACE's forward still asks for them on the positions
+        result = model(batch.to_dict(), training=False, compute_force=False)
+        feats = result["node_feats"].detach()[:, columns].cpu().numpy().astype(float)
+        ptr = batch.ptr.cpu().numpy()
+        out.extend(feats[ptr[g]:ptr[g + 1]] for g in range(int(batch.num_graphs)))
+    return out
+
+
+class SingleModelCalculator(Calculator):
+    """ASE calculator of one MACE model (energy, forces)."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        energies, forces = predict([self.model], [self.atoms])
+        energy = float(energies[0, 0])
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces[0][0]}
+
+
+class MaceLearner(Learner):
+    """MACE trained from scratch (``ScaleShiftMACE``; E0s, scale and shift fitted to the labels)."""
+
+    kind = "mace"
+    hyperparameters = MaceHyperParameters
+    architectures = {"ScaleShiftMACE": build_scale_shift_mace}
+
+    def fit(self, run: Training) -> TrainResult:
+        return _fit_mace(run)
+
+    def predict(self, committee, atoms_list, batch_size=16, stress=False) -> CommitteePrediction:
+        if stress:
+            return self.evaluate(committee, atoms_list, compute_stress=True)
+        energies, forces = predict(committee.models, atoms_list, batch_size=batch_size, device=committee.device)
+        return CommitteePrediction(energies, forces)
+
+    def evaluate(self, committee, atoms_list, compute_stress=False, deviation=True) -> CommitteePrediction:
+        return evaluate_committee(committee, atoms_list, compute_stress)
+
+    def descriptors(self, model, atoms_list, batch_size=16, num_layers=-1, device="cpu") -> list[np.ndarray]:
+        return node_descriptors(model, atoms_list, batch_size, num_layers, device)
+
+    def descriptor_size(self, model, num_layers=-1) -> int:
+        return len(invariant_indices(model, num_layers))
+
+
+#: ``MaceLearner().train``: one MACE model from scratch (or warm-started from ``init_model``)
+train_mace = MaceLearner().train

@@ -33,15 +33,16 @@ import time
 import zipfile
 from importlib import import_module
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from ase import Atoms
 from ase.data import chemical_symbols
 
+from almat.learner.base import Training
 from almat.learner.hyperparameters import MaceFinetuneHyperParameters
-from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY, _loader, atoms_to_dataset, fit, predict, training_context
+from almat.learner.mace import (ATOM_FORCE_WEIGHT_KEY, MaceLearner, SingleModelCalculator, _loader, atoms_to_dataset,
+                                fit, predict, training_context)
 from almat.learner.models import TrainResult, model_from_architecture
 
 #: module prefixes a foundation file's pickled globals may come from
@@ -284,22 +285,13 @@ def _weight(dataset, weight: float) -> None:
         data["energy_weight"] = torch.tensor(float(weight), dtype=torch.get_default_dtype())
 
 
-def finetune_mace(
-    atoms_list: Sequence[Atoms],
-    ids: Sequence[str],
-    hp: MaceFinetuneHyperParameters,
-    seed: int,
-    init_model: torch.nn.Module | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
-) -> TrainResult:
-    """Fine-tune one committee member from ``hp.foundation`` on labelled Atoms.
-
-    The member gets its own seed (validation split, bootstrap resample, batch order). With ``init_model``
-    (the previous member, ``naive`` mode, same elements) it continues from it for ``warm_start_epochs``;
-    a ``multihead`` member always starts from the foundation, whose pt head the replay needs.
-    """
-    start = time.perf_counter()
-    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
+def _finetune(run: Training) -> TrainResult:
+    """One committee member fine-tuned from ``hp.foundation``. The member gets its own seed (validation split,
+    bootstrap resample, batch order). With ``init_model`` (the previous member, ``naive`` mode, same elements) it
+    continues from it for ``warm_start_epochs``; a ``multihead`` member always starts from the foundation, whose
+    pt head the replay needs."""
+    start, hp, init_model = time.perf_counter(), run.hp, run.init_model
+    with training_context(run.atoms_list, run.ids, hp, run.seed) as (rng, train_idx, valid_idx, zs):
         dtype = torch.get_default_dtype()
         fit_idx = sorted(rng.choice(train_idx, size=len(train_idx)).tolist()) if hp.bootstrap else train_idx
         multihead = hp.foundation.mode == "multihead"
@@ -308,13 +300,13 @@ def finetune_mace(
         if warm:
             model = copy.deepcopy(init_model).to(dtype)
             epochs = hp.warm_start_epochs
-            data = atoms_to_dataset(atoms_list, zs, float(model.r_max))
+            data = atoms_to_dataset(run.atoms_list, zs, float(model.r_max))
         else:
             foundation = read_foundation(hp.foundation.path)
             heads = [PT_HEAD, CAMPAIGN_HEAD] if multihead else [CAMPAIGN_HEAD]
             model = from_foundation(foundation, zs, heads).to(dtype)
             epochs = hp.epochs
-            data = atoms_to_dataset(atoms_list, zs, float(model.r_max))
+            data = atoms_to_dataset(run.atoms_list, zs, float(model.r_max))
             _set_heads(data, heads.index(CAMPAIGN_HEAD))
             refit_reference_energies(model, [data[i] for i in train_idx], heads.index(CAMPAIGN_HEAD))
         train_set = [data[i] for i in fit_idx]
@@ -324,7 +316,7 @@ def finetune_mace(
             train_set = [copy.copy(d) for d in train_set]
             _weight(train_set, 1.0)
             train_set = train_set + replay
-        model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress)
+        model, metrics, history = fit(model, train_set, valid_set, hp, epochs, run.seed, run.progress)
         if multihead and not warm:
             from mace.tools.scripts_utils import remove_pt_head
 
@@ -333,4 +325,39 @@ def finetune_mace(
         model = model_from_architecture(mace_record(model, hp.dtype))
         model.load_state_dict(state, strict=True)
         model.eval()
-        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
+        return TrainResult.of(model, run.ids, train_idx, valid_idx, metrics, epochs, start, history)
+
+
+class MaceFinetuneLearner(MaceLearner):
+    """A MACE foundation model (a local ``.model`` file) fine-tuned on the campaign's labels: its members
+    predict, and give descriptors, as MACE models do."""
+
+    kind = "mace-finetune"
+    hyperparameters = MaceFinetuneHyperParameters
+    architectures = {"MACE": build_mace}
+
+    def fit(self, run: Training) -> TrainResult:
+        return _finetune(run)
+
+    def with_base_dir(self, hp: MaceFinetuneHyperParameters, base_dir) -> MaceFinetuneHyperParameters:
+        """The foundation and replay files, when relative, start at ``base_dir``."""
+        found = hp.foundation
+        path = Path(found.path).expanduser()
+        update = {"path": str(path if path.is_absolute() else Path(base_dir) / path)}
+        if found.replay and not Path(found.replay).expanduser().is_absolute():
+            update["replay"] = str(Path(base_dir) / found.replay)
+        return hp.model_copy(update={"foundation": found.model_copy(update=update)})
+
+    def check_elements(self, hp: MaceFinetuneHyperParameters, elements: list[str]) -> None:
+        """Refuse a foundation file that is missing, not a MACE model, or without one of ``elements``."""
+        path = hp.foundation.path
+        missing = sorted(set(elements) - set(foundation_elements(path)), key=elements.index)
+        if missing:
+            raise ValueError(f"the foundation model {path} was not trained on {', '.join(missing)}")
+
+    def zero_shot_calculator(self, hp: MaceFinetuneHyperParameters) -> SingleModelCalculator:
+        return SingleModelCalculator(read_foundation(hp.foundation.path))
+
+
+#: ``MaceFinetuneLearner().train``: one member fine-tuned from ``hp.foundation``
+finetune_mace = MaceFinetuneLearner().train

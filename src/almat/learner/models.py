@@ -1,6 +1,7 @@
 """What a stored model is, whatever the learner: its state dict plus an architecture record.
 
-A record names a model class of ``ARCHITECTURES`` and its constructor arguments; ``model_to_bytes`` writes
+A record names a model class that a registered learner declares (``Learner.architectures``: the union is
+``almat.learner.registry.architectures()``) and its constructor arguments; ``model_to_bytes`` writes
 both with ``torch.save``, and ``model_from_bytes`` reads them back with ``weights_only=True`` (passed
 explicitly: importing mace turns torch's safe default off for the whole process), rebuilds the class from
 the record and loads the state dict. Nothing else is ever unpickled, so a planted pickle runs no code.
@@ -11,21 +12,14 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
-from importlib import import_module
 
 import numpy as np
 import torch
 
+from almat.learner.registry import architectures
+
 #: what ``model_to_bytes`` writes: torch's zip format holding only tensors, numbers, strings, lists, dicts
 MODEL_FORMAT = "almat-state-dict/1"
-
-#: the model classes a record may name -> "module:function" that builds one from the record's ``kwargs``
-ARCHITECTURES: dict[str, str] = {
-    "ScaleShiftMACE": "almat.learner.mace:build_scale_shift_mace",
-    "MACE": "almat.learner.mace_finetune:build_mace",  # a fine-tuned foundation: its full MACE configuration
-    "CHGNet": "almat.learner.chgnet:build_chgnet",
-    "ShallowEnsembleMACE": "almat.learner.shallow:build_shallow_ensemble_mace",
-}
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -66,15 +60,14 @@ def split_indices(n: int, valid_fraction: float, rng: np.random.Generator) -> tu
 
 def model_from_architecture(record: dict) -> torch.nn.Module:
     """A model with fresh weights from its architecture record (kept as ``model.almat_architecture``)."""
-    if not isinstance(record, dict) or record.get("class") not in ARCHITECTURES:
+    known = architectures()
+    if not isinstance(record, dict) or record.get("class") not in known:
         name = record.get("class") if isinstance(record, dict) else None
-        raise UnsafeModelError(f"unknown model class {name!r} in the architecture record; "
-                               f"known: {', '.join(ARCHITECTURES)}")
-    module, func = ARCHITECTURES[record["class"]].split(":")
+        raise UnsafeModelError(f"unknown model class {name!r} in the architecture record; known: {', '.join(known)}")
     previous = torch.get_default_dtype()
     torch.set_default_dtype(_DTYPES[record.get("dtype", "float32")])
     try:
-        model = getattr(import_module(module), func)(dict(record["kwargs"]))
+        model = known[record["class"]](dict(record["kwargs"]))
     finally:
         torch.set_default_dtype(previous)
     model.almat_architecture = record

@@ -36,12 +36,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from ase import Atoms
 
+from almat.learner.base import CommitteePrediction, Training
 from almat.learner.batched import graph_energies, out_of_place_scatter, stress_from_virial
-from almat.learner.hyperparameters import SHALLOW_LEARNERS, MaceHyperParameters  # noqa: F401 - (re-exported)
-from almat.learner.mace import ATOM_FORCE_WEIGHT_KEY, _loader, atoms_to_dataset, build_model, fit, training_context
+from almat.learner.hyperparameters import MaceHyperParameters
+from almat.learner.mace import (ATOM_FORCE_WEIGHT_KEY, MaceLearner, _loader, atoms_to_dataset, build_model, collate,
+                                fit, model_inputs, on_device, training_context, voigt)
 from almat.learner.models import TrainResult, model_from_architecture
+from almat.learner.registry import SHALLOW_LEARNERS  # noqa: F401 - (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -261,33 +263,22 @@ def _head_spread(model, loader, device) -> float:
     return sums / max(count, 1)
 
 
-def train_shallow_mace(
-    atoms_list: Sequence[Atoms],
-    ids: Sequence[str],
-    hp: MaceHyperParameters,
-    seed: int,
-    init_model: torch.nn.Module | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
-    n_heads: int = 4,
-    rotate: bool = False,
-) -> TrainResult:
-    """Train one shallow ensemble of ``n_heads`` heads on labelled Atoms (``train_mace``'s interface).
-
-    ``seed`` sets the initialisation (each head's readouts are drawn on their own), the train/validation
-    split, the batch order and the heads' bootstrap weights. With ``init_model`` (a shallow ensemble with as
-    many heads, on the same elements) it continues from those weights for ``hp.warm_start_epochs``.
-    """
-
+def _fit_shallow(run: Training) -> TrainResult:
+    """One shallow ensemble of ``n_heads`` heads (``run.options``, default 4; ``rotate``: one head's forces a
+    step). ``seed`` sets the initialisation (each head's readouts are drawn on their own), the split, the batch
+    order and the heads' bootstrap weights. With ``init_model`` (a shallow ensemble with as many heads, on the
+    same elements) it continues from those weights for ``hp.warm_start_epochs``."""
+    n_heads, rotate = int(run.options.get("n_heads", 4)), bool(run.options.get("rotate", False))
     if n_heads < 2:
         raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={n_heads}")
-    start = time.perf_counter()
-    with training_context(atoms_list, ids, hp, seed) as (rng, train_idx, valid_idx, zs):
+    start, hp, init_model = time.perf_counter(), run.hp, run.init_model
+    with training_context(run.atoms_list, run.ids, hp, run.seed) as (rng, train_idx, valid_idx, zs):
         dtype = torch.get_default_dtype()
         warm = (init_model is not None and head_count(init_model) == n_heads
                 and sorted(int(z) for z in init_model.atomic_numbers.tolist()) == zs)
         if init_model is not None and not warm:
             logger.info("elements or heads changed; training the shallow ensemble from scratch")
-        data = atoms_to_dataset(atoms_list, zs, float(init_model.r_max) if warm else hp.r_max)
+        data = atoms_to_dataset(run.atoms_list, zs, float(init_model.r_max) if warm else hp.r_max)
         train_set = [data[i] for i in train_idx]
         valid_set = [data[i] for i in valid_idx]
         if warm:
@@ -298,5 +289,58 @@ def train_shallow_mace(
         weights = bootstrap_weights(len(train_set), n_heads, rng)
         for item, w in zip(train_set, weights):
             item[HEAD_WEIGHT_KEY] = torch.tensor(w, dtype=dtype)[None]
-        model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, seed, progress, rotate)
-        return TrainResult.of(model, ids, train_idx, valid_idx, metrics, epochs, start, history)
+        model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, run.seed, run.progress, rotate)
+        return TrainResult.of(model, run.ids, train_idx, valid_idx, metrics, epochs, start, history)
+
+
+def _heads(models, batches, n_frames: int, compute_stress: bool = False) -> CommitteePrediction:
+    """The heads of the shallow ensembles as members: energies [n_heads, n_frames], per-frame forces [n_heads,
+    n_atoms, 3] (and stresses)."""
+    parts = [predict_heads(model, batches, compute_stress) for model in models]
+    energies = np.concatenate([p[0] for p in parts])
+    forces = [np.concatenate([p[1][i] for p in parts]) for i in range(n_frames)]
+    stresses = voigt(np.concatenate([p[2] for p in parts])) if compute_stress else None
+    return CommitteePrediction(energies, forces, stresses)
+
+
+def _mean(model, batch, n_frames: int, compute_stress: bool) -> CommitteePrediction:
+    """The heads' mean only (one row, no deviation), at one model's cost."""
+    out = mean_outputs(model, batch.to_dict(), compute_stress)
+    ptr = batch.ptr.cpu().numpy()
+    f = out["forces"].detach().cpu().numpy().astype(float)[None]
+    s = voigt(out["stress"].detach().cpu().numpy().astype(float))[None] if compute_stress else None
+    return CommitteePrediction(out["energy"].cpu().numpy().astype(float)[None],
+                               [f[:, ptr[i]:ptr[i + 1]] for i in range(n_frames)], s, with_deviation=False)
+
+
+class ShallowMaceLearner(MaceLearner):
+    """A shallow ensemble of MACE (``learner.uncertainty: shallow``): one model, its heads the members."""
+
+    architectures = {"ShallowEnsembleMACE": build_shallow_ensemble_mace}
+    shallow = True
+
+    def fit(self, run: Training) -> TrainResult:
+        return _fit_shallow(run)
+
+    def heads(self, model) -> int:
+        return head_count(model)
+
+    def predict(self, committee, atoms_list, batch_size=16, stress=False) -> CommitteePrediction:
+        if stress:
+            return self.evaluate(committee, atoms_list, compute_stress=True)
+        from mace.tools.torch_geometric import DataLoader
+
+        batches = list(DataLoader(model_inputs(committee.models, atoms_list), batch_size=batch_size, shuffle=False))
+        return _heads(committee.models, [on_device(b, committee.device) for b in batches], len(atoms_list))
+
+    def evaluate(self, committee, atoms_list, compute_stress=False, deviation=True) -> CommitteePrediction:
+        """``deviation=False``: the heads' mean only, at one model's cost (MD steps whose deviation is not
+        recorded)."""
+        batch = collate(committee, atoms_list)
+        if not deviation and len(committee.models) == 1:
+            return _mean(committee.models[0], batch, len(atoms_list), compute_stress)
+        return _heads(committee.models, [batch], len(atoms_list), compute_stress)
+
+
+#: ``ShallowMaceLearner().train``: one shallow ensemble (options ``n_heads``, default 4, and ``rotate``)
+train_shallow_mace = ShallowMaceLearner().train

@@ -5,39 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator
 
-from almat.learner.mace import predict
-
-
-class SingleModelCalculator(Calculator):
-    """ASE calculator of one MACE model (energy, forces)."""
-
-    implemented_properties = ["energy", "free_energy", "forces"]
-
-    def __init__(self, model, **kwargs):
-        super().__init__(**kwargs)
-        self.model = model
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        energies, forces = predict([self.model], [self.atoms])
-        energy = float(energies[0, 0])
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces[0][0]}
+from almat.learner.mace import SingleModelCalculator  # noqa: F401 - (re-exported)
+from almat.learner.registry import load_learner
 
 
-def foundation_calculator(learner: str, hyperparameters: dict) -> Calculator:
-    """The pretrained model of a learner kind as an ASE calculator: the bundled CHGNet, or the MACE
-    foundation file of ``mace-finetune``."""
-    if learner == "mace-finetune":
-        from almat.learner.mace_finetune import read_foundation
-
-        return SingleModelCalculator(read_foundation(hyperparameters["foundation"]["path"]))
-    from chgnet.model.dynamics import CHGNetCalculator
-
-    from almat.learner.chgnet import pretrained_chgnet
-
-    return CHGNetCalculator(model=pretrained_chgnet(), use_device="cpu")
+def foundation_calculator(learner: str, hyperparameters) -> Calculator:
+    """The pretrained model of a learner kind as an ASE calculator (``Learner.zero_shot_calculator``: the
+    bundled CHGNet, or the MACE foundation file of ``mace-finetune``); ``hyperparameters``: the learner's, or a
+    dict of them."""
+    found = load_learner(learner)
+    return found.zero_shot_calculator(found.validate(hyperparameters))
 
 
 def foundation_md_frames(atoms: Atoms, n_frames: int, temperature: float, steps: int, seed: int,

@@ -20,8 +20,8 @@ from ase.units import Bohr, GPa, Hartree
 from jobflow import Flow, Maker, job
 from monty.json import jsanitize
 
-from almat.oracle.jobs import _as_structure_doc, _site_permutation, record_labels
-from almat.oracle.vasp import _as_task_dict, _flow, _hash, _to_structure
+from almat.oracle.atomate2 import as_task_dict, code_flow, settings_hash, to_structure
+from almat.oracle.jobs import as_structure_doc, record_labels, site_permutation
 from almat.schemas import LabelDoc, LabelStatus, StructureDoc
 
 
@@ -70,7 +70,7 @@ def cp2k_settings(generator) -> dict[str, Any]:
     return {"code": "cp2k", "input_set": type(generator).__name__,
             "functional": user.get("xc_functionals") or os.environ.get("PMG_DEFAULT_CP2K_FUNCTIONAL"),
             "basis_and_potential": user.get("basis_and_potential", {}),
-            "basis_table": _hash(base.get("basis_and_potential", {})),  # the set's own choice per element
+            "basis_table": settings_hash(base.get("basis_and_potential", {})),  # the set's own choice per element
             "kpoints": "gamma" if kpoints is None or "KPOINTS" not in generator.config_dict
             else kpoints or generator.config_dict["KPOINTS"],
             **{k: user.get(k, base.get(k)) for k in ("cutoff", "rel_cutoff", "qs_method", "spin_polarized",
@@ -82,11 +82,11 @@ def cp2k_labels(task: Any, doc: StructureDoc, settings: dict[str, Any], campaign
                 iteration: int | None = None, job_uuid: str | None = None) -> LabelDoc:
     """Parse job: one ``LabelDoc`` from an atomate2 CP2K ``TaskDocument`` (None: the CP2K job failed), recorded
     with its structure in the campaign collections (``cp2k_labels.original(...)`` only makes the label)."""
-    doc = _as_structure_doc(doc, campaign, iteration)
+    doc = as_structure_doc(doc, campaign, iteration)
     base = dict(structure=doc.structure, source=doc.source, oracle=f"cp2k:{settings['input_set']}",
-                oracle_fingerprint=_hash(settings), oracle_settings=jsanitize(settings, strict=False),
+                oracle_fingerprint=settings_hash(settings), oracle_settings=jsanitize(settings, strict=False),
                 campaign=campaign, iteration=iteration, job_uuid=job_uuid)
-    t, values = _as_task_dict(task), {}
+    t, values = as_task_dict(task), {}
     if t is None:
         reason = (f"CP2K job {job_uuid} failed: no task document (custodian could not converge the SCF or fix the "
                   "run, CP2K crashed or is not on PATH, or its output could not be parsed; see its folder and log)")
@@ -96,7 +96,7 @@ def cp2k_labels(task: Any, doc: StructureDoc, settings: dict[str, Any], campaign
         base["oracle_settings"]["actual"] = {"cp2k_version": calc.get("cp2k_version"), "basis_potential": {
             k.get("element", n): [k.get("orbital_basis_set"), k.get("pseudo_potential")] for n, k in kinds.items()}}
         step = (calc["output"].get("ionic_steps") or [{}])[-1]
-        perm = _site_permutation(doc.structure, _to_structure(step.get("structure") or calc["output"]["structure"]),
+        perm = site_permutation(doc.structure, to_structure(step.get("structure") or calc["output"]["structure"]),
                                  tol=0.01)
         energy, forces, stress = step.get("E"), step.get("forces"), step.get("stress_tensor")
         folder = Path(str(base["run_dir"]).split(":", 1)[-1])  # atomate2's dir_name is "host:/path"
@@ -125,9 +125,9 @@ class Cp2kStaticOracleMaker(Maker):
 
     settings = property(lambda self: cp2k_settings(self.cp2k_maker.input_set_generator))
     oracle_name = property(lambda self: f"cp2k:{self.settings['input_set']}")
-    fingerprint = property(lambda self: _hash(self.settings))
+    fingerprint = property(lambda self: settings_hash(self.settings))
 
     def make(self, structure, campaign: str | None = None, iteration: int | None = None) -> Flow:
         settings = self.settings
-        return _flow(self.cp2k_maker, structure, campaign, iteration, self.name, lambda j, doc: cp2k_labels(
+        return code_flow(self.cp2k_maker, structure, campaign, iteration, self.name, lambda j, doc: cp2k_labels(
             j.output, doc, settings, campaign=campaign, iteration=iteration, job_uuid=j.uuid))

@@ -99,7 +99,7 @@ def record_labels(labels: list[LabelDoc], structures: list[StructureDoc] | None 
             db.close()
 
 
-def _site_permutation(new: Structure, old: Structure, tol: float = 1e-3) -> np.ndarray | None:
+def site_permutation(new: Structure, old: Structure, tol: float = 1e-3) -> np.ndarray | None:
     """``perm`` with new site i == old site perm[i] (same species, within ``tol`` Å); None if no match."""
     if len(new) != len(old) or not np.allclose(new.lattice.matrix, old.lattice.matrix, atol=1e-3):
         return None
@@ -135,7 +135,7 @@ def reuse_label(db: CampaignDB, structure: StructureDoc, spec: CalculatorSpec, *
                         campaign=label_fields.get("campaign")).label_id
     if previous.label_id == fresh_id:
         return previous
-    perm = _site_permutation(structure.structure, previous.structure)
+    perm = site_permutation(structure.structure, previous.structure)
     if perm is None:
         logger.warning("label %s has the same structure hash but its sites do not match; labelling again",
                        previous.label_id)
@@ -190,7 +190,8 @@ def label_or_reuse(doc: StructureDoc, calculator: CalculatorSpec, fields: dict[s
     return label
 
 
-def _as_structure_doc(structure: StructureDoc | Structure | dict, campaign, iteration) -> StructureDoc:
+def as_structure_doc(structure: StructureDoc | Structure | dict, campaign, iteration) -> StructureDoc:
+    """A ``StructureDoc`` from itself, its dict, or a structure (source ``init``, of this campaign and iteration)."""
     if isinstance(structure, StructureDoc):
         return structure
     if isinstance(structure, dict) and "structure" in structure:
@@ -226,7 +227,7 @@ class AseOracleMaker(Maker):
              force_weights: list[float] | None = None) -> LabelDoc:
         """Label ``structure``; with ``force_weights`` (per atom, e.g. an NFT chunk's 1 on its central
         atoms and 0 elsewhere) the label carries them, an energy weight 0, and no stress."""
-        doc = _as_structure_doc(structure, campaign, iteration)
+        doc = as_structure_doc(structure, campaign, iteration)
         fields = dict(source=doc.source, campaign=campaign if campaign is not None else doc.campaign,
                       iteration=iteration if iteration is not None else doc.iteration,
                       job_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None)

@@ -4,20 +4,19 @@ Details: ``docs/architecture.md``, module notes (almat/oracle/vasp.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from ase.units import GPa
-from jobflow import Flow, Maker, OnMissing, job
+from jobflow import Flow, Maker, job
 from monty.json import jsanitize
 from pymatgen.core import Structure
 from pymatgen.io.vasp.sets import MPRelaxSet, MPStaticSet, VaspInputSet
 
-from almat.oracle.jobs import _as_structure_doc, record_labels
+from almat.oracle.atomate2 import as_task_dict, code_flow, settings_hash, task_get, to_structure
+from almat.oracle.jobs import as_structure_doc, record_labels
 from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource
 
 logger = logging.getLogger(__name__)
@@ -58,11 +57,6 @@ def _functional(incar: dict[str, Any], hubbard: dict[str, float] | None, potcar_
     if hubbard and any(abs(u) > 1e-8 for u in hubbard.values()):
         name += "+U"
     return name
-
-
-def _hash(settings: dict[str, Any]) -> str:
-    blob = json.dumps(jsanitize(settings, strict=False), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def vasp_settings(input_set: VaspInputSet) -> dict[str, Any]:
@@ -106,36 +100,11 @@ def vasp_settings(input_set: VaspInputSet) -> dict[str, Any]:
 def vasp_fingerprint(settings: dict[str, Any]) -> str:
     """Hash of the level of theory (see the module doc)."""
     keys = ("code", "functional", "ENCUT", "kpoint_density", "potcar_functional", "potcar_symbols", "hubbard_u")
-    return _hash({k: settings.get(k) for k in keys})
-
-
-def _get(obj: Any, *keys, default=None):
-    for key in keys:
-        if obj is None:
-            return default
-        if isinstance(obj, dict):
-            obj = obj.get(key)
-        elif isinstance(obj, (list, tuple)) and isinstance(key, int):
-            obj = obj[key] if -len(obj) <= key < len(obj) else None
-        else:
-            obj = getattr(obj, key, None)
-    return default if obj is None else obj
+    return settings_hash({k: settings.get(k) for k in keys})
 
 
 def _value(x: Any) -> Any:
     return getattr(x, "value", x)
-
-
-def _as_task_dict(task: Any) -> dict[str, Any] | None:
-    if task is None:
-        return None
-    if hasattr(task, "model_dump"):
-        return task.model_dump()
-    return dict(task)
-
-
-def _to_structure(x: Any) -> Structure:
-    return x if isinstance(x, Structure) else Structure.from_dict(x)
 
 
 #: tags whose value VASP used is recorded in vasprun.xml's <parameters> (``input.parameters`` of a TaskDoc)
@@ -148,9 +117,9 @@ _USED_TAGS = ("ENCUT", "PREC", "GGA", "METAGGA", "ISPIN", "ISMEAR", "SIGMA", "ED
 def _used(inp: Any, tag: str) -> Any:
     """The value of an INCAR tag that VASP ran with: vasprun.xml's <parameters> (what VASP used, its own
     defaults included for tags the INCAR omits), else the INCAR (a TaskDoc without parameters)."""
-    value = _get(inp, "parameters", _PARAMETER_NAMES.get(tag, tag))
+    value = task_get(inp, "parameters", _PARAMETER_NAMES.get(tag, tag))
     if value is None or tag == "PREC":  # (<parameters> cuts PREC to 6 letters: "Accura")
-        value = _get(inp, "incar", tag, default=value)
+        value = task_get(inp, "incar", tag, default=value)
     if tag == "ENCUT" and value is not None:
         value = float(value)
     if tag == "METAGGA" and str(value).strip().lower() in ("none", "--", ""):
@@ -163,19 +132,19 @@ def settings_from_task(task: Any) -> dict[str, Any]:
 
     Values are those VASP used (vasprun.xml's <parameters>), so a tag the INCAR omits (ENCUT, ISPIN,
     GGA, ...) is recorded with VASP's default rather than as null."""
-    t = _as_task_dict(task)
+    t = as_task_dict(task)
     calc = t["calcs_reversed"][0]
     inp = calc["input"]
-    incar = dict(_get(inp, "incar", default={}))
-    structure = _to_structure(_get(inp, "structure") or calc["output"]["structure"])
-    kpts = _get(inp, "kpoints")
-    grid = _get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
+    incar = dict(task_get(inp, "incar", default={}))
+    structure = to_structure(task_get(inp, "structure") or calc["output"]["structure"])
+    kpts = task_get(inp, "kpoints")
+    grid = task_get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
     density = None
     if grid is not None:
         density = round(float(np.prod(grid)) / structure.lattice.reciprocal_lattice.volume, 3)
-    symbols = [str(s) for s in _get(inp, "potcar", default=[])]
+    symbols = [str(s) for s in task_get(inp, "potcar", default=[])]
     elements = [str(el) for el in structure.composition.elements]
-    hubbards = _get(inp, "hubbards", default={}) or {}
+    hubbards = task_get(inp, "hubbards", default={}) or {}
     potcar_functional = _potcar_functional(inp)
     used = {tag: _used(inp, tag) for tag in ("GGA", "METAGGA", "LHFCALC", "AEXX", "HFSCREEN")}
     return {
@@ -193,17 +162,17 @@ def settings_from_task(task: Any) -> dict[str, Any]:
 
 
 def _potcar_functional(inp: Any) -> str:
-    return str(_get(inp, "potcar_type", 0, default="PAW_PBE")).replace("PAW_", "").replace("PAW", "LDA")
+    return str(task_get(inp, "potcar_type", 0, default="PAW_PBE")).replace("PAW_", "").replace("PAW", "LDA")
 
 
 def _actual(t: dict[str, Any]) -> dict[str, Any]:
     calc = t["calcs_reversed"][0]
     inp = calc["input"]
-    kpts = _get(inp, "kpoints")
-    grid = _get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
-    incar = dict(_get(inp, "incar", default={}))
+    kpts = task_get(inp, "kpoints")
+    grid = task_get(kpts, "kpoints", 0) if isinstance(kpts, dict) else getattr(kpts, "kpts", [None])[0]
+    incar = dict(task_get(inp, "incar", default={}))
     return {
-        "potcar_symbols": [str(s) for s in _get(inp, "potcar", default=[])],
+        "potcar_symbols": [str(s) for s in task_get(inp, "potcar", default=[])],
         "ENCUT": _used(inp, "ENCUT"),
         "kpoint_grid": list(grid) if grid is not None else None,
         "used": jsanitize({tag: _used(inp, tag) for tag in _USED_TAGS}, strict=False),  # VASP's values
@@ -217,6 +186,55 @@ def _actual(t: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------
 # TaskDoc -> LabelDoc
+
+
+def _oracle_name(settings: dict[str, Any]) -> str:
+    return f"vasp:{settings.get('input_set') or 'task'}"
+
+
+def _failed_run_label(doc: StructureDoc | None, settings: dict[str, Any] | None, source, failure, common) -> LabelDoc:
+    """The one failed label of a VASP job that gave no task document."""
+    if doc is None:
+        raise ValueError("no task document and no structure to attach a failed label to")
+    settings = settings or {"code": "vasp"}
+    reason = failure or "the VASP job produced no task document (custodian gave up or VASP failed)"
+    return LabelDoc(
+        structure=doc.structure, source=source or doc.source, oracle=_oracle_name(settings),
+        oracle_fingerprint=vasp_fingerprint(settings), oracle_settings=jsanitize(settings, strict=False),
+        status=LabelStatus.failed, reason=reason, **common,
+    )
+
+
+def _step_indices(n_steps: int, trajectory_stride: int | None) -> list[int]:
+    """The ionic steps to label: the last one, or 0, k, 2k, ... and the last one."""
+    last = n_steps - 1
+    if trajectory_stride is None:
+        return [last]
+    if trajectory_stride < 1:
+        raise ValueError("trajectory_stride must be >= 1")
+    return sorted(set(range(0, n_steps, trajectory_stride)) | {last})
+
+
+def _step_label(step: dict[str, Any], i: int, n_steps: int, nelm: int, base: dict[str, Any]) -> LabelDoc:
+    """The label of ionic step ``i``: failed when its SCF hit NELM or a value is missing or not finite."""
+    run_dir = base["run_dir"]
+    n_elec = step.get("num_electronic_steps") or len(step.get("electronic_steps") or [])
+    if n_elec >= nelm:
+        reason = (f"electronic steps not converged: ionic step {i + 1}/{n_steps} used {n_elec} "
+                  f"electronic steps = NELM ({nelm}) in {run_dir}")
+        return LabelDoc(status=LabelStatus.failed, reason=reason, **base)
+    energy, forces, stress = step.get("e_fr_energy"), step.get("forces"), step.get("stress")
+    values = [energy, forces] + ([stress] if stress is not None else [])
+    if energy is None or forces is None or not all(np.all(np.isfinite(np.asarray(v, float))) for v in values):
+        return LabelDoc(status=LabelStatus.failed, reason=f"missing or non-finite energy/forces/stress "
+                        f"at ionic step {i + 1} in {run_dir}", **base)
+    return LabelDoc(
+        status=LabelStatus.ok,
+        energy=float(energy),
+        forces=np.asarray(forces, float).tolist(),
+        stress=None if stress is None else vasp_stress_to_ase(stress).tolist(),
+        **base,
+    )
 
 
 def labels_from_task(
@@ -237,70 +255,31 @@ def labels_from_task(
     the final one. ``settings``: the Maker's ``vasp_settings`` (default: ``settings_from_task``).
     ``task`` None (the VASP job failed) gives one failed label for ``structure`` with ``failure`` as reason.
     """
-    doc = None if structure is None else _as_structure_doc(structure, campaign, iteration)
+    doc = None if structure is None else as_structure_doc(structure, campaign, iteration)
     common = dict(campaign=campaign, iteration=iteration, job_uuid=job_uuid)
-    t = _as_task_dict(task)
+    t = as_task_dict(task)
     if t is None:
-        if doc is None:
-            raise ValueError("no task document and no structure to attach a failed label to")
-        settings = settings or {"code": "vasp"}
-        reason = failure or "the VASP job produced no task document (custodian gave up or VASP failed)"
-        return [LabelDoc(
-            structure=doc.structure, source=source or doc.source,
-            oracle=f"vasp:{settings.get('input_set') or 'task'}",
-            oracle_fingerprint=vasp_fingerprint(settings), oracle_settings=jsanitize(settings, strict=False),
-            status=LabelStatus.failed, reason=reason, **common,
-        )]
+        return [_failed_run_label(doc, settings, source, failure, common)]
 
     settings = settings or settings_from_task(t)
-    fingerprint = vasp_fingerprint(settings)
-    oracle = f"vasp:{settings.get('input_set') or 'task'}"
     calc = t["calcs_reversed"][0]
     steps = calc["output"].get("ionic_steps") or []
-    nelm = int(_get(calc, "input", "parameters", "NELM", default=60))
+    nelm = int(task_get(calc, "input", "parameters", "NELM", default=60))
     run_dir = t.get("dir_name")
     oracle_settings = jsanitize({**settings, "actual": _actual(t)}, strict=False)
     if not steps:
         raise ValueError(f"task document from {run_dir} has no ionic steps")
-    last = len(steps) - 1
-    if trajectory_stride is None:
-        indices = [last]
-    else:
-        if trajectory_stride < 1:
-            raise ValueError("trajectory_stride must be >= 1")
-        indices = sorted(set(range(0, len(steps), trajectory_stride)) | {last})
-    is_relax = len(steps) > 1 or int(_get(calc, "input", "parameters", "NSW", default=0)) > 0
+    indices = _step_indices(len(steps), trajectory_stride)
+    is_relax = len(steps) > 1 or int(task_get(calc, "input", "parameters", "NSW", default=0)) > 0
     completed = str(_value(calc.get("has_vasp_completed"))) == "successful"
     if not completed:
         logger.info("VASP run in %s did not complete successfully (state %s)", run_dir, _value(t.get("state")))
 
-    labels = []
-    for i in indices:
-        step = steps[i]
-        frame_source = source or (StructureSource.relaxed if is_relax else (doc.source if doc else None))
-        n_elec = step.get("num_electronic_steps") or len(step.get("electronic_steps") or [])
-        s = _to_structure(step["structure"])
-        base = dict(structure=s, source=frame_source, oracle=oracle, oracle_fingerprint=fingerprint,
-                    oracle_settings=oracle_settings, run_dir=run_dir, **common)
-        energy = step.get("e_fr_energy")
-        if n_elec >= nelm:
-            reason = (f"electronic steps not converged: ionic step {i + 1}/{len(steps)} used {n_elec} "
-                      f"electronic steps = NELM ({nelm}) in {run_dir}")
-            labels.append(LabelDoc(status=LabelStatus.failed, reason=reason, **base))
-            continue
-        forces, stress = step.get("forces"), step.get("stress")
-        values = [energy, forces] + ([stress] if stress is not None else [])
-        if energy is None or forces is None or not all(np.all(np.isfinite(np.asarray(v, float))) for v in values):
-            labels.append(LabelDoc(status=LabelStatus.failed, reason=f"missing or non-finite energy/forces/stress "
-                                   f"at ionic step {i + 1} in {run_dir}", **base))
-            continue
-        labels.append(LabelDoc(
-            status=LabelStatus.ok,
-            energy=float(energy),
-            forces=np.asarray(forces, float).tolist(),
-            stress=None if stress is None else vasp_stress_to_ase(stress).tolist(),
-            **base,
-        ))
+    frame_source = source or (StructureSource.relaxed if is_relax else (doc.source if doc else None))
+    fields = dict(source=frame_source, oracle=_oracle_name(settings), oracle_fingerprint=vasp_fingerprint(settings),
+                  oracle_settings=oracle_settings, run_dir=run_dir, **common)
+    labels = [_step_label(steps[i], i, len(steps), nelm, {"structure": to_structure(steps[i]["structure"]), **fields})
+              for i in indices]
     if not completed and labels[-1].ok and is_relax:
         logger.warning("relaxation in %s did not converge ionically; its frames are kept as labels", run_dir)
     return labels
@@ -327,7 +306,7 @@ def vasp_labels(
         task, structure, settings=settings, trajectory_stride=trajectory_stride, campaign=campaign,
         iteration=iteration, job_uuid=vasp_job_uuid, failure=failure,
     )
-    doc = _as_structure_doc(structure, campaign, iteration)
+    doc = as_structure_doc(structure, campaign, iteration)
     structures = [doc.model_copy(update={"campaign": campaign, "iteration": iteration})]
     if record_relaxed and labels[-1].ok:
         structures.append(StructureDoc(
@@ -365,18 +344,6 @@ def mp_static_maker(**set_kwargs):
     return maker
 
 
-def _flow(code_maker, structure, campaign, iteration, name, parse):
-    """Flow [atomate2 job, parse job]; ``parse(code_job, doc)`` makes the parse job, which also runs when the
-    code job failed (``OnMissing.NONE``: it then gets None). Shared by the VASP and CP2K oracles."""
-    doc = _as_structure_doc(structure, campaign, iteration)
-    code_job = code_maker.make(doc.structure)
-    parse_job = parse(code_job, doc)
-    parse_job.name = f"{name} labels"
-    parse_job.config.on_missing_references = OnMissing.NONE
-    parse_job.config.expose_store = True
-    return Flow([code_job, parse_job], output=parse_job.output, name=name)
-
-
 @dataclass
 class VaspRelaxFlowMaker(Maker):
     """Relax a structure with VASP (atomate2 ``RelaxMaker`` + ``MPRelaxSet``) and label its trajectory.
@@ -402,7 +369,7 @@ class VaspRelaxFlowMaker(Maker):
 
     def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
              iteration: int | None = None) -> Flow:
-        return _flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
+        return code_flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
             j.output, doc, self.settings, trajectory_stride=self.trajectory_stride, campaign=campaign,
             iteration=iteration, vasp_job_uuid=j.uuid, record_relaxed=True))
 
@@ -435,5 +402,5 @@ class VaspStaticOracleMaker(Maker):
 
     def make(self, structure: StructureDoc | Structure, campaign: str | None = None,
              iteration: int | None = None) -> Flow:
-        return _flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
+        return code_flow(self.vasp_maker, structure, campaign, iteration, self.name, lambda j, doc: vasp_labels(
             j.output, doc, self.settings, campaign=campaign, iteration=iteration, vasp_job_uuid=j.uuid, single=True))

@@ -1,12 +1,17 @@
-"""``write_report``: PNG figures and one self-contained HTML page (figures embedded as base64)."""
+"""``write_report``: PNG figures and one self-contained HTML page (figures embedded as base64).
+
+Each campaign kind (``almat.campaign.kinds``) names its report figures (``FIGURES``) and the columns of its
+iteration table."""
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from almat.campaign.kinds import CampaignKind, kind_of
 from almat.query import reuse_summary
 from almat.report.learning import plot_learning_curves, plot_nft_progress
 from almat.report.plots import (
@@ -25,25 +30,6 @@ from almat.report.plots import (
     plot_parity,
 )
 from almat.stores import CampaignDB
-
-FIGURES = {
-    "learning_curve": ("learning_curve.png", "Learning curve: held-out force RMSE of the committee (committee of "
-                       "iteration i on the labels selected in iteration i, which it had not seen) and the "
-                       "fraction of explored frames below trust_lo, against the number of training labels."),
-    "deviation": ("deviation_histograms.png", "Max atomic force deviation of the committee over the explored "
-                  "frames, per iteration, with the trust levels. Frames below trust_lo count as accurate, "
-                  "between trust_lo and trust_hi as candidates, above trust_hi as failed. The first and the "
-                  "last (open) bins are drawn with finite widths on the log axis."),
-    "parity": ("parity.png", "Committee-mean against oracle force components on held-out labels."),
-    "labels_by_source": ("labels_by_source.png", "Ok labels per structure source and oracle."),
-    "calibration": ("calibration.png", "Calibration of the last calibrated iteration: true max atomic force "
-                    "error against the calibrated committee deviation k·σ on held-out explored frames (labelled "
-                    "by the oracle, never trained on), with the split-conformal band q·k·σ and its coverage."),
-    "calibration_trend": ("calibration_trend.png", "Per iteration: the recalibration factor k (true error / "
-                          "committee deviation) and the conformal multiplier q·k; the Spearman rank correlation "
-                          "of deviation and error, and the fraction of explored frames whose calibrated "
-                          "uncertainty is below the force tolerance (the calibrated stopping rule)."),
-}
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -91,128 +77,197 @@ figcaption {{ font-size: 0.9rem; color: #444; }}
 """
 
 
-def _write_records_report(db: CampaignDB, doc: dict, kind: str, out: Path) -> ReportData:
-    """Pool-based and NFT campaigns: their per-iteration records and their progress figure."""
-    campaign = doc["name"]
-    data = ReportData(campaign=campaign)
-    config = doc.get("config") or {}
-    records = load_iterations(db, campaign, kind)
-    if kind == "pool":
-        header = ["it", "acquisition", "labels", "new", "unlabelled", "test F RMSE (eV/Å)",
-                  "test E RMSE (eV/atom)", "stop"]
-        rows = [[r.iteration, r.acquisition, r.n_labels, r.n_new_labels, r.n_unlabelled, r.test_errors.force_rmse,
-                 r.test_errors.energy_rmse_per_atom, r.stop_reason or ""] for r in records]
-        key, caption = "learning_curve", ("Learning curve: committee-mean force RMSE on the held-out part of the "
-                                          "pool against the number of training labels (oracle calls).")
-        if records:
-            data.files[key] = plot_learning_curves(records, out / "learning_curve.png",
-                                                   target=config.get("target_force_rmse"),
-                                                   title=f"{campaign}: learning curve")
+@dataclass
+class _Report:
+    """What the figures of one report draw from, and what they fill in."""
+
+    db: CampaignDB
+    campaign: str
+    doc: dict
+    records: list
+    out: Path
+    data: ReportData
+    max_parity_labels: int = 200
+
+    @property
+    def config(self) -> dict:
+        return self.doc.get("config") or {}
+
+    def path(self, name: str) -> Path:
+        return self.out / FIGURES[name].file
+
+
+def _learning_curve(r: _Report) -> None:
+    r.data.learning_curve = learning_curve_data(r.records)
+    r.data.files["learning_curve"] = plot_learning_curve(r.data.learning_curve, r.path("learning_curve"),
+                                                         title=f"{r.campaign}: learning curve")
+
+
+def _deviation(r: _Report) -> None:
+    r.data.deviation = deviation_data(r.records)
+    r.data.files["deviation"] = plot_deviation_histograms(r.data.deviation, r.path("deviation"),
+                                                          title=f"{r.campaign}: model deviation")
+
+
+def _parity(r: _Report) -> None:
+    r.data.parity, notes = parity_data(r.db, r.campaign, r.records, oracle_fingerprint=r.doc.get("oracle_fingerprint")
+                                       or None, max_labels=r.max_parity_labels)
+    r.data.notes.extend(notes)
+    if r.data.parity:
+        r.data.files["parity"] = plot_parity(r.data.parity, r.path("parity"),
+                                             title=f"{r.campaign}: forces on held-out labels")
     else:
-        header = ["it", "train labels", "max σ_atom (eV/Å)", "mean σ_atom (eV/Å)", "threshold (eV/Å)", "chunks",
-                  "target F RMSE (eV/Å)", "stop"]
-        rows = [[r.iteration, r.n_train_labels, r.max_uncertainty, r.mean_uncertainty, r.threshold, r.n_chunks,
-                 r.target_force_rmse, r.stop_reason or ""] for r in records]
-        key, caption = "nft_progress", ("Atomic force uncertainty of the target per iteration (box: quartiles, "
-                                        "whiskers: 5-95 %), the selection threshold and stop_delta; the "
-                                        "committee's force errors on the target when the oracle evaluated it.")
-        if records:
-            data.files[key] = plot_nft_progress(records, out / "nft_progress.png",
-                                                stop_delta=(config.get("convergence") or {}).get("stop_delta"))
-    if not records:
-        data.notes.append(f"no {kind} iteration recorded yet")
-    summary = [["kind", kind], ["status", doc.get("status")], ["chemical system", doc.get("chemsys")],
-               ["oracle", doc.get("oracle")], ["iterations", len(records)], ["stop reason", doc.get("stop_reason")]]
-    figures = _figure(key, data.files[key], caption) if key in data.files else ""
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
-    body = (f"{_table(['', ''], summary)}<h2>Iterations</h2>{_table(header, rows)}<h2>Figures</h2>{figures}"
+        r.data.notes.append("no parity plot: no iteration has both a committee and labels it had not seen")
+
+
+def _labels_by_source(r: _Report) -> None:
+    r.data.labels_by_source = labels_by_source_data(r.db, r.campaign)
+    r.data.files["labels_by_source"] = plot_labels_by_source(r.data.labels_by_source, r.path("labels_by_source"),
+                                                             title=f"{r.campaign}: labels per source")
+
+
+def _calibration(r: _Report) -> None:
+    r.data.calibration = calibration_data(r.records)
+    if not r.data.calibration["iteration"]:
+        r.data.notes.append("no calibration plots: no iteration labelled held-out frames (calibration_samples: 0)")
+        return
+    last = [it for it in r.records if it.calibration is not None][-1]
+    r.data.files["calibration"] = plot_calibration(last.calibration, r.path("calibration"),
+                                                   title=f"{r.campaign}, iteration {last.iteration}: calibration")
+
+
+def _calibration_trend(r: _Report) -> None:
+    r.data.calibration = r.data.calibration or calibration_data(r.records)
+    if r.data.calibration["iteration"]:
+        r.data.files["calibration_trend"] = plot_calibration_trend(
+            r.data.calibration, r.path("calibration_trend"),
+            conv_accuracy=(r.config.get("convergence") or {}).get("conv_accuracy"),
+            title=f"{r.campaign}: calibration per iteration")
+
+
+def _pool_learning_curve(r: _Report) -> None:
+    if r.records:
+        r.data.files["learning_curve"] = plot_learning_curves(r.records, r.path("pool_learning_curve"),
+                                                              target=r.config.get("target_force_rmse"),
+                                                              title=f"{r.campaign}: learning curve")
+
+
+def _nft_progress(r: _Report) -> None:
+    if r.records:
+        r.data.files["nft_progress"] = plot_nft_progress(
+            r.records, r.path("nft_progress"), stop_delta=(r.config.get("convergence") or {}).get("stop_delta"))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One report figure: its file, its caption, how it is drawn (``draw`` fills in the report's values and
+    ``files[key]``, or a note), and its key in ``ReportData.files``."""
+
+    file: str
+    caption: str
+    draw: Callable[[_Report], None]
+    key: str
+
+
+#: the report figures, by the names the campaign kinds give them (``almat.campaign.kinds``)
+FIGURES: dict[str, Figure] = {
+    "learning_curve": Figure("learning_curve.png", "Learning curve: held-out force RMSE of the committee (committee "
+                             "of iteration i on the labels selected in iteration i, which it had not seen) and the "
+                             "fraction of explored frames below trust_lo, against the number of training labels.",
+                             _learning_curve, "learning_curve"),
+    "deviation": Figure("deviation_histograms.png", "Max atomic force deviation of the committee over the explored "
+                        "frames, per iteration, with the trust levels. Frames below trust_lo count as accurate, "
+                        "between trust_lo and trust_hi as candidates, above trust_hi as failed. The first and the "
+                        "last (open) bins are drawn with finite widths on the log axis.", _deviation, "deviation"),
+    "parity": Figure("parity.png", "Committee-mean against oracle force components on held-out labels.", _parity,
+                     "parity"),
+    "labels_by_source": Figure("labels_by_source.png", "Ok labels per structure source and oracle.", _labels_by_source,
+                               "labels_by_source"),
+    "calibration": Figure("calibration.png", "Calibration of the last calibrated iteration: true max atomic force "
+                          "error against the calibrated committee deviation k·σ on held-out explored frames "
+                          "(labelled by the oracle, never trained on), with the split-conformal band q·k·σ and its "
+                          "coverage.", _calibration, "calibration"),
+    "calibration_trend": Figure("calibration_trend.png", "Per iteration: the recalibration factor k (true error / "
+                                "committee deviation) and the conformal multiplier q·k; the Spearman rank correlation "
+                                "of deviation and error, and the fraction of explored frames whose calibrated "
+                                "uncertainty is below the force tolerance (the calibrated stopping rule).",
+                                _calibration_trend, "calibration_trend"),
+    "pool_learning_curve": Figure("learning_curve.png", "Learning curve: committee-mean force RMSE on the held-out "
+                                  "part of the pool against the number of training labels (oracle calls).",
+                                  _pool_learning_curve, "learning_curve"),
+    "nft_progress": Figure("nft_progress.png", "Atomic force uncertainty of the target per iteration (box: quartiles, "
+                           "whiskers: 5-95 %), the selection threshold and stop_delta; the committee's force errors "
+                           "on the target when the oracle evaluated it.", _nft_progress, "nft_progress"),
+}
+
+
+def _value(record: Any, path: str) -> Any:
+    """``record``'s attribute ``path`` (dotted: nested); a missing stop reason is blank."""
+    value = record
+    for name in path.split("."):
+        value = getattr(value, name)
+    return (value or "") if path == "stop_reason" else value
+
+
+def _summary(r: _Report, kind: CampaignKind) -> list[list[Any]]:
+    doc = r.doc
+    reuse = reuse_summary(r.db, r.campaign).get(r.campaign, {"labels": 0, "reused": 0, "oracle_calls": 0})
+    return [
+        ["kind", kind.name], ["status", doc.get("status")], ["chemical system", doc.get("chemsys")],
+        ["oracle", doc.get("oracle")], ["oracle fingerprint", doc.get("oracle_fingerprint") or None],
+        ["iterations", len(r.records)], ["ok labels", reuse["labels"]],
+        ["labels reused from earlier labels (no oracle call)", reuse["reused"]],
+        ["oracle calls paid", reuse["oracle_calls"]], ["stop reason", doc.get("stop_reason")],
+    ]
+
+
+def _calibration_table(cal: dict[str, list]) -> str:
+    rows = [[cal["iteration"][i], cal["n_samples"][i], cal["factor"][i], cal["quantile"][i], cal["coverage"][i],
+             cal["empirical_coverage"][i], cal["spearman"][i], cal["calibrated_fraction"][i]]
+            for i in range(len(cal.get("iteration", [])))]
+    if not rows:
+        return ""
+    return _table(["it", "held-out frames", "k", "q", "target coverage", "coverage on these frames", "Spearman ρ",
+                   "frames below tolerance"], rows)
+
+
+def _body(r: _Report, kind: CampaignKind) -> str:
+    """The page: summary, the kind's iteration table, the calibration table (if any), figures and notes."""
+    header = [title for title, _ in kind.report_columns]
+    rows = [[_value(rec, path) for _, path in kind.report_columns] for rec in r.records]
+    cal_table = _calibration_table(r.data.calibration)
+    figures = [_figure(FIGURES[name].key, r.data.files[FIGURES[name].key], FIGURES[name].caption)
+               for name in kind.figures if FIGURES[name].key in r.data.files]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in r.data.notes)
+    return (f"{_table(['', ''], _summary(r, kind))}\n<h2>Iterations</h2>\n{_table(header, rows)}\n"
+            + (f"<h2>Calibration</h2>{cal_table}\n" if cal_table else "")
+            + f"<h2>Figures</h2>\n{''.join(figures)}\n"
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""))
-    page_path = out / "report.html"
-    page_path.write_text(_page(campaign, body), encoding="utf-8")
-    data.files["html"] = page_path
-    return data
 
 
 def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_labels: int = 200) -> ReportData:
     """Write the campaign's figures (PNG) and ``report.html`` into ``out_dir``; return the plotted values.
 
-    MD campaigns get the full report; pool-based and NFT campaigns their records and progress figure.
+    The figures and the iteration table are the campaign kind's (``almat.campaign.kinds``): MD campaigns get
+    the full report, pool-based and NFT campaigns their records and progress figure.
     """
     doc = db.campaigns.query_one({"name": campaign})
-    out = Path(out_dir)
-    kind = ((doc or {}).get("config") or {}).get("kind", "md")
-    if kind in ("pool", "nft"):
-        out.mkdir(parents=True, exist_ok=True)
-        return _write_records_report(db, doc, kind, out)
-    iterations = load_iterations(db, campaign)
-    if doc is None and not iterations:
+    kind = kind_of(doc or {})
+    records = load_iterations(db, campaign, kind.name)
+    if doc is None and not records:
         names = sorted(d["name"] for d in db.campaigns.query({}, properties=["name"]))
         raise ValueError(f"no campaign {campaign!r}" + (f"; known: {', '.join(names)}" if names else ""))
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = ReportData(campaign=campaign)
-
-    data.learning_curve = learning_curve_data(iterations)
-    data.files["learning_curve"] = plot_learning_curve(data.learning_curve, out / FIGURES["learning_curve"][0],
-                                                       title=f"{campaign}: learning curve")
-    data.deviation = deviation_data(iterations)
-    data.files["deviation"] = plot_deviation_histograms(data.deviation, out / FIGURES["deviation"][0],
-                                                        title=f"{campaign}: model deviation")
-    fingerprint = (doc or {}).get("oracle_fingerprint") or None
-    data.parity, notes = parity_data(db, campaign, iterations, oracle_fingerprint=fingerprint,
-                                     max_labels=max_parity_labels)
-    data.notes.extend(notes)
-    if data.parity:
-        data.files["parity"] = plot_parity(data.parity, out / FIGURES["parity"][0],
-                                           title=f"{campaign}: forces on held-out labels")
-    else:
-        data.notes.append("no parity plot: no iteration has both a committee and labels it had not seen")
-    data.labels_by_source = labels_by_source_data(db, campaign)
-    data.files["labels_by_source"] = plot_labels_by_source(data.labels_by_source, out / FIGURES["labels_by_source"][0],
-                                                           title=f"{campaign}: labels per source")
-
-    data.calibration = calibration_data(iterations)
-    if data.calibration["iteration"]:
-        last = [it for it in iterations if it.calibration is not None][-1]
-        data.files["calibration"] = plot_calibration(last.calibration, out / FIGURES["calibration"][0],
-                                                     title=f"{campaign}, iteration {last.iteration}: calibration")
-        conv = ((doc or {}).get("config") or {}).get("convergence") or {}
-        data.files["calibration_trend"] = plot_calibration_trend(
-            data.calibration, out / FIGURES["calibration_trend"][0], conv_accuracy=conv.get("conv_accuracy"),
-            title=f"{campaign}: calibration per iteration")
-    else:
-        data.notes.append("no calibration plots: no iteration labelled held-out frames (calibration_samples: 0)")
-
-    reuse = reuse_summary(db, campaign).get(campaign, {"labels": 0, "reused": 0, "oracle_calls": 0})
-    summary = [
-        ["status", (doc or {}).get("status")], ["chemical system", (doc or {}).get("chemsys")],
-        ["oracle", (doc or {}).get("oracle")], ["oracle fingerprint", fingerprint],
-        ["iterations", len(iterations)], ["ok labels", reuse["labels"]],
-        ["labels reused from earlier labels (no oracle call)", reuse["reused"]],
-        ["oracle calls paid", reuse["oracle_calls"]], ["stop reason", (doc or {}).get("stop_reason")],
-    ]
-    it_rows = [[it.iteration, it.n_train_labels, it.n_frames_explored, it.accurate_ratio, it.candidate_ratio,
-                it.failed_ratio, it.n_labelled, it.test_errors.n_structures, it.test_errors.force_rmse,
-                it.test_errors.energy_rmse_per_atom, it.trust_lo, it.trust_hi, it.stop_reason or ""]
-               for it in iterations]
-    cal = data.calibration
-    cal_rows = [[cal["iteration"][i], cal["n_samples"][i], cal["factor"][i], cal["quantile"][i],
-                 cal["coverage"][i], cal["empirical_coverage"][i], cal["spearman"][i], cal["calibrated_fraction"][i]]
-                for i in range(len(cal.get("iteration", [])))]
-    cal_table = (_table(["it", "held-out frames", "k", "q", "target coverage", "coverage on these frames",
-                         "Spearman ρ", "frames below tolerance"], cal_rows)) if cal_rows else ""
-    figures = [_figure(key, data.files[key], caption) for key, (_, caption) in FIGURES.items() if key in data.files]
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
-    it_header = ["it", "train labels", "frames explored", "accurate", "candidate", "failed", "new labels",
-                 "held-out labels", "F RMSE (eV/Å)", "E RMSE (eV/atom)", "trust_lo (eV/Å)", "trust_hi (eV/Å)", "stop"]
-    body = (f"{_table(['', ''], summary)}\n<h2>Iterations</h2>\n{_table(it_header, it_rows)}\n"
-            + (f"<h2>Calibration</h2>{cal_table}\n" if cal_table else "")
-            + f"<h2>Figures</h2>\n{''.join(figures)}\n"
-            + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""))
-    page = _page(campaign, body)
+    report = _Report(db, campaign, doc or {}, records, out, ReportData(campaign=campaign), max_parity_labels)
+    if not records:
+        report.data.notes.append(f"no {kind.name} iteration recorded yet")
+    for name in kind.figures:
+        FIGURES[name].draw(report)
     page_path = out / "report.html"
-    page_path.write_text(page, encoding="utf-8")
-    data.files["html"] = page_path
-    return data
+    page_path.write_text(_page(campaign, _body(report, kind)), encoding="utf-8")
+    report.data.files["html"] = page_path
+    return report.data
 
 
 def report_command(campaign: str, out_dir: str | Path, settings=None) -> dict[str, Any]:

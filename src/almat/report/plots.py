@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from almat.campaign.kinds import KINDS
 from almat.query import query_labels
-from almat.schemas import CalibrationDoc, IterationDoc, NftIterationDoc, PoolIterationDoc
+from almat.schemas import CalibrationDoc, IterationDoc
 from almat.stores import CampaignDB
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,11 @@ def _pyplot():
 
 
 def load_iterations(db: CampaignDB, campaign: str, kind: str = "md") -> list:
-    """The campaign's per-iteration records by iteration: ``IterationDoc``, or for ``kind`` pool / nft
-    ``PoolIterationDoc`` / ``NftIterationDoc``."""
-    store, cls = {"md": (db.iterations, IterationDoc), "pool": (db.pool_iterations, PoolIterationDoc),
-                  "nft": (db.nft_iterations, NftIterationDoc)}[kind]
-    return sorted((cls.from_store(d) for d in store.query({"campaign": campaign})), key=lambda d: d.iteration)
+    """The campaign's per-iteration records by iteration, as the documents of its ``kind``
+    (``almat.campaign.kinds``: ``IterationDoc`` for md)."""
+    spec = KINDS[kind]
+    return sorted((spec.record_class.from_store(d) for d in getattr(db, spec.records).query({"campaign": campaign})),
+                  key=lambda d: d.iteration)
 
 
 # -- learning curve ----------------------------------------------------------------------------------

@@ -222,62 +222,19 @@ def cut_chunk(
     if len(set(centres)) != len(centres) or min(centres) < 0 or max(centres) >= len(target):
         raise ValueError(f"central atoms must be distinct indices of the target's {len(target)} atoms: {centres}")
     centre_pos = _centre_positions(target, centres)
-    ref = centre_pos[0]
-
     if mode == "cluster":
-        if vacuum <= 0:
-            raise ValueError(f"the cluster vacuum must be > 0 Å, got {vacuum}")
-        reach = float(np.linalg.norm(centre_pos - ref, axis=1).max()) + cutoff
-        idx, shifts, pos = _images(target, ref, reach)
-        near = np.min(np.linalg.norm(pos[:, None, :] - centre_pos[None, :, :], axis=-1), axis=1) <= cutoff + 1e-9
-        idx, shifts, pos = idx[near], shifts[near], pos[near]
-        lo, hi = pos.min(axis=0), pos.max(axis=0)
-        lengths = hi - lo + vacuum
-        new_pos = pos - lo + 0.5 * vacuum
+        idx, pos, new_pos, lengths = _cluster_atoms(target, centre_pos, cutoff, vacuum)
     else:
-        lengths = np.asarray(cell if cell is not None else [2 * cutoff + 1.0] * 3, dtype=float)
-        if lengths.shape != (3,) or np.any(lengths <= 2 * cutoff):
-            raise ValueError(
-                f"the periodic chunk cell {lengths.tolist()} Å must have 3 edges, each > 2 x cutoff = "
-                f"{2 * cutoff:.2f} Å, or chunk images would fall within the cutoff of the central atom"
-            )
-        width = float(perpendicular_widths(target.cell).min())
-        if np.any(lengths > width):
-            raise ValueError(
-                f"the periodic chunk cell {lengths.tolist()} Å is not smaller than the target (shortest "
-                f"perpendicular width {width:.2f} Å); use cluster chunks or a larger target"
-            )
-        if not _fits(centre_pos - ref, cutoff, lengths):
-            raise ValueError("the cutoff spheres of these central atoms do not fit in one periodic chunk cell")
-        idx, shifts, pos = _images(target, ref, 0.5 * float(np.linalg.norm(lengths)))
-        rel = pos - ref
-        inside = np.all((rel >= -0.5 * lengths) & (rel < 0.5 * lengths), axis=1)
-        idx, shifts, pos = idx[inside], shifts[inside], pos[inside]
-        new_pos = pos - ref + 0.5 * lengths
+        idx, pos, new_pos, lengths = _periodic_atoms(target, centre_pos, cutoff, cell)
 
-    # order: central atoms first (in the given order), then the others by distance to the reference
-    central_rows = []
-    for c, p in zip(centres, centre_pos):
-        rows = np.flatnonzero((idx == c) & (np.linalg.norm(pos - p, axis=1) < 1e-6))
-        if rows.size == 0:
-            raise RuntimeError(f"central atom {c} is missing from its own chunk")  # cannot happen
-        central_rows.append(int(rows[0]))
-    dist_ref = np.linalg.norm(pos - ref, axis=1)
-    others = [k for k in np.argsort(dist_ref, kind="stable").tolist() if k not in set(central_rows)]
-    order = central_rows + others
+    order = _central_first(idx, pos, centres, centre_pos)
     idx, pos, new_pos = idx[order], pos[order], new_pos[order]
-
     if mode == "periodic":
         keep = _drop_seam_clashes(new_pos, pos, lengths, centre_pos, cutoff, min_distance_factor,
                                   n_central=len(centres))
         idx, pos, new_pos = idx[keep], pos[keep], new_pos[keep]
 
-    atoms = Atoms(
-        numbers=target.numbers[idx],
-        positions=new_pos,
-        cell=np.diag(lengths),
-        pbc=True,
-    )
+    atoms = Atoms(numbers=target.numbers[idx], positions=new_pos, cell=np.diag(lengths), pbc=True)
     return Chunk(
         atoms=atoms,
         central_target=centres,
@@ -286,6 +243,58 @@ def cut_chunk(
         mode=mode,
         cutoff=float(cutoff),
     )
+
+
+def _cluster_atoms(target: Atoms, centre_pos: np.ndarray, cutoff: float, vacuum: float):
+    """``(target indices, true positions, chunk positions, box lengths)`` of a cluster chunk: the atoms within
+    ``cutoff`` of a central atom, ``vacuum`` Å from the box's images."""
+    if vacuum <= 0:
+        raise ValueError(f"the cluster vacuum must be > 0 Å, got {vacuum}")
+    ref = centre_pos[0]
+    reach = float(np.linalg.norm(centre_pos - ref, axis=1).max()) + cutoff
+    idx, _, pos = _images(target, ref, reach)
+    near = np.min(np.linalg.norm(pos[:, None, :] - centre_pos[None, :, :], axis=-1), axis=1) <= cutoff + 1e-9
+    idx, pos = idx[near], pos[near]
+    lo, hi = pos.min(axis=0), pos.max(axis=0)
+    return idx, pos, pos - lo + 0.5 * vacuum, hi - lo + vacuum
+
+
+def _periodic_atoms(target: Atoms, centre_pos: np.ndarray, cutoff: float, cell: Sequence[float] | None):
+    """``(target indices, true positions, chunk positions, cell lengths)`` of a periodic chunk: the atoms in the
+    orthorhombic ``cell`` centred on the reference atom, which must hold every central atom's cutoff sphere."""
+    ref = centre_pos[0]
+    lengths = np.asarray(cell if cell is not None else [2 * cutoff + 1.0] * 3, dtype=float)
+    if lengths.shape != (3,) or np.any(lengths <= 2 * cutoff):
+        raise ValueError(
+            f"the periodic chunk cell {lengths.tolist()} Å must have 3 edges, each > 2 x cutoff = "
+            f"{2 * cutoff:.2f} Å, or chunk images would fall within the cutoff of the central atom"
+        )
+    width = float(perpendicular_widths(target.cell).min())
+    if np.any(lengths > width):
+        raise ValueError(
+            f"the periodic chunk cell {lengths.tolist()} Å is not smaller than the target (shortest "
+            f"perpendicular width {width:.2f} Å); use cluster chunks or a larger target"
+        )
+    if not _fits(centre_pos - ref, cutoff, lengths):
+        raise ValueError("the cutoff spheres of these central atoms do not fit in one periodic chunk cell")
+    idx, _, pos = _images(target, ref, 0.5 * float(np.linalg.norm(lengths)))
+    rel = pos - ref
+    inside = np.all((rel >= -0.5 * lengths) & (rel < 0.5 * lengths), axis=1)
+    idx, pos = idx[inside], pos[inside]
+    return idx, pos, pos - ref + 0.5 * lengths, lengths
+
+
+def _central_first(idx: np.ndarray, pos: np.ndarray, centres: list[int], centre_pos: np.ndarray) -> list[int]:
+    """The chunk's order: central atoms first (in the given order), then the others by distance to the reference."""
+    central_rows = []
+    for c, p in zip(centres, centre_pos):
+        rows = np.flatnonzero((idx == c) & (np.linalg.norm(pos - p, axis=1) < 1e-6))
+        if rows.size == 0:
+            raise RuntimeError(f"central atom {c} is missing from its own chunk")  # cannot happen
+        central_rows.append(int(rows[0]))
+    dist_ref = np.linalg.norm(pos - centre_pos[0], axis=1)
+    others = [k for k in np.argsort(dist_ref, kind="stable").tolist() if k not in set(central_rows)]
+    return central_rows + others
 
 
 def _drop_seam_clashes(new_pos, true_pos, lengths, centre_pos, cutoff, factor, n_central) -> np.ndarray:

@@ -1,20 +1,22 @@
-"""The sampler's Makers: committee MD from one start structure at one temperature (``ExploreMaker``), or
-many walkers advanced together by one job (``ExploreWalkersMaker``)."""
+"""The sampler's Maker: many walkers advanced together by one job (``ExploreWalkersMaker``), one batched
+committee forward per MD step; ``ExploreDoc`` is the record of each walker."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jobflow import Maker
 from pydantic import BaseModel, Field
 from pymatgen.core import Structure
 
-from almat.sampler.md import ExplorationSettings, Walker, run_exploration, run_walkers
+from almat.learner.committee import Committee
+from almat.sampler.md import DRIVES, ExplorationSettings, Walker, run_walkers
 from almat.schemas import StructureDoc, to_atoms, to_structure
 from almat.stores import current_db, put_blob, store_job
-from almat.uncertainty.deviation import FrameClass, TrustLevels
+from almat.threads import torch_threads
+from almat.uncertainty.deviation import TrustLevels
 
 logger = logging.getLogger(__name__)
 
@@ -56,105 +58,6 @@ class ExploreDoc(BaseModel):
     seed: int | None = None
 
 
-@dataclass
-class ExploreMaker(Maker):
-    """Langevin NVT with the committee; every sampled frame is classified by the trust levels.
-
-    The whole trajectory (positions, deviations) goes to the ``data`` store; the output carries the
-    per-frame deviations and the candidate frames.
-    """
-
-    name: str = "explore"
-    temperature: float = 300.0
-    steps: int = 300
-    timestep_fs: float = 2.0
-    friction_per_fs: float = 0.02
-    sample_every: int = 10
-    trust_lo: float = 0.05
-    trust_hi: float = 0.30
-    stop_after_failed: int = 1
-    min_distance_factor: float = 0.7
-    seed: int = 0
-    device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        TrustLevels(lo=self.trust_lo, hi=self.trust_hi)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 K, got {self.temperature}")
-
-    @store_job(output_schema=ExploreDoc)
-    def make(
-        self,
-        model_ids: list[str],
-        structure: StructureDoc | Structure,
-        campaign: str | None = None,
-        iteration: int | None = None,
-    ) -> ExploreDoc:
-        from almat.learner.committee import Committee  # torch: only in the running job
-
-        if isinstance(structure, StructureDoc):
-            structure = structure.structure
-        structure = to_structure(structure)
-        trust = TrustLevels(lo=self.trust_lo, hi=self.trust_hi)
-        settings = ExplorationSettings(
-            temperature=self.temperature,
-            steps=self.steps,
-            timestep_fs=self.timestep_fs,
-            friction_per_fs=self.friction_per_fs,
-            sample_every=self.sample_every,
-            stop_after_failed=self.stop_after_failed,
-            min_distance_factor=self.min_distance_factor,
-            seed=self.seed + 7919 * (iteration or 0),
-        )
-        db = current_db()
-        if db is None:
-            raise RuntimeError("exploration needs a JobStore to load the committee: run it with jobflow")
-        try:
-            committee = Committee.from_store(db, model_ids, device=self.device)
-            traj = run_exploration(to_atoms(structure), committee.calculator(), trust, settings)
-            start_hash = StructureDoc(structure=structure, source="init").structure_hash
-            blob_id = put_blob(db.data, traj.to_blob(), kind="trajectory", campaign=campaign,
-                               iteration=iteration, temperature=self.temperature)
-        finally:
-            db.close()
-        candidates = [
-            CandidateFrame(
-                structure=to_structure(traj.atoms(i)),
-                step=frame.step,
-                model_deviation=frame.model_deviation,
-                energy_deviation=frame.energy_deviation,
-                temperature=frame.temperature,
-                trajectory_blob_id=blob_id,
-                parent=start_hash,
-            )
-            for i, frame in enumerate(traj.frames)
-            if frame.frame_class == FrameClass.candidate
-        ]
-        counts = traj.counts()
-        logger.info(
-            "iteration %s: MD at %.0f K, %d frames: %d accurate, %d candidate, %d failed%s",
-            iteration, self.temperature, len(traj.frames), counts["accurate"], counts["candidate"],
-            counts["failed"], f" ({traj.stop_reason})" if traj.stop_reason else "",
-        )
-        return ExploreDoc(
-            campaign=campaign,
-            iteration=iteration,
-            temperature=self.temperature,
-            start_structure_hash=start_hash,
-            n_frames=len(traj.frames),
-            counts=counts,
-            model_deviation=[f.model_deviation for f in traj.frames],
-            energy_deviation=[f.energy_deviation for f in traj.frames],
-            candidates=candidates,
-            trajectory_blob_id=blob_id,
-            stopped_early=traj.stopped_early,
-            exploded=traj.exploded,
-            stop_reason=traj.stop_reason,
-            model_ids=list(model_ids),
-        )
-
-
 class WalkerSpec(BaseModel):
     """One walker of an ``ExploreWalkersMaker`` job: a start ``structure``, or a ``query`` of the store
     (``{collection, filters, limit}``: one walker per structure found, seeds ``seed + k``)."""
@@ -183,39 +86,49 @@ def _query_structures(db, query: dict[str, Any]) -> list[Structure]:
     return [Structure.from_dict(d["structure"]) for d in docs]
 
 
+def _walker_runs(db, walkers: list[dict]) -> list[tuple[WalkerSpec, Structure]]:
+    """Each walker with its start structure; a ``query`` walker becomes one walker per structure found."""
+    runs: list[tuple[WalkerSpec, Structure]] = []
+    for spec in (WalkerSpec.model_validate(w) for w in walkers):
+        if spec.query is not None:
+            found = _query_structures(db, spec.query)
+            if not found:
+                logger.warning("system %s: the query %s found no structure", spec.system, spec.query)
+            runs += [(spec.model_copy(update={"system": f"{spec.system}.{k}", "seed": spec.seed + k}), s)
+                     for k, s in enumerate(found)]
+        else:
+            s = spec.structure
+            s = s.structure if isinstance(s, StructureDoc) else s
+            runs.append((spec, to_structure(Structure.from_dict(s) if isinstance(s, dict) else s)))
+    return runs
+
+
 @dataclass
 class ExploreWalkersMaker(Maker):
     """Many walkers in one job (``almat.sampler.md.run_walkers``): one batched committee forward per MD
     step for all of them; each walker's trajectory goes to the ``data`` store (compact, by reference), the
-    output is one ``ExploreDoc`` per walker (without candidates: they are picked by the select step)."""
+    output is one ``ExploreDoc`` per walker (without candidates: they are picked by the select step).
+    ``drive``: what drives the MD, the committee's ``mean`` or its ``first`` member (``almat.sampler.md``)."""
 
     name: str = "explore walkers"
     stop_after_failed: int = 1
     min_distance_factor: float = 0.7
     max_volume_factor: float = 3.0
     device: str = "cpu"
+    drive: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.drive not in DRIVES:
+            raise ValueError(f"unknown drive {self.drive!r}; valid: {', '.join(DRIVES)}")
 
     @store_job
     def make(self, model_ids: list[str], walkers: list[dict], campaign: str | None = None,
              iteration: int | None = None) -> list[ExploreDoc]:
-        from almat.learner.committee import Committee  # torch: only in the running job
-
         db = current_db()
         if db is None:
             raise RuntimeError("exploration needs a JobStore to load the committee: run it with jobflow")
         try:
-            runs: list[tuple[WalkerSpec, Structure]] = []
-            for spec in (WalkerSpec.model_validate(w) for w in walkers):
-                if spec.query is not None:
-                    found = _query_structures(db, spec.query)
-                    if not found:
-                        logger.warning("system %s: the query %s found no structure", spec.system, spec.query)
-                    runs += [(spec.model_copy(update={"system": f"{spec.system}.{k}", "seed": spec.seed + k}), s)
-                             for k, s in enumerate(found)]
-                else:
-                    s = spec.structure
-                    s = s.structure if isinstance(s, StructureDoc) else s
-                    runs.append((spec, to_structure(Structure.from_dict(s) if isinstance(s, dict) else s)))
+            runs = _walker_runs(db, walkers)
             batch = [Walker(to_atoms(s), ExplorationSettings(
                 temperature=w.temperature, steps=w.steps, timestep_fs=w.timestep_fs,
                 friction_per_fs=w.friction_per_fs, sample_every=w.sample_every,
@@ -225,7 +138,8 @@ class ExploreWalkersMaker(Maker):
                 max_volume_factor=self.max_volume_factor), TrustLevels(lo=w.trust_lo, hi=w.trust_hi), name=w.system)
                 for w, s in runs]
             committee = Committee.from_store(db, model_ids, device=self.device)
-            trajs, info = run_walkers(batch, committee) if batch else ([], {"batched_calls": 0})
+            with torch_threads() as threads:  # the free cores at the job's start (almat.threads)
+                trajs, info = run_walkers(batch, committee, self.drive) if batch else ([], {"batched_calls": 0})
             docs = []
             for (w, s), traj in zip(runs, trajs):
                 blob_id = put_blob(db.data, traj.to_blob(), kind="trajectory", campaign=campaign, iteration=iteration,
@@ -241,6 +155,7 @@ class ExploreWalkersMaker(Maker):
                     trust_lo=w.trust_lo, trust_hi=w.trust_hi, seed=w.seed))
         finally:
             db.close()
-        logger.info("iteration %s: %d walkers, %d frames, %d batched committee calls, %d stopped early", iteration,
-                    len(docs), sum(d.n_frames for d in docs), info["batched_calls"], sum(d.stopped_early for d in docs))
+        logger.info("iteration %s: %d walkers, %d frames, %d batched committee calls (%d threads), %d stopped early",
+                    iteration, len(docs), sum(d.n_frames for d in docs), info["batched_calls"], threads,
+                    sum(d.stopped_early for d in docs))
         return docs

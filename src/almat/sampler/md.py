@@ -10,11 +10,17 @@ evaluates the committee on all of them in one batched forward per model (neighbo
 done once and shared by the models). A walker therefore follows exactly the trajectory it would follow
 alone (same seed, same frames up to float rounding of the batched forward), and one that fails or
 explodes stops alone while the others go on.
+
+What drives the MD (``DRIVES``): ``mean``, the committee's mean forces at every step; ``first``, the first
+member's forces (as DP-GEN drives LAMMPS with the first of its graphs), the others evaluated only on the
+steps whose frame is recorded (every ``sample_every``): about ``n_models`` times cheaper between recorded
+frames. A shallow ensemble's mean already costs one model: it drives with its mean either way.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: ensemble name -> what drives it
 ENSEMBLES = {"nvt": "Langevin", "npt": "IsotropicMTKNPT", "npt_aniso": "MTKNPT"}
+#: what drives the MD: the committee's mean forces, or its first member's (see the module doc)
+DRIVES = ("mean", "first")
 
 
 @dataclass
@@ -268,12 +276,16 @@ class _Batcher:
     evaluates the committee on all frames at once and wakes the others. A batch that fails is evaluated
     frame by frame, so that only the walkers whose frames fail get the error."""
 
-    def __init__(self, committee, n_walkers: int):
+    def __init__(self, committee, n_walkers: int, drive: str = "mean"):
+        if drive not in DRIVES:
+            raise ValueError(f"unknown drive {drive!r}; valid: {', '.join(DRIVES)}")
         self.committee = committee
         self.cond = threading.Condition()
         self.active = n_walkers
         self.pending: dict[int, tuple[Atoms, bool, bool]] = {}
-        self.cheap_steps = bool(getattr(committee, "shallow", False))  # see ``run_exploration``
+        shallow = bool(getattr(committee, "shallow", False))
+        self.first = first_member(committee) if drive == "first" and not shallow else None
+        self.cheap_steps = shallow or self.first is not None  # see ``run_exploration``
         self.results: dict[int, dict | Exception] = {}
         self.n_calls = 0
 
@@ -304,17 +316,28 @@ class _Batcher:
         self.pending = {}
         self.n_calls += 1
         try:
-            pred = self.committee.evaluate(frames, compute_stress=stress, **kw)
-            out = [pred.results(i, stress) for i in range(len(keys))]
+            out = self._evaluate(frames, stress, kw)
         except Exception:  # noqa: BLE001 - find the frame(s) that fail
             out = []
             for atoms in frames:
                 try:
-                    out.append(self.committee.evaluate([atoms], compute_stress=stress, **kw).results(0, stress))
+                    out.append(self._evaluate([atoms], stress, kw)[0])
                 except Exception as exc:  # noqa: BLE001
                     out.append(exc)
         self.results.update(zip(keys, out))
         self.cond.notify_all()
+
+    def _evaluate(self, frames: list[Atoms], stress: bool, kw: dict) -> list[dict]:
+        """Calculator results of ``frames``: the committee's, or, driven by the first member, its energy,
+        forces (and stress) with the committee's deviations where they are asked for."""
+        if self.first is None:
+            pred = self.committee.evaluate(frames, compute_stress=stress, **kw)
+            return [pred.results(i, stress) for i in range(len(frames))]
+        if kw:  # no frame recorded: the first member alone
+            pred = self.first.learner.evaluate(self.first, frames, compute_stress=stress)
+            return [member_results(pred, i, 0, stress) for i in range(len(frames))]
+        pred = self.committee.evaluate(frames, compute_stress=stress)
+        return [{**pred.results(i, stress), **member_results(pred, i, 0, stress)} for i in range(len(frames))]
 
 
 class _BatchedCalculator(Calculator):
@@ -330,11 +353,29 @@ class _BatchedCalculator(Calculator):
         self.results = dict(self.batcher.compute(self.key, self.atoms, self.stress, self.deviation))
 
 
-def run_walkers(walkers: list[Walker], committee) -> tuple[list[Trajectory], dict]:
-    """Advance every walker together (see the module doc); returns their trajectories, in order, and
-    ``{"batched_calls": n}``. ``committee`` needs ``evaluate(atoms_list, compute_stress)`` returning a
-    ``CommitteePrediction`` (``almat.learner.committee``)."""
-    batcher = _Batcher(committee, len(walkers))
+def first_member(committee):
+    """The committee's first member alone, as a committee its learner evaluates (``drive: first``)."""
+    one = copy.copy(committee)
+    one.models, one.model_ids, one.n_members = committee.models[:1], committee.model_ids[:1], 1
+    one.cache, one.batched = {}, False
+    return one
+
+
+def member_results(pred, frame: int, member: int, stress: bool) -> dict:
+    """ASE calculator results of one member of a ``CommitteePrediction`` on ``frame``."""
+    energy = float(pred.energies[member, frame])
+    out = {"energy": energy, "free_energy": energy, "forces": pred.forces[frame][member]}
+    if stress and pred.stresses is not None:
+        out["stress"] = pred.stresses[member, frame]
+    return out
+
+
+def run_walkers(walkers: list[Walker], committee, drive: str = "mean") -> tuple[list[Trajectory], dict]:
+    """Advance every walker together (see the module doc), driven by the committee's mean or its first
+    member (``drive``, ``DRIVES``); returns their trajectories, in order, and ``{"batched_calls": n}``.
+    ``committee`` needs ``evaluate(atoms_list, compute_stress)`` returning a ``CommitteePrediction``
+    (``almat.learner.committee``)."""
+    batcher = _Batcher(committee, len(walkers), drive)
     out: list[Trajectory | None] = [None] * len(walkers)
 
     def work(i: int) -> None:

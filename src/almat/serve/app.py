@@ -18,7 +18,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -29,8 +29,14 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from almat.export import export_labels
+from almat.launch.launchpad import launchpad_from_spec, launchpad_host, load_launchpad_spec
+from almat.query import MixedOraclesError
+from almat.report import write_report
+from almat.schemas.section import ConfigError
 from almat.serve import data
 from almat.settings import AlmatSettings, get_settings
+from almat.stores import CampaignDB, check_connection
 
 HERE = Path(__file__).parent
 #: what the page hands to almat.js to draw
@@ -59,19 +65,21 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _cell(value: Any, style: str = "") -> Any:
+    """A table cell in the style a kind's ``page_columns`` give it: pct, fmt, fmt3 (3 digits), or as it is."""
+    if style == "pct":
+        return _pct(value)
+    if style in ("fmt", "fmt3"):
+        return _fmt(value, ".3g" if style == "fmt3" else ".4g")
+    return value
+
+
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
-    env.filters.update(fmt=_fmt, pct=_pct, q=lambda s: quote(str(s), safe=""), short_id=lambda s: str(s or "")[:8])
+    env.filters.update(fmt=_fmt, pct=_pct, cell=_cell, q=lambda s: quote(str(s), safe=""),
+                       short_id=lambda s: str(s or "")[:8])
     env.filters["chart_data"] = lambda c: data.clean({k: c.get(k) for k in CHART_KEYS})
     return env
-
-
-def launchpad_host(spec: dict) -> str:
-    """Host (and port) of a LaunchPad spec, without credentials."""
-    host = str(spec.get("host") or "localhost")
-    if spec.get("uri_mode") or host.startswith(("mongodb://", "mongodb+srv://")):
-        return urlsplit(host).netloc.rsplit("@", 1)[-1] or host
-    return f"{host}:{spec.get('port') or 27017}"
 
 
 class Backend:
@@ -86,8 +94,6 @@ class Backend:
         self._lp = None
 
     def _open(self):
-        from almat.stores import CampaignDB, check_connection
-
         s = self.settings
         if s.embedded and not s.db_path.exists():  # never create a store by looking at it
             raise StoreUnavailable(f"no embedded store at {s.db_path.resolve()} (set ALMAT_DB_PATH or "
@@ -129,23 +135,14 @@ class Backend:
     # -- the FireWorks LaunchPad -----------------------------------------------------------------
 
     def _queue(self, _db, name: str) -> dict[str, Any]:
-        import yaml
-
-        path = self.launchpad_file
         try:
-            spec = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            return {"error": f"cannot read the LaunchPad file {path}: {type(exc).__name__}"}
-        if not isinstance(spec, dict):
-            return {"error": f"the LaunchPad file {path} is not a mapping"}
+            spec = load_launchpad_spec(self.launchpad_file)
+        except ConfigError as exc:  # names the file and what is wrong, never a value from it
+            return {"error": f"cannot read the LaunchPad file: {exc}"}
         host = launchpad_host(spec)
         try:
             if self._lp is None:
-                from fireworks import LaunchPad
-
-                kwargs = {**(spec.get("mongoclient_kwargs") or {}), "serverSelectionTimeoutMS": 3000,
-                          "connectTimeoutMS": 3000}
-                self._lp = LaunchPad.from_dict({**spec, "mongoclient_kwargs": kwargs})
+                self._lp = launchpad_from_spec(spec, timeout_ms=3000)
             return {"host": host, **data.queue(self._lp, name)}
         except Exception as exc:  # noqa: BLE001 - the page says so and the server keeps running
             self._lp = None
@@ -161,151 +158,164 @@ def _safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80] or "campaign"
 
 
-def create_app(settings: AlmatSettings | None = None, launchpad: str | Path | None = None,
-               refresh_s: float = 2.0) -> Starlette:
-    """The app. ``launchpad``: a FireWorks LaunchPad file (default: ``$LAUNCHPAD_LOC``; none: no queue)."""
-    settings = settings or get_settings()
-    backend = Backend(settings, launchpad)
-    env = _templates()
+def _export(db, name: str, out: Path, fingerprint: str | None) -> Path:
+    """The campaign's ok labels as extxyz in ``out``."""
+    path = out / f"{_safe_filename(name)}.extxyz"
+    export_labels(db, path, fmt="extxyz", campaign=data.campaign_doc(db, name)["name"], status="ok",
+                  oracle_fingerprint=fingerprint or None)
+    return path
 
-    def page(template: str, status_code: int = 200, **ctx) -> HTMLResponse:
-        ctx.update(where=settings.describe(), refresh_ms=int(refresh_s * 1000))
-        return HTMLResponse(env.get_template(template).render(**ctx), status_code=status_code)
 
-    def unavailable(exc: StoreUnavailable, partial: bool = False) -> HTMLResponse:
+def _report(db, name: str, out: Path) -> Path:
+    """The campaign's report page in ``out``."""
+    data.campaign_doc(db, name)
+    # max_parity_labels=0: the parity figure would load the committees (torch); the server never does
+    html = write_report(db, name, out, max_parity_labels=0).files["html"]
+    return html.rename(out / f"report-{_safe_filename(name)}.html")
+
+
+def _filters(request: Request) -> tuple[str | None, str | None]:
+    q = request.query_params
+    return q.get("chemsys") or None, q.get("status") or None
+
+
+def _partial(request: Request) -> bool:
+    return request.query_params.get("partial") == "1"
+
+
+def _with_stamp(name: str | None, fn: Callable, *args):
+    """The stamp first, then the page's data: a change in between shows on the next poll."""
+    return lambda db: (data.stamp(db, name), fn(db, *args))
+
+
+class _Pages:
+    """The app's pages and JSON endpoints over one :class:`Backend`."""
+
+    def __init__(self, settings: AlmatSettings, backend: Backend, refresh_s: float):
+        self.settings, self.backend, self.refresh_s = settings, backend, refresh_s
+        self.env = _templates()
+
+    def page(self, template: str, status_code: int = 200, **ctx) -> HTMLResponse:
+        ctx.update(where=self.settings.describe(), refresh_ms=int(self.refresh_s * 1000))
+        return HTMLResponse(self.env.get_template(template).render(**ctx), status_code=status_code)
+
+    def unavailable(self, exc: StoreUnavailable, partial: bool = False) -> HTMLResponse:
         """503, naming the host; the page polls the stamp and reloads once the store answers."""
-        return page("_error_body.html" if partial else "error.html", 503, message=str(exc), code=503,
-                    title="store unavailable", stamp_url="/api/stamp", recover="reload")
+        return self.page("_error_body.html" if partial else "error.html", 503, message=str(exc), code=503,
+                         title="store unavailable", stamp_url="/api/stamp", recover="reload")
 
-    def not_found(exc: data.NotFound) -> HTMLResponse:
-        return page("404.html", 404, missing=exc.name, names=exc.names, title="no such campaign")
+    def not_found(self, exc: data.NotFound) -> HTMLResponse:
+        return self.page("404.html", 404, missing=exc.name, names=exc.names, title="no such campaign")
 
-    def filters(request: Request) -> tuple[str | None, str | None]:
-        q = request.query_params
-        return q.get("chemsys") or None, q.get("status") or None
-
-    def partial(request: Request) -> bool:
-        return request.query_params.get("partial") == "1"
-
-    def with_stamp(name: str | None, fn: Callable, *args):
-        """The stamp first, then the page's data: a change in between shows on the next poll."""
-        return lambda db: (data.stamp(db, name), fn(db, *args))
-
-    async def index(request: Request):
+    async def index(self, request: Request):
         try:
-            stamp, listing = await backend.run(with_stamp(None, data.campaign_list, *filters(request)))
+            stamp, listing = await self.backend.run(_with_stamp(None, data.campaign_list, *_filters(request)))
         except StoreUnavailable as exc:
-            return unavailable(exc, partial(request))
+            return self.unavailable(exc, _partial(request))
         query = urlencode({k: v for k, v in listing["filters"].items() if v} | {"partial": "1"})
-        return page("_list_body.html" if partial(request) else "list.html", title="campaigns", stamp=stamp,
-                    stamp_url="/api/stamp", body_url=f"/?{query}", **listing)
+        return self.page("_list_body.html" if _partial(request) else "list.html", title="campaigns", stamp=stamp,
+                         stamp_url="/api/stamp", body_url=f"/?{query}", **listing)
 
-    async def campaign(request: Request):
+    async def campaign(self, request: Request):
         name = request.path_params["name"]
         try:
-            stamp, detail = await backend.run(with_stamp(name, data.campaign_detail, name))
+            stamp, detail = await self.backend.run(_with_stamp(name, data.campaign_detail, name))
         except data.NotFound as exc:
-            return not_found(exc)
+            return self.not_found(exc)
         except StoreUnavailable as exc:
-            return unavailable(exc, partial(request))
+            return self.unavailable(exc, _partial(request))
         base = f"/campaigns/{quote(name, safe='')}"
-        return page("_campaign_body.html" if partial(request) else "campaign.html", title=name, c=detail,
-                    queue=await backend.queue(name), stamp=stamp, base=base,
-                    stamp_url=f"/api/stamp?campaign={quote(name, safe='')}", body_url=f"{base}?partial=1")
+        return self.page("_campaign_body.html" if _partial(request) else "campaign.html", title=name, c=detail,
+                         queue=await self.backend.queue(name), stamp=stamp, base=base,
+                         stamp_url=f"/api/stamp?campaign={quote(name, safe='')}", body_url=f"{base}?partial=1")
 
-    async def api_list(request: Request):
+    async def api_list(self, request: Request):
         try:
-            return JSONResponse(data.clean(await backend.run(data.campaign_list, *filters(request))))
+            return JSONResponse(data.clean(await self.backend.run(data.campaign_list, *_filters(request))))
         except StoreUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
 
-    async def api_campaign(request: Request):
+    async def api_campaign(self, request: Request):
         name = request.path_params["name"]
         try:
-            detail = await backend.run(data.campaign_detail, name)
+            detail = await self.backend.run(data.campaign_detail, name)
         except data.NotFound as exc:
             return JSONResponse({"error": f"no campaign {exc.name!r}", "campaigns": exc.names}, status_code=404)
         except StoreUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        detail["queue"] = await backend.queue(name)
+        detail["queue"] = await self.backend.queue(name)
         return JSONResponse(data.clean(detail))
 
-    async def api_stamp(request: Request):
+    async def api_stamp(self, request: Request):
         name = request.query_params.get("campaign")
         try:
-            return JSONResponse({"stamp": await backend.run(data.stamp, name)})
+            return JSONResponse({"stamp": await self.backend.run(data.stamp, name)})
         except data.NotFound as exc:
             return JSONResponse({"error": f"no campaign {exc.name!r}"}, status_code=404)
         except StoreUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
 
-    def _export(db, name: str, out: Path, fingerprint: str | None) -> Path:
-        from almat.export import export_labels
-
-        path = out / f"{_safe_filename(name)}.extxyz"
-        export_labels(db, path, fmt="extxyz", campaign=data.campaign_doc(db, name)["name"], status="ok",
-                      oracle_fingerprint=fingerprint or None)
-        return path
-
-    def _report(db, name: str, out: Path) -> Path:
-        from almat.report import write_report
-
-        data.campaign_doc(db, name)
-        # max_parity_labels=0: the parity figure would load the committees (torch); the server never does
-        html = write_report(db, name, out, max_parity_labels=0).files["html"]
-        return html.rename(out / f"report-{_safe_filename(name)}.html")
-
-    async def download(request: Request, write: Callable, media_type: str, *args):
+    async def download(self, request: Request, write: Callable, media_type: str, *args):
         """``write(db, name, folder, *args)`` into a temporary folder, sent as an attachment, then removed."""
-        from almat.query import MixedOraclesError
-
         name = request.path_params["name"]
         tmp = Path(tempfile.mkdtemp(prefix="almat-serve-"))
         try:
-            path = await backend.run(write, name, tmp, *args)
+            path = await self.backend.run(write, name, tmp, *args)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, data.NotFound):
-                return not_found(exc)
+                return self.not_found(exc)
             if isinstance(exc, StoreUnavailable):
-                return unavailable(exc)
+                return self.unavailable(exc)
             if isinstance(exc, MixedOraclesError):
-                fps = (await backend.run(data.labels_summary, name))["fingerprints"]
-                return page("error.html", 409, message=str(exc), title="mixed oracles",
-                            links=[(f"{request.url.path}?oracle_fingerprint={quote(fp, safe='')}", fp) for fp in fps])
+                fps = (await self.backend.run(data.labels_summary, name))["fingerprints"]
+                return self.page("error.html", 409, message=str(exc), title="mixed oracles",
+                                 links=[(f"{request.url.path}?oracle_fingerprint={quote(fp, safe='')}", fp)
+                                        for fp in fps])
             raise
         return FileResponse(path, media_type=media_type, filename=path.name,
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
-    async def labels_xyz(request: Request):
-        return await download(request, _export, "chemical/x-extxyz", request.query_params.get("oracle_fingerprint"))
+    async def labels_xyz(self, request: Request):
+        return await self.download(request, _export, "chemical/x-extxyz",
+                                   request.query_params.get("oracle_fingerprint"))
 
-    async def report(request: Request):
-        return await download(request, _report, "text/html")
+    async def report(self, request: Request):
+        return await self.download(request, _report, "text/html")
 
-    async def missing(request: Request, exc):
+    async def missing(self, request: Request, exc):
         path = request.url.path
         if path.startswith("/api/"):
             return JSONResponse({"error": f"nothing at {path}"}, status_code=404)
-        return page("404.html", 404, missing=None, names=None, title="not found", path=path)
+        return self.page("404.html", 404, missing=None, names=None, title="not found", path=path)
 
-    routes = [
-        Route("/", index),
-        # {name:path}: a stored name may hold a slash; the downloads come first
-        Route("/campaigns/{name:path}/labels.extxyz", labels_xyz),
-        Route("/campaigns/{name:path}/report.html", report),
-        Route("/campaigns/{name:path}", campaign),
-        Route("/api/campaigns", api_list),
-        Route("/api/campaigns/{name:path}", api_campaign),
-        Route("/api/stamp", api_stamp),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-    ]
+    def routes(self) -> list:
+        return [
+            Route("/", self.index),
+            # {name:path}: a stored name may hold a slash; the downloads come first
+            Route("/campaigns/{name:path}/labels.extxyz", self.labels_xyz),
+            Route("/campaigns/{name:path}/report.html", self.report),
+            Route("/campaigns/{name:path}", self.campaign),
+            Route("/api/campaigns", self.api_list),
+            Route("/api/campaigns/{name:path}", self.api_campaign),
+            Route("/api/stamp", self.api_stamp),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ]
+
+
+def create_app(settings: AlmatSettings | None = None, launchpad: str | Path | None = None,
+               refresh_s: float = 2.0) -> Starlette:
+    """The app. ``launchpad``: a FireWorks LaunchPad file (default: ``$LAUNCHPAD_LOC``; none: no queue)."""
+    settings = settings or get_settings()
+    backend = Backend(settings, launchpad)
+    pages = _Pages(settings, backend, refresh_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
         await backend.run_plain(backend.close_db)
 
-    app = Starlette(routes=routes, exception_handlers={404: missing}, lifespan=lifespan,
+    app = Starlette(routes=pages.routes(), exception_handlers={404: pages.missing}, lifespan=lifespan,
                     middleware=[Middleware(_SecurityHeaders)])
     app.state.backend = backend
     return app

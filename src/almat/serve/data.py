@@ -1,6 +1,7 @@
 """What the pages show, read from the stored records as plain dicts (no model, no torch).
 
-The figures' values come from ``almat.report`` (``learning_curve_data``, ``deviation_data``,
+Each campaign kind (``almat.campaign.kinds``) names its page's table and its figures; ``CHARTS`` gives
+each figure's values, from ``almat.report`` (``learning_curve_data``, ``deviation_data``,
 ``calibration_data``, ``learning_curves``); the browser draws them. Campaign names are only ever
 compared with plain string equality (``{"name": name}`` with ``name`` a ``str``).
 """
@@ -9,17 +10,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from almat.campaign.lease import campaign_state
+from almat.campaign.kinds import KINDS, CampaignKind
+from almat.campaign.views import when as _when
+from almat.launch.state import campaign_state
 from almat.report.learning import learning_curves
 from almat.report.plots import _plot_edges, calibration_data, deviation_data, learning_curve_data, load_iterations
 from almat.stores import CampaignDB
 
-#: campaign kind -> the collection of its per-iteration records
-RECORDS = {"md": "iterations", "pool": "pool_iterations", "nft": "nft_iterations"}
 LABEL_FIELDS = ["label_id", "iteration", "source", "oracle", "oracle_fingerprint", "status", "reason", "formula",
                 "natoms", "reused_from"]
 MODEL_FIELDS = ["model_id", "iteration", "committee_index", "validation_metrics", "epochs_trained", "n_parameters",
@@ -50,16 +51,13 @@ def clean(obj: Any) -> Any:
 
 
 def kind_of(doc: dict) -> str:
+    """The name of a stored campaign's kind (md for an unknown one: the page shows what it can)."""
     kind = (doc.get("config") or {}).get("kind", "md")
-    return kind if kind in RECORDS else "md"
+    return kind if kind in KINDS else "md"
 
 
 def _records(db: CampaignDB, kind: str, name: str, fields: list[str]) -> list[dict]:
-    return list(getattr(db, RECORDS[kind]).query({"campaign": name}, properties=fields))
-
-
-def _when(value: Any) -> str:
-    return "" if value is None else str(value)[:19].replace("T", " ")
+    return list(getattr(db, KINDS[kind].records).query({"campaign": name}, properties=fields))
 
 
 def campaign_list(db: CampaignDB, chemsys: str | None = None, status: str | None = None) -> dict[str, Any]:
@@ -102,10 +100,10 @@ def stamp(db: CampaignDB, name: str | None = None) -> str:
     if name is None:
         docs = db.campaigns.query({}, properties=["name", "status", "updated_at", "n_labels", "n_iterations"])
         parts = sorted(f"{d['name']}|{d.get('status')}|{d.get('updated_at')}|{d.get('n_labels')}" for d in docs)
-        parts += [str(getattr(db, coll).count({})) for coll in RECORDS.values()]
+        parts += [str(getattr(db, kind.records).count({})) for kind in KINDS.values()]
         return str(hash("\n".join(parts)))
     doc = campaign_doc(db, name)
-    counts = [getattr(db, RECORDS[kind_of(doc)]).count({"campaign": name}), db.labels.count({"campaign": name}),
+    counts = [getattr(db, KINDS[kind_of(doc)].records).count({"campaign": name}), db.labels.count({"campaign": name}),
               db.models.count({"campaign": name})]
     return str(hash(f"{doc.get('status')}|{doc.get('updated_at')}|{doc.get('n_labels')}|{counts}"))
 
@@ -134,61 +132,62 @@ def _models(db: CampaignDB, name: str) -> list[dict]:
                   key=lambda m: (m["iteration"] if m["iteration"] is not None else -1, m["committee_index"] or 0))
 
 
-def _md(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
-    its = load_iterations(db, name, "md")
-    rows = [{"iteration": it.iteration, "train_labels": it.n_train_labels, "frames": it.n_frames_explored,
-             "accurate": it.accurate_ratio, "candidate": it.candidate_ratio, "failed": it.failed_ratio,
-             "selected": it.n_selected, "new_labels": it.n_labelled, "failed_labels": it.n_failed_labels,
-             "reused_labels": it.n_reused_labels, "held_out": it.test_errors.n_structures,
-             "force_rmse": it.test_errors.force_rmse, "energy_rmse": it.test_errors.energy_rmse_per_atom,
-             "trust_lo": it.trust_lo, "trust_hi": it.trust_hi,
-             "k": it.calibration.factor if it.calibration else None, "below_tol": it.calibrated_fraction,
-             "exploded": it.exploded_trajectories, "stop_reason": it.stop_reason or "", "created": _when(it.created_at)}
-            for it in its]
-    deviation = deviation_data(its)
+# -- each figure's values, by its name in the kinds' ``figures`` (a figure the pages don't draw has none) --
+
+def _learning_chart(records: list, config: dict) -> dict[str, Any]:
+    return {"learning_curve": learning_curve_data(records)}
+
+
+def _deviation_chart(records: list, config: dict) -> dict[str, Any]:
+    deviation = deviation_data(records)
     for d in deviation:
         d["plot_edges"] = [float(e) for e in _plot_edges(d["bin_edges"])]
-    calibration = calibration_data(its)
+    return {"deviation": deviation}
+
+
+def _calibration_chart(records: list, config: dict) -> dict[str, Any]:
+    """The calibration per iteration (table and trend) and each calibration's held-out frames."""
     scatter = [{"iteration": it.iteration, "k": it.calibration.factor, "q": it.calibration.quantile,
                 "coverage": it.calibration.coverage, "empirical_coverage": it.calibration.empirical_coverage,
                 "spearman": it.calibration.spearman, "x": [float(v) for v in it.calibration.calibrated(
                     it.calibration.predicted)], "y": list(it.calibration.observed)}
-               for it in its if it.calibration is not None]
+               for it in records if it.calibration is not None]
     conv = config.get("convergence") or {}
-    return {"iterations": rows, "learning_curve": learning_curve_data(its), "deviation": deviation,
-            "calibration": calibration, "calibration_points": scatter,
+    return {"calibration": calibration_data(records), "calibration_points": scatter,
             "force_tolerance": conv.get("force_tolerance"), "conv_accuracy": conv.get("conv_accuracy")}
 
 
-def _pool(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
-    recs = load_iterations(db, name, "pool")
-    rows = [{"iteration": r.iteration, "acquisition": r.acquisition, "labels": r.n_labels,
-             "train_labels": r.n_train_labels, "new": r.n_new_labels, "failed": len(r.failed_indices),
-             "unlabelled": r.n_unlabelled, "held_out": r.test_errors.n_structures,
-             "force_rmse": r.test_errors.force_rmse, "energy_rmse": r.test_errors.energy_rmse_per_atom,
-             "wall_time": r.wall_time, "stop_reason": r.stop_reason or "", "created": _when(r.created_at)}
-            for r in recs]
-    curve = learning_curves(recs)[name] if recs else {"iteration": [], "n_labels": [], "force_rmse": [],
-                                                       "energy_rmse_per_atom": []}
-    return {"iterations": rows, "pool_curve": curve, "target_force_rmse": config.get("target_force_rmse")}
+def _pool_chart(records: list, config: dict) -> dict[str, Any]:
+    curve = learning_curves(records)[records[0].campaign] if records else {
+        "iteration": [], "n_labels": [], "force_rmse": [], "energy_rmse_per_atom": []}
+    return {"pool_curve": curve, "target_force_rmse": config.get("target_force_rmse")}
 
 
-def _nft(db: CampaignDB, name: str, config: dict) -> dict[str, Any]:
-    recs = load_iterations(db, name, "nft")
-    rows, boxes = [], []
-    for r in recs:
+def _nft_chart(records: list, config: dict) -> dict[str, Any]:
+    boxes = []
+    for r in records:
         u = np.asarray(r.atomic_uncertainties, dtype=float)
         p5, p25, p50, p75, p95 = (np.percentile(u, [5, 25, 50, 75, 95]) if u.size else [None] * 5)
         boxes.append({"iteration": r.iteration, "p5": p5, "p25": p25, "p50": p50, "p75": p75, "p95": p95,
                       "max": r.max_uncertainty, "threshold": r.threshold})
-        rows.append({"iteration": r.iteration, "train_labels": r.n_train_labels, "target_atoms": r.n_target_atoms,
-                     "max_unc": r.max_uncertainty, "mean_unc": r.mean_uncertainty, "threshold": r.threshold,
-                     "uncertain": len(r.uncertain_atoms), "chunks": r.n_chunks or len(r.chunks),
-                     "new_labels": r.n_labelled, "failed_labels": r.n_failed_labels,
-                     "target_force_rmse": r.target_force_rmse, "target_max_error": r.target_max_force_error,
-                     "stop_reason": r.stop_reason or "", "created": _when(r.created_at)})
-    return {"iterations": rows, "nft_boxes": boxes,
-            "stop_delta": (config.get("convergence") or {}).get("stop_delta")}
+    return {"nft_boxes": boxes, "stop_delta": (config.get("convergence") or {}).get("stop_delta")}
+
+
+#: figure name -> ``(records, campaign config) -> the page's values for it``
+CHARTS: dict[str, Callable[[list, dict], dict[str, Any]]] = {
+    "learning_curve": _learning_chart, "deviation": _deviation_chart, "calibration": _calibration_chart,
+    "pool_learning_curve": _pool_chart, "nft_progress": _nft_chart}
+
+
+def _kind_detail(db: CampaignDB, name: str, kind: CampaignKind, config: dict) -> dict[str, Any]:
+    """The kind's iteration table (``columns``, ``iterations``: one row each) and its figures' values."""
+    records = load_iterations(db, name, kind.name)
+    row = kind.page_row or (lambda r: r.model_dump(mode="json"))
+    out: dict[str, Any] = {"iterations": [row(r) for r in records], "figures": list(kind.figures),
+                           "columns": [list(c) for c in kind.page_columns]}
+    for figure in kind.figures:
+        out.update(CHARTS[figure](records, config) if figure in CHARTS else {})
+    return out
 
 
 def campaign_detail(db: CampaignDB, name: str) -> dict[str, Any]:
@@ -201,7 +200,7 @@ def campaign_detail(db: CampaignDB, name: str) -> dict[str, Any]:
            "oracle_fingerprint": doc.get("oracle_fingerprint") or "", "n_iterations": doc.get("n_iterations", 0),
            "n_labels": doc.get("n_labels", 0), "stop_reason": why or "",
            "created": _when(doc.get("created_at")), "updated": _when(doc.get("updated_at"))}
-    out.update({"md": _md, "pool": _pool, "nft": _nft}[kind](db, name, config))
+    out.update(_kind_detail(db, name, KINDS[kind], config))
     out["labels"] = labels_summary(db, name)
     out["models"] = _models(db, name)
     return out

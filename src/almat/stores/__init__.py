@@ -4,8 +4,11 @@
   additional store ``data`` for large objects (model weights, trajectories): ``MongoStore`` + ``GridFSStore``
   on a MongoDB server, two collections of the embedded ``SQLiteStore`` (``almat.stores.sqlite``) otherwise.
 - ``CampaignDB`` holds the campaign collections (structures, labels, models, iterations, campaigns)
-  next to the job outputs, with the indexes that queries need. Jobs find it from the ``JobStore`` they
-  run with (``CampaignDB.from_job_store``), so a FireWorks worker writes where its JobStore points.
+  next to the job outputs. Jobs find it from the ``JobStore`` they run with (``CampaignDB.from_job_store``),
+  so a FireWorks worker writes where its JobStore points.
+- Readers never write: ``connect()`` only opens the collections. The indexes that queries need are made by
+  ``connect(indexes=True)`` / ``ensure_indexes()``, which ``almat run``, ``submit``, ``import`` and
+  ``almat db init`` call; a user who may only read (MongoDB's ``read`` role) gets ``ReadOnlyStoreError`` there.
 - ``put_blob``/``get_blob`` keep large objects in the ``data`` store in jobflow's own blob layout
   (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit (``limits``).
 - ``migrate_montydb``: copies an embedded store of almat <= 0.1 (montydb) into the SQLite store;
@@ -21,15 +24,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from jobflow import CURRENT_JOB, JobConfig, JobStore, job
 from maggma.core import Store
 from maggma.stores import GridFSStore, MemoryStore, MongoStore
 from monty.json import MontyDecoder
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo import IndexModel, MongoClient
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from almat.settings import AlmatSettings, get_settings
+from almat.stores.heartbeat import job_heartbeat
 from almat.stores.limits import assert_document_size
 from almat.stores.runinfo import with_run_record
 from almat.stores.sqlite import SQLiteStore, StoreError
@@ -53,6 +58,36 @@ CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
     "pool_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
     "nft_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
 }
+
+
+class ReadOnlyStoreError(StoreError):
+    """The user may read the store but not write it (e.g. a MongoDB user with only the ``read`` role)."""
+
+
+def _where(store: Store) -> str:
+    """The store's server (or file) and database, never its credentials."""
+    if isinstance(store, SQLiteStore):
+        return f"the embedded store {store.database_path}"
+    host = urlsplit(getattr(store, "uri", None) or "").netloc.rsplit("@", 1)[-1] or getattr(store, "host", "?")
+    return f"MongoDB at {host} [{getattr(store, 'database', '?')}]"
+
+
+def _create_indexes(store: Store, fields: list[str]) -> dict[str, bool]:
+    """Index ``fields`` of one collection; ``ReadOnlyStoreError`` when the user may not write."""
+    try:
+        if isinstance(store, MongoStore) and not isinstance(store, MemoryStore):
+            # one command; the server checks the right to write even where the indexes exist already
+            store._collection.create_indexes([IndexModel(f) for f in fields])
+            return dict.fromkeys(fields, True)
+        if isinstance(store, SQLiteStore):
+            store.check_writable()  # as the server does: refused even where the indexes exist already
+        return {f: bool(store.ensure_index(f)) for f in fields}
+    except (OperationFailure, StoreError) as exc:
+        # MongoDB's Unauthorized (13; Atlas: 8000), or the embedded store's file
+        if getattr(exc, "code", None) in (13, 8000) or "not authorized" in str(exc) or "read-only" in str(exc):
+            raise ReadOnlyStoreError(f"{_where(store)} is read-only for this user: a user with write access must "
+                                     "run campaigns (and create the indexes: almat db init)") from None
+        raise
 
 
 def _mongo_kwargs(settings: AlmatSettings) -> dict[str, Any]:
@@ -110,6 +145,9 @@ def migrate_montydb(folder: str | Path) -> dict[str, int]:
             while batch := list(itertools.islice(cursor, 500)):
                 store.update(batch, key=_migration_key(name, batch[0]))
                 copied[f"{database}.{name}"] += len(batch)
+            for fields in [f for coll, (_, f) in CAMPAIGN_COLLECTIONS.items() if name.endswith(f"_{coll}")][:1]:
+                for field in fields:  # the indexes almat run would make: the store is ready for readers
+                    store.ensure_index(field)
             store.close()
         if tmp.exists():
             tmp.rename(target)
@@ -154,6 +192,15 @@ def check_connection(settings: AlmatSettings | None = None) -> None:
         ) from None
     finally:
         client.close()
+
+
+def lost_connection(exc: BaseException, settings: AlmatSettings) -> ConnectionError | None:
+    """``exc`` as one line naming the host when it says the MongoDB server went away (refused, timed out,
+    reset); None for any other error. What ``almat run`` ends with when the server stops mid-campaign."""
+    if settings.embedded or not isinstance(exc, ConnectionFailure):
+        return None
+    return ConnectionError(f"lost the connection to MongoDB at {settings.mongo_host} ({type(exc).__name__}): "
+                           "start the server again, then resume the campaign (--resume)")
 
 
 def sibling_store(store: Store, collection_name: str) -> Store:
@@ -201,10 +248,13 @@ class CampaignDB:
     def all_stores(self) -> dict[str, Store]:
         return {name: getattr(self, name) for name in (*CAMPAIGN_COLLECTIONS, "data")}
 
-    def connect(self) -> "CampaignDB":
+    def connect(self, indexes: bool = False) -> "CampaignDB":
+        """Open every collection; reading never writes. ``indexes``: also create the indexes (a write, done by
+        ``almat run``, ``submit``, ``import`` and ``almat db init``): ``ReadOnlyStoreError`` for a reader."""
         for store in self.all_stores().values():
             store.connect()
-        self.ensure_indexes()
+        if indexes:
+            self.ensure_indexes()
         return self
 
     def close(self) -> None:
@@ -221,16 +271,15 @@ class CampaignDB:
         self.close()
 
     def ensure_indexes(self) -> dict[str, dict[str, bool]]:
-        """Create the indexes queries need; returns which ones the backend accepted.
+        """Create the indexes queries need; returns which ones the backend accepted. A write: a user who may
+        only read gets a one-line ``ReadOnlyStoreError``.
 
         MongoDB and the embedded SQLite store create them all (SQLite indexes existing documents then).
         """
-        created: dict[str, dict[str, bool]] = {}
-        for name, (_, fields) in CAMPAIGN_COLLECTIONS.items():
-            store = getattr(self, name)
-            created[name] = {field: bool(store.ensure_index(field)) for field in fields}
+        created = {name: _create_indexes(getattr(self, name), fields)
+                   for name, (_, fields) in CAMPAIGN_COLLECTIONS.items()}
         if not isinstance(self.data, GridFSStore):  # GridFS indexes its own metadata
-            self.data.ensure_index("blob_uuid")
+            _create_indexes(self.data, ["blob_uuid"])
         return created
 
     def upsert(self, collection: str, docs: Iterable[Any]) -> int:
@@ -293,7 +342,8 @@ def store_job(method=None, **job_kwargs):
     def decorator(func):
         @functools.wraps(func)
         def recorded(*args, **kwargs):
-            return with_run_record(func(*args, **kwargs))
+            with job_heartbeat(sibling_store):  # a submitted campaign's job, under FireWorks: its heartbeat
+                return with_run_record(func(*args, **kwargs))
 
         # keep jobflow's function_filter working: it unwraps one level (``__wrapped__``) and must
         # land on the function the Job holds, which is ``recorded``

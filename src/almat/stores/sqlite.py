@@ -8,8 +8,11 @@
 - Queries: the criteria on indexed fields (equality, ``$in``, ``$nin``, ``$ne``, ``$gt``..``$lte``,
   ``$exists``, ``$all``, ``$and``/``$or``/``$nor`` of those) run in SQL; the rest is checked in Python
   with mongomock's ``filter_applies``. ``explain(criteria)`` shows which part ran where.
+- ``ensure_index(field, unique=True)`` adds a unique SQL index on the field's index rows: a document that
+  repeats another's value is refused in one line naming the field (those without it are not checked).
 - WAL journal, a busy timeout, one connection per store and process (reopened after a fork), every write
   one ``BEGIN IMMEDIATE`` transaction: several processes can read and write the same file.
+- A reader writes nothing: on a file it may not write, a collection never written reads as empty.
 - SQLite errors become a one-line :class:`StoreError` (read-only, disk full, locked, not a database).
 """
 
@@ -198,17 +201,28 @@ class SQLiteStore(Store):
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn, self._pid = conn, os.getpid()
-                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name=?", (self.collection_name,)).fetchone():
+                missing = not conn.execute("SELECT 1 FROM sqlite_master WHERE name=?",
+                                           (self.collection_name,)).fetchone()
+            if missing:
+                try:
                     with self._write() as c:
-                        c.execute(f"CREATE TABLE IF NOT EXISTS {_META} (name TEXT PRIMARY KEY, key TEXT, "
-                                  "fields TEXT NOT NULL DEFAULT '[]', multi TEXT NOT NULL DEFAULT '[]')")
-                        c.execute(f"INSERT OR IGNORE INTO {_META} (name) VALUES (?)", (self.collection_name,))
-                        c.execute(f"CREATE TABLE IF NOT EXISTS {self._t} "
-                                  "(id INTEGER PRIMARY KEY, k TEXT UNIQUE, doc BLOB NOT NULL)")
-                        c.execute(f"CREATE TABLE IF NOT EXISTS {self._ix} (f INTEGER NOT NULL, t INTEGER NOT NULL, "
-                                  "v NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (f, t, v, id)) WITHOUT ROWID")
-                        c.execute(f'CREATE INDEX IF NOT EXISTS {self._ix[:-1]}_id" ON {self._ix} (id, f)')
+                        self._create(c)
+                except StoreError as exc:
+                    if "read-only" not in str(exc):
+                        raise
+                    with self._errors():  # a reader: a collection not written yet reads as empty, as on MongoDB
+                        self._create(conn, "TEMP ")
         return self._conn
+
+    def _create(self, c: sqlite3.Connection, temp: str = "") -> None:
+        c.execute(f"CREATE {temp}TABLE IF NOT EXISTS {_META} (name TEXT PRIMARY KEY, key TEXT, "
+                  "fields TEXT NOT NULL DEFAULT '[]', multi TEXT NOT NULL DEFAULT '[]')")
+        c.execute(f"INSERT OR IGNORE INTO {_META} (name) VALUES (?)", (self.collection_name,))
+        c.execute(f"CREATE {temp}TABLE IF NOT EXISTS {self._t} "
+                  "(id INTEGER PRIMARY KEY, k TEXT UNIQUE, doc BLOB NOT NULL)")
+        c.execute(f"CREATE {temp}TABLE IF NOT EXISTS {self._ix} (f INTEGER NOT NULL, t INTEGER NOT NULL, "
+                  "v NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (f, t, v, id)) WITHOUT ROWID")
+        c.execute(f'CREATE INDEX IF NOT EXISTS {self._ix[:-1]}_id" ON {self._ix} (id, f)')
 
     @contextmanager
     def _errors(self):
@@ -270,7 +284,11 @@ class SQLiteStore(Store):
                     values, many = _values(doc, name)
                     rows += [(f, t, v, doc_id) for t, v in values]
                     multi |= {name} if many else set()
-            conn.executemany(f"INSERT OR IGNORE INTO {self._ix} VALUES (?, ?, ?, ?)", rows)
+            try:  # only a repeated value within the document is skipped: a unique index still refuses
+                conn.executemany(f"INSERT INTO {self._ix} VALUES (?, ?, ?, ?) ON CONFLICT (f, t, v, id) DO NOTHING",
+                                 rows)
+            except sqlite3.IntegrityError:
+                raise self._duplicate(conn, rows, fields) from None
         known = self._meta(conn)[2]
         if multi - set(known):
             conn.execute(f"UPDATE {_META} SET multi=? WHERE name=?", (json.dumps(known + sorted(multi - set(known))),
@@ -284,13 +302,46 @@ class SQLiteStore(Store):
         return fields
 
     def ensure_index(self, key: str, unique: bool = False) -> bool:
-        """Index ``key`` (a dotted field); existing documents are indexed now. ``unique`` is not enforced."""
-        if key not in self._meta()[1]:
+        """Index ``key`` (a dotted field); existing documents are indexed now. ``unique``: no two documents may
+        share a value of it (a unique SQL index on its index rows; documents without the field, or with a
+        sub-document there, are not checked): a duplicate is refused, now or on a later write, in one line."""
+        if key not in self._meta()[1] or (unique and key not in self.unique_fields()):
             with self._write() as conn:
                 fields = self._meta(conn)[1]
                 if key not in fields:
-                    self._add_index(conn, fields, [key])
+                    fields = self._add_index(conn, fields, [key])
+                if unique:
+                    f = fields.index(key)
+                    dup = conn.execute(f"SELECT t, v FROM {self._ix} WHERE f=? AND t<>{OTHER} GROUP BY t, v "
+                                       "HAVING COUNT(*) > 1 LIMIT 1", (f,)).fetchone()
+                    if dup:
+                        raise StoreError(f"cannot make {key!r} unique in {self.collection_name}: several documents "
+                                         f"have {key} = {_untyped(*dup)!r}")
+                    conn.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS {self._ix[:-1]}$unique{f}" '
+                                 f"ON {self._ix} (t, v) WHERE f={f} AND t<>{OTHER}")
         return True
+
+    def check_writable(self) -> None:
+        """A one-line ``StoreError`` ("... is read-only ...") when this process may not write the file."""
+        with self._write() as conn:  # rewrites the file's header as it is: a write that changes nothing
+            conn.execute(f"PRAGMA main.user_version = {int(conn.execute('PRAGMA main.user_version').fetchone()[0])}")
+
+    def unique_fields(self, conn=None) -> list[str]:
+        """The fields with a unique index (``ensure_index(field, unique=True)``)."""
+        fields, mark = self._meta(conn)[1], f"{self.collection_name}$ix$unique"
+        names = (conn or self._db).execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?",
+                                           (f"{self.collection_name}$ix",)).fetchall()
+        return [fields[int(n[len(mark):])] for n, in names if n.startswith(mark)]
+
+    def _duplicate(self, conn, rows: list[tuple], fields: list[str]) -> StoreError:
+        """The one-line error for index rows that a unique index refused: which field and value."""
+        unique = {fields.index(name) for name in self.unique_fields(conn)}
+        for f, t, v, doc_id in rows:
+            if f in unique and t != OTHER and conn.execute(
+                    f"SELECT 1 FROM {self._ix} WHERE f=? AND t=? AND v=? AND id<>?", (f, t, v, doc_id)).fetchone():
+                return StoreError(f"duplicate key in {self.collection_name}: another document has {fields[f]} = "
+                                  f"{_untyped(t, v)!r} (a unique index)")
+        return StoreError(f"a unique index of {self.collection_name} refused a document")
 
     def update(self, docs: list[dict] | dict, key: list | str | None = None) -> None:
         """Insert or replace documents on ``key`` (default: the store's key), as MongoDB's upsert does."""

@@ -1,0 +1,98 @@
+"""Oracle kinds and the Makers each builds from its settings (``almat.oracle.settings``).
+
+``ORACLES`` maps an oracle kind to ``"module:function"`` factories, imported on use: ``label`` (settings ->
+the Maker whose ``make(structure, campaign, iteration)`` labels one structure), ``relax`` ((settings,
+prerelax) -> the Maker that relaxes a start structure; ``None``: not supported) and ``check`` (settings ->
+None, raises when the oracle cannot run; called before any job runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from jobflow import Maker
+
+from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker
+from almat.oracle.jobs import AseOracleMaker
+from almat.oracle.relax import AseRelaxMaker
+from almat.oracle.vasp import VaspRelaxFlowMaker, VaspStaticOracleMaker, mp_relax_maker, mp_static_maker
+from almat.schemas.section import ConfigError
+
+
+def ase_label_maker(settings) -> Maker:
+    return AseOracleMaker(calculator=settings.calculator.spec(), compute_stress=settings.compute_stress)
+
+
+def ase_relax_maker(settings, prerelax) -> Maker:
+    return AseRelaxMaker(calculator=settings.calculator.spec(), fmax=prerelax.fmax, steps=prerelax.steps,
+                         relax_cell=prerelax.relax_cell, trajectory_stride=prerelax.trajectory_stride)
+
+
+def check_ase(settings) -> None:
+    settings.calculator.spec().check()  # a calculator that can't be built fails here, not in a job
+
+
+def vasp_label_maker(settings) -> Maker:
+    return VaspStaticOracleMaker(vasp_maker=mp_static_maker(user_incar_settings=settings.incar))
+
+
+def vasp_relax_maker(settings, prerelax) -> Maker:
+    return VaspRelaxFlowMaker(vasp_maker=mp_relax_maker(user_incar_settings=settings.incar),
+                              trajectory_stride=prerelax.trajectory_stride)
+
+
+def cp2k_label_maker(settings) -> Maker:
+    return Cp2kStaticOracleMaker(cp2k_maker=cp2k_static_maker(**settings.cp2k))
+
+
+@dataclass(frozen=True)
+class OracleKind:
+    """How one oracle kind builds its Makers (``"module:function"`` strings)."""
+
+    label: str
+    relax: str | None = None
+    check: str | None = None
+
+
+_HERE = __name__
+#: oracle kind -> its factories
+ORACLES: dict[str, OracleKind] = {
+    "ase": OracleKind(f"{_HERE}:ase_label_maker", f"{_HERE}:ase_relax_maker", f"{_HERE}:check_ase"),
+    "vasp": OracleKind(f"{_HERE}:vasp_label_maker", f"{_HERE}:vasp_relax_maker"),
+    "cp2k": OracleKind(f"{_HERE}:cp2k_label_maker"),
+}
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+def oracle_kind(settings) -> OracleKind:
+    """The registry entry of an oracle's settings; an unknown kind lists the valid ones."""
+    if settings.kind not in ORACLES:
+        raise ConfigError(f"oracle.kind: unknown oracle kind {settings.kind!r}; valid: {', '.join(ORACLES)}")
+    return ORACLES[settings.kind]
+
+
+def label_maker(settings) -> Maker:
+    """The Maker whose ``make(structure, campaign, iteration)`` labels one structure."""
+    return _load(oracle_kind(settings).label)(settings)
+
+
+def relax_maker(settings, prerelax) -> Maker:
+    """The Maker that relaxes a start structure with this oracle."""
+    factory = oracle_kind(settings).relax
+    if factory is None:
+        raise ConfigError(f"pre-relaxation with {settings.kind.upper()} is not supported yet "
+                          "(set prerelax.enabled: false)")
+    return _load(factory)(settings, prerelax)
+
+
+def check_oracle(settings) -> None:
+    """Check that the oracle can run (its calculator can be built, ...), before any job runs."""
+    check = oracle_kind(settings).check
+    if check is not None:
+        _load(check)(settings)
