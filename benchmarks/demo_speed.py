@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                   store=str(args.db) if args.db else None)
     print(format_table(result))
     print(f"{result['campaign']}: {result['status']}, {result['n_iterations']} iterations, {result['n_labels']} labels"
-          + (f"; almat run took {wall:.0f} s" if wall is not None else "")
+          + (f"; almat run took {wall:.0f} s ({wall - result['totals']['total']:.0f} s before the first job "
+             "and after the last)" if wall is not None else "")
           + f"; load average {result['load_average'][0]:.2f}")
     out = args.out or OUT / f"{args.campaign}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,9 @@ spin while they wait made a committee call in the main thread 10-20x slower than
 
     python benchmarks/exploration_throughput.py                 # 20 MD steps per walker
     python benchmarks/exploration_throughput.py --steps 50 --walkers 1 4 16 64 --json out.json
+    python benchmarks/exploration_throughput.py --quick         # 5 steps, 1 and 4 walkers
+
+Writes ``benchmark_results/exploration_throughput/results.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -102,8 +105,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--walkers", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="5 steps, 1 and 4 walkers")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmark_results" / "exploration_throughput" / "results.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.walkers = 5, [1, 4]
     import torch
 
     rows = []
@@ -126,6 +132,7 @@ def main(argv=None) -> None:
         print(f"| {r['system']} | {r['walkers']} | {r['batched_atom_steps_per_s']:.0f} | "
               f"{r['sequential_atom_steps_per_s']:.0f} | {r['speedup']:.1f}x | {r['main_thread_atom_steps_per_s']:.0f} |")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
 
 

@@ -12,10 +12,12 @@ target is the worst final RMSE of the from-scratch runs (a value every scratch s
 target`` interpolates each learning curve in log(RMSE). The ratio is scratch / foundation.
 
     python benchmarks/foundation_start.py            # 2 seeds, both systems (about 35 min on 2 cores)
-    python benchmarks/foundation_start.py --quick    # 1 seed, small pools (under 5 min)
-    python benchmarks/foundation_start.py --systems cu --out results/foundation
+    python benchmarks/foundation_start.py --quick    # 1 seed, tiny pools, 1-epoch fine-tuning (under 5 min loaded)
+    python benchmarks/foundation_start.py --systems cu --out benchmark_results/foundation_cu
 
-Writes ``foundation_start.json`` and ``foundation_start.png`` (learning curves) to ``--out``.
+Writes ``foundation_start.json`` and ``foundation_start.png`` (learning curves) to ``--out`` (default
+``benchmark_results/foundation_start``, or ``foundation_start_quick``). torch takes the cores that are free
+(``almat.threads.job_threads``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from label_efficiency import (  # noqa: E402
 )
 
 STRUCTURES = Path(__file__).parents[1] / "tests" / "test_data" / "structures"
+OUT = Path(__file__).resolve().parents[1] / "benchmark_results"
 
 
 def chgnet_committee_trainer(hyperparameters: dict[str, Any], n_models: int = 2, warm_start: bool = True):
@@ -81,10 +84,10 @@ def lpsc_data(n_pool: int, n_test: int, seed: int = 0):
 def cu_data(quick: bool):
     from ase.calculators.emt import EMT
 
-    n = (12, 4, 3, 3) if quick else (24, 8, 6, 6)
+    n = (6, 2, 2, 2) if quick else (24, 8, 6, 6)
     spec = PoolSpec(conditions=[("300K", 300.0, 0.0, 0, n[0]), ("900K", 900.0, 0.0, 0, n[1]),
                                 ("strain+4%", 600.0, 0.04, 0, n[2]), ("vacancy", 900.0, 0.0, 1, n[3])],
-                    n_test_per_condition=2 if quick else 4, burn_in=60, sample_every=10)
+                    n_test_per_condition=1 if quick else 4, burn_in=60, sample_every=10)
     pool, test = build_data(spec, log=lambda m: None)
     return pool, test, calculator_oracle(EMT)
 
@@ -94,17 +97,19 @@ SETTINGS = {
              "mace": {"num_channels": 8, "radial_mlp": [16, 16], "epochs": 40, "warm_start_epochs": 20,
                       "batch_size": 4, "eval_every": 5},
              "chgnet": {"epochs": 6, "warm_start_epochs": 3, "batch_size": 4}},
-    "quick": {"seeds": [0], "n_init": 3, "budget": 3, "iterations": 2, "lpsc_pool": 16, "lpsc_test": 4,
-              "mace": {"num_channels": 8, "radial_mlp": [16, 16], "epochs": 12, "warm_start_epochs": 6,
+    "quick": {"seeds": [0], "n_init": 3, "budget": 2, "iterations": 2, "lpsc_pool": 8, "lpsc_test": 3,
+              "mace": {"num_channels": 8, "radial_mlp": [16, 16], "epochs": 8, "warm_start_epochs": 4,
                        "batch_size": 4, "eval_every": 4},
-              "chgnet": {"epochs": 2, "warm_start_epochs": 1, "batch_size": 4}},
+              "chgnet": {"epochs": 1, "warm_start_epochs": 1, "batch_size": 4}},
 }
 
 
 def run(systems: list[str], quick: bool, out: Path) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(2)
+    from almat.threads import job_threads
+
+    torch.set_num_threads(job_threads())
     cfg = SETTINGS["quick" if quick else "full"]
     result: dict[str, Any] = {"settings": cfg, "systems": {}}
     for system in systems:
@@ -180,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--systems", nargs="+", default=["cu", "lpsc"], choices=["cu", "lpsc"])
-    parser.add_argument("--out", type=Path, default=Path("results/foundation_start"))
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmark_results/foundation_start[_quick]")
     args = parser.parse_args(argv)
+    args.out = args.out or OUT / ("foundation_start_quick" if args.quick else "foundation_start")
     start = time.perf_counter()
     result = run(args.systems, args.quick, args.out)
     print(table(result))

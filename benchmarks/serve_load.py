@@ -8,6 +8,9 @@ endpoint over ``--repeat`` requests (the first request, cold, is reported on its
 
     python benchmarks/serve_load.py                       # 20 iterations, 2,000 labels
     python benchmarks/serve_load.py --iterations 50 --labels 10000 --repeat 3
+    python benchmarks/serve_load.py --quick               # 5 iterations, 300 labels, 2 warm requests
+
+Writes ``benchmark_results/serve_load/results.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+OUT = Path(__file__).resolve().parents[1] / "benchmark_results" / "serve_load"
 
 
 def fill_store(db, name: str = "bench", n_iterations: int = 20, n_labels: int = 2000, n_models: int = 4,
@@ -118,8 +123,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--labels", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--quick", action="store_true", help="5 iterations, 300 labels, 2 warm requests")
+    ap.add_argument("--out", type=Path, default=OUT / "results.json", help="the figures as JSON")
     args = ap.parse_args()
+    if args.quick:
+        args.iterations, args.labels, args.repeat = 5, 300, 2
 
     from almat.settings import AlmatSettings
     from almat.stores import CampaignDB
@@ -148,6 +156,7 @@ def main() -> None:
     for title, r in results.items():
         print(f"{title:40s} {r['cold_s']:9.3f} {r['median_s']:11.3f} {r['min_s']:8.3f} {r['bytes'] / 1024:7.0f}")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"iterations": args.iterations, "labels": args.labels, "results": results},
                                        indent=2))
 

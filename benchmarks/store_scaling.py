@@ -15,11 +15,14 @@ labels <= 2 min.
 
     python benchmarks/store_scaling.py            # 1k, 10k, 100k (about 10 min on 2 cores)
     python benchmarks/store_scaling.py --quick    # 1k, 5k
+
+Writes ``benchmark_results/store_scaling/results.json`` (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from query_benchmark import _campaigns, _make_docs, _templates, fill, typical_queries  # noqa: E402
 
 NATOMS = 32
+OUT = Path(__file__).resolve().parents[1] / "benchmark_results" / "store_scaling"
 TARGETS = {"import": 120.0, "upsert": 5.0, "find_one": 5.0, "filter": 1.0}
 
 
@@ -78,6 +82,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1k and 5k labels only")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="label counts (default 1000 10000 100000)")
+    parser.add_argument("--out", type=Path, default=OUT / "results.json", help="results JSON")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([1000, 5000] if args.quick else [1000, 10_000, 100_000])
 
@@ -89,7 +94,7 @@ def main(argv=None) -> int:
     print(f"# store scaling: labels of {NATOMS} atoms (python {sys.version.split()[0]}, {os.cpu_count()} cpu)")
     print("| store | labels | import all (s) | upsert (ms) | find_one by key (ms) | slowest query filter (s) |")
     print("|---|---:|---:|---:|---:|---:|")
-    missed = []
+    missed, rows = [], []
     for name, uri in backends:
         for n in sizes:
             root = Path(tempfile.mkdtemp(prefix="almat-scaling-"))
@@ -107,11 +112,14 @@ def main(argv=None) -> int:
                     MongoClient(uri).drop_database(settings.database)
             print(f"| {name} | {n} | {row['import']:.1f} | {row['upsert']:.2f} | {row['find_one']:.2f} | "
                   f"{row['filter']:.3f} |", flush=True)
+            rows.append({"store": name, "labels": n, **row})
             if n >= 100_000:
                 scale = {"import": n / 100_000, "upsert": 1, "find_one": 1, "filter": 1}
                 missed += [f"{name} {k}" for k, v in TARGETS.items() if row[k] > v * scale[k]]
     if sizes[-1] >= 100_000:
         print(f"\ntargets at 100k labels: {'all met' if not missed else 'NOT met: ' + ', '.join(missed)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"natoms": NATOMS, "rows": rows, "missed": missed}, indent=1))
     return 0
 
 

@@ -4,9 +4,11 @@ oracle-relaxed start cells (cell included); their densities against the oracle's
 
     python benchmarks/stress_density.py li6ps5cl-npt                      # stress_weight 0 vs 0.1
     python benchmarks/stress_density.py li6ps5cl-npt --stress-weight 0.3 --n-models 2 --epochs 30 --json out.json
+    python benchmarks/stress_density.py li6ps5cl-npt --quick              # 2 members, 5 epochs, 2 starts
 
 Reads the store of almat's settings (``ALMAT_DB_PATH`` / ``ALMAT_MONGO_URI``) and the campaign's learner
-hyperparameters from its last model; trains ``--n-models`` members per committee (seeds 0, 1, ...).
+hyperparameters from its last model; trains ``--n-models`` members per committee (seeds 0, 1, ...). Writes
+``benchmark_results/stress_density/<campaign>.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ def main(argv=None) -> int:
     parser.add_argument("--stress-weight", type=float, default=0.1, help="GPa² (default 0.1)")
     parser.add_argument("--n-models", type=int, default=4)
     parser.add_argument("--epochs", type=int, help="epochs from scratch (default: the campaign's)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true", help="2 members, 5 epochs, the first 2 starts")
+    parser.add_argument("--json", type=Path, help="results JSON (default: benchmark_results/stress_density/)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n_models, args.epochs = 2, 5
 
     with CampaignDB.from_settings(AlmatSettings()) as db:
         labels = [LabelDoc.model_validate(d) for d in db.labels.query({"campaign": args.campaign, "status": "ok"})]
         records = sorted(db.iterations.query({"campaign": args.campaign}), key=lambda d: d["iteration"])
         model_doc = db.models.query_one({"model_id": records[-1]["model_ids"][0]}) if records else None
-        starts = relaxed_starts(db, args.campaign)
+        starts = relaxed_starts(db, args.campaign)[:2 if args.quick else None]
     if not labels or not starts or model_doc is None:
         print(f"error: campaign {args.campaign!r} has no labels, models or pre-relaxed starts", file=sys.stderr)
         return 2
@@ -85,8 +90,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['stress_weight']:g} | {r['start']} | {r['oracle_density']:.3f} | {r['committee_density']:.3f} | "
               f"{r['error_percent']:+.1f} % | {r['valid_force_rmse']:.3f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"campaign": args.campaign, "rows": rows}, indent=1))
+    out = args.json or ROOT / "benchmark_results" / "stress_density" / f"{args.campaign}{'-quick' * args.quick}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"campaign": args.campaign, "quick": args.quick, "rows": rows}, indent=1))
     return 0
 
 

@@ -20,6 +20,9 @@ with ``head_forces: all``, the default, and ``rotate``):
     OMP_NUM_THREADS=1 python benchmarks/uncertainty_cost.py                 # Cu32, about 5 min on 2 cores
     python benchmarks/uncertainty_cost.py --md-repeat 1 2 --campaign --json out.json  # + Cu256 MD, the demo
     python benchmarks/uncertainty_cost.py --system lpsc --n-train 24 --n-test 24     # argyrodite, xTB
+    python benchmarks/uncertainty_cost.py --quick     # 8 training frames, 16 held out, 5 epochs, 10 MD steps
+
+Writes ``benchmark_results/uncertainty_cost/results.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -221,8 +224,11 @@ def main(argv=None) -> None:
     parser.add_argument("--campaign-only", action="store_true", help="only the campaigns (with --campaign)")
     parser.add_argument("--skip", nargs="*", default=[], help="campaigns not to run (committee, shallow, ...)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="8 training frames, 16 held out, 5 epochs, 10 MD steps")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmark_results" / "uncertainty_cost" / "results.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_test, args.epochs, args.md_steps, args.sample_every = 8, 16, 5, 10, 5
     import torch
 
     from almat.learner.mace import MaceHyperParameters
@@ -293,6 +299,7 @@ def main(argv=None) -> None:
     if args.json:
         for r in rows.values():
             r.pop("committee")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"info": info, "quality": rows, "md": md, "campaigns": campaigns}, indent=1))
 
 

@@ -218,3 +218,44 @@ def test_every_kind_names_figures_and_columns_the_report_and_the_pages_know():
         assert kind.page_row is not None and kind.page_columns and kind.columns and kind.legend
         for _, path in kind.report_columns:
             assert path.split(".")[0] in kind.record_class.model_fields, (kind.name, path)
+
+
+def test_given_parity_values_are_drawn_without_loading_a_committee(db, tmp_path, monkeypatch):
+    """``almat serve`` hands the report the parity values it keeps: nothing is loaded."""
+    from almat.report import plots
+
+    its, labels = _campaign(db, name="given")
+    monkeypatch.setattr(plots, "committee_class", lambda: pytest.fail("a committee was loaded"))
+    ref = np.linspace(-1.0, 1.0, 24)
+    entry = {"label_ids": ["a", "b"], "model_ids": its[2].model_ids, "oracle_forces": ref,
+             "committee_forces": ref + 0.01, "rmse": 0.01}
+    data = write_report(db, "given", tmp_path / "given", parity=({2: entry}, ["parity: the last committee only"]))
+    assert data.parity == {2: entry} and data.files["parity"].read_bytes()[:8] == PNG_MAGIC
+    assert "parity: the last committee only" in data.notes
+    assert not any("not loadable" in n for n in data.notes)
+    assert '<figure id="parity">' in data.files["html"].read_text()
+
+
+def test_error_axes_start_at_zero():
+    from almat.report.plots import error_limits, plot_learning_curve
+
+    assert error_limits([0.0021]) == (0.0, pytest.approx(0.0021 * 1.25))
+    assert error_limits([0.002, None, float("nan"), float("inf")]) == (0.0, pytest.approx(0.0025))
+    assert error_limits([None]) == (0.0, 1.0) and error_limits([0.0, 0.0]) == (0.0, 1.0) and error_limits([]) == (0, 1)
+
+
+def test_learning_curve_of_small_errors_starts_at_zero(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from almat.report.plots import plot_learning_curve
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig",
+                        lambda fig, *a, **k: saved.append(fig.axes[0].get_ylim()) or real(fig, *a, **k))
+    for rmse in ([0.0021], [0.0021, 0.002], [None]):
+        data = {"iteration": list(range(len(rmse))), "n_train_labels": [8 * (i + 1) for i in range(len(rmse))],
+                "force_rmse": rmse, "accurate_ratio": [0.9] * len(rmse)}
+        plot_learning_curve(data, tmp_path / "lc.png")
+        lo, hi = saved[-1]
+        assert lo == 0.0 and hi >= max(v or 0 for v in rmse), (rmse, saved[-1])

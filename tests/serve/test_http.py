@@ -234,3 +234,35 @@ def test_queue_shows_fireworks_by_state_and_category(tmp_path, mongo_uri, new_mo
     assert "math domain error" in page and 'data-state="FIZZLED"' in page
     host = mongo_uri.split("@")[-1].split("/")[0]
     assert host in page and mongo_uri.split("//")[1].split("@")[0] not in page  # host, never the credentials
+
+
+def test_report_download_draws_the_last_committee_once(synthetic, monkeypatch):
+    """The report download holds the parity figure of the last committee: read on the DB thread, torch and the
+    prediction on the model thread, and a second download loads nothing (a stand-in committee: the synthetic
+    models have no weights)."""
+    import threading
+
+    import numpy as np
+
+    from almat.learner.committee import Committee
+
+    base, _, written = synthetic
+    loads, predicted_on = [], []
+
+    class Stand:
+        def predict(self, atoms_list):
+            predicted_on.append(threading.current_thread().name)
+            return type("P", (), {"mean_forces": lambda _, i: np.full((len(atoms_list[i]), 3), 0.1)})()
+
+    def from_store(cls, db, model_ids, device="cpu"):
+        loads.append((threading.current_thread().name, list(model_ids)))
+        return Stand()
+
+    monkeypatch.setattr(Committee, "from_store", classmethod(from_store))
+    last = written["iterations"][-1]
+    for _ in range(2):
+        status, page, headers = get(base + "/campaigns/bench/report.html")
+        assert status == 200 and "attachment" in headers["content-disposition"]
+        assert '<figure id="parity">' in page and f"committee of iteration {last.iteration}" in page
+    assert loads == [("almat-serve-db_0", last.model_ids)]  # once, on the DB thread
+    assert predicted_on == ["almat-serve-models_0"]

@@ -37,12 +37,13 @@ class CampaignKind:
     record_class: type[AlmatDocument]
     columns: tuple[tuple[str, str], ...]  # (row key, title) of the status table
     legend: str  # what the short titles mean (narrow terminals, almat serve)
-    short: dict[str, str] = field(default_factory=dict)  # row key -> short title
+    short: dict[str, str] = field(default_factory=dict)  # row key (status or page) -> short title
     figures: tuple[str, ...] = ()  # its figures, by name (``almat.report.html.FIGURES``, ``almat.serve.data.CHARTS``)
     row: Callable[[dict], dict] | None = None  # a stored record -> its status row (default: the columns' keys)
     page_row: Callable[[Any], dict] | None = None  # a record document -> its row on the campaign page
     page_columns: tuple[tuple[str, str, str], ...] = ()  # (title, page row key, style) of the campaign page
     report_columns: tuple[tuple[str, str], ...] = ()  # (title, record attribute: dotted if nested) of the report
+    page_legend: str = ""  # what the page's other short titles mean (after ``legend``)
 
     def status_row(self, record: dict) -> dict:
         """A stored per-iteration record as a row of the status table."""
@@ -66,7 +67,9 @@ KINDS: dict[str, CampaignKind] = {
                  ("below_tolerance_pct", "below tol %"), ("stop_reason", "")),
         short={"trust_lo": "lo", "frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%",
                "failed_pct": "fail%", "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE",
-               "calibration_factor": "k", "below_tolerance_pct": "<tol%"},
+               "calibration_factor": "k", "below_tolerance_pct": "<tol%", "accurate": "acc%", "candidate": "cand%",
+               "failed": "fail%", "force_rmse": "F RMSE", "energy_rmse": "E RMSE", "trust_hi": "hi",
+               "below_tol": "<tol%"},
         legend="stage: exploration stage; lo: the lower trust level (eV/Å; chosen each iteration with adaptive_lo); "
                "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
                "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
@@ -86,14 +89,17 @@ KINDS: dict[str, CampaignKind] = {
                         ("new labels", "n_labelled"), ("held-out labels", "test_errors.n_structures"),
                         ("F RMSE (eV/Å)", "test_errors.force_rmse"),
                         ("E RMSE (eV/atom)", "test_errors.energy_rmse_per_atom"), ("trust_lo (eV/Å)", "trust_lo"),
-                        ("trust_hi (eV/Å)", "trust_hi"), ("stop", "stop_reason"))),
+                        ("trust_hi (eV/Å)", "trust_hi"), ("stop", "stop_reason")),
+        page_legend="hi: the upper trust level (eV/Å); held-out: labels the committee is tested on; E RMSE: held-out "
+                    "energy RMSE (eV/atom)"),
     "pool": CampaignKind(
         name="pool", config="almat.campaign.settings.pool:PoolCampaignConfig", explorer="almat.campaign.pool:PoolExplorer",
         records="pool_iterations", record_class=PoolIterationDoc,
         columns=(("iteration", "it"), ("acquisition", "acquisition"), ("n_labels", "labels"), ("n_new_labels", "new"),
                  ("n_unlabelled", "unlabelled"), ("test_force_rmse", "test F RMSE (eV/Å)"), ("stop_reason", "")),
         short={"acquisition": "acq", "n_labels": "labels", "n_new_labels": "new", "n_unlabelled": "unlab",
-               "test_force_rmse": "F RMSE"},
+               "test_force_rmse": "F RMSE", "train_labels": "train", "unlabelled": "unlab", "force_rmse": "F RMSE",
+               "energy_rmse": "E RMSE"},
         legend="acq: acquisition; labels: oracle calls so far; new: labelled in the iteration; unlab: unlabelled "
                "pool; F RMSE: held-out force RMSE (eV/Å)",
         figures=("pool_learning_curve",), page_row=views.pool_page_row,
@@ -105,7 +111,9 @@ KINDS: dict[str, CampaignKind] = {
         report_columns=(("it", "iteration"), ("acquisition", "acquisition"), ("labels", "n_labels"),
                         ("new", "n_new_labels"), ("unlabelled", "n_unlabelled"),
                         ("test F RMSE (eV/Å)", "test_errors.force_rmse"),
-                        ("test E RMSE (eV/atom)", "test_errors.energy_rmse_per_atom"), ("stop", "stop_reason"))),
+                        ("test E RMSE (eV/atom)", "test_errors.energy_rmse_per_atom"), ("stop", "stop_reason")),
+        page_legend="train: training labels; held-out: labels the committee is tested on; E RMSE: held-out energy "
+                    "RMSE (eV/atom)"),
     "nft": CampaignKind(
         name="nft", config="almat.campaign.settings.nft:NftCampaignConfig", explorer="almat.campaign.nft:NftExplorer",
         records="nft_iterations", record_class=NftIterationDoc,
@@ -113,7 +121,7 @@ KINDS: dict[str, CampaignKind] = {
                  ("threshold", "threshold (eV/Å)"), ("n_chunks", "chunks"),
                  ("target_force_rmse", "target F RMSE (eV/Å)"), ("stop_reason", "")),
         short={"n_train_labels": "train", "max_uncertainty": "σ max", "threshold": "thr", "n_chunks": "chunks",
-               "target_force_rmse": "F RMSE"},
+               "target_force_rmse": "F RMSE", "train_labels": "train", "max_unc": "σ max", "mean_unc": "σ mean"},
         legend="train: training labels; σ max: largest atomic force uncertainty of the target (eV/Å); thr: selection "
                "threshold (eV/Å); F RMSE: committee against the oracle on the target (eV/Å)",
         figures=("nft_progress",), row=views.nft_status_row, page_row=views.nft_page_row,
@@ -126,7 +134,8 @@ KINDS: dict[str, CampaignKind] = {
         report_columns=(("it", "iteration"), ("train labels", "n_train_labels"),
                         ("max σ_atom (eV/Å)", "max_uncertainty"), ("mean σ_atom (eV/Å)", "mean_uncertainty"),
                         ("threshold (eV/Å)", "threshold"), ("chunks", "n_chunks"),
-                        ("target F RMSE (eV/Å)", "target_force_rmse"), ("stop", "stop_reason"))),
+                        ("target F RMSE (eV/Å)", "target_force_rmse"), ("stop", "stop_reason")),
+        page_legend="σ mean: mean atomic force uncertainty of the target (eV/Å)"),
 }
 
 

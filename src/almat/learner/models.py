@@ -9,8 +9,11 @@ the record and loads the state dict. Nothing else is ever unpickled, so a plante
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +77,20 @@ def model_from_architecture(record: dict) -> torch.nn.Module:
     return model
 
 
+#: models rebuilt (or stored) in this process, by the sha256 of their bytes and the device, most recent last:
+#: rebuilding a model's architecture takes seconds (mace), a copy a fraction of that; keyed by content, so
+#: changed bytes are always read anew
+_BUILT: OrderedDict[tuple[str, str], torch.nn.Module] = OrderedDict()
+BUILT_CACHE_SIZE = 8
+
+
+def _remember(key: tuple[str, str], model: torch.nn.Module) -> None:
+    _BUILT[key] = model
+    _BUILT.move_to_end(key)
+    while len(_BUILT) > BUILT_CACHE_SIZE:
+        _BUILT.popitem(last=False)
+
+
 def model_to_bytes(model: torch.nn.Module) -> bytes:
     """The model as its state dict and architecture record: no pickled code."""
     record = getattr(model, "almat_architecture", None)
@@ -82,12 +99,20 @@ def model_to_bytes(model: torch.nn.Module) -> bytes:
                                "(model_from_architecture) to store it")
     buffer = io.BytesIO()
     torch.save({"format": MODEL_FORMAT, "architecture": record, "state_dict": model.state_dict()}, buffer)
-    return buffer.getvalue()
+    blob = buffer.getvalue()
+    if all(p.device.type == "cpu" for p in model.parameters()):  # read back soon (explore, decide, warm start)
+        _remember((hashlib.sha256(blob).hexdigest(), "cpu"), copy.deepcopy(model).eval())
+    return blob
 
 
 def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
     """Rebuild a model from ``model_to_bytes``; anything else, such as a whole pickled module, is refused
-    before any of its code can run."""
+    before any of its code can run. Bytes this process stored or read before come back as a copy of that
+    model, without rebuilding it."""
+    key = (hashlib.sha256(blob).hexdigest(), str(device))
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+        return copy.deepcopy(_BUILT[key])
     try:
         payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -101,4 +126,5 @@ def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
     model.load_state_dict(payload["state_dict"], strict=True)
     model.to(device)
     model.eval()
+    _remember(key, copy.deepcopy(model))
     return model

@@ -88,6 +88,7 @@ class _Report:
     out: Path
     data: ReportData
     max_parity_labels: int = 200
+    parity: tuple[dict[int, dict], list[str]] | None = None  # given: these values and notes, no committee loaded
 
     @property
     def config(self) -> dict:
@@ -110,8 +111,9 @@ def _deviation(r: _Report) -> None:
 
 
 def _parity(r: _Report) -> None:
-    r.data.parity, notes = parity_data(r.db, r.campaign, r.records, oracle_fingerprint=r.doc.get("oracle_fingerprint")
-                                       or None, max_labels=r.max_parity_labels)
+    r.data.parity, notes = r.parity if r.parity is not None else parity_data(
+        r.db, r.campaign, r.records, oracle_fingerprint=r.doc.get("oracle_fingerprint") or None,
+        max_labels=r.max_parity_labels)
     r.data.notes.extend(notes)
     if r.data.parity:
         r.data.files["parity"] = plot_parity(r.data.parity, r.path("parity"),
@@ -245,11 +247,14 @@ def _body(r: _Report, kind: CampaignKind) -> str:
             + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""))
 
 
-def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_labels: int = 200) -> ReportData:
+def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_labels: int = 200,
+                 parity: tuple[dict[int, dict], list[str]] | None = None) -> ReportData:
     """Write the campaign's figures (PNG) and ``report.html`` into ``out_dir``; return the plotted values.
 
     The figures and the iteration table are the campaign kind's (``almat.campaign.kinds``): MD campaigns get
-    the full report, pool-based and NFT campaigns their records and progress figure.
+    the full report, pool-based and NFT campaigns their records and progress figure. ``parity``: the parity
+    figure's values and notes, computed already (``almat serve`` keeps them); none: every iteration's
+    committee is loaded.
     """
     doc = db.campaigns.query_one({"name": campaign})
     kind = kind_of(doc or {})
@@ -259,7 +264,7 @@ def write_report(db: CampaignDB, campaign: str, out_dir: str | Path, max_parity_
         raise ValueError(f"no campaign {campaign!r}" + (f"; known: {', '.join(names)}" if names else ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = _Report(db, campaign, doc or {}, records, out, ReportData(campaign=campaign), max_parity_labels)
+    report = _Report(db, campaign, doc or {}, records, out, ReportData(campaign=campaign), max_parity_labels, parity)
     if not records:
         report.data.notes.append(f"no {kind.name} iteration recorded yet")
     for name in kind.figures:

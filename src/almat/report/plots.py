@@ -86,6 +86,14 @@ def learning_curve_data(iterations: list[IterationDoc]) -> dict[str, list]:
     }
 
 
+def error_limits(values: list, pad: float = 1.25) -> tuple[float, float]:
+    """A linear error axis: from 0 to the largest finite value (times ``pad``); (0, 1) without one."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    v = v[np.isfinite(v)]
+    top = float(v.max()) * pad if v.size else 0.0
+    return 0.0, top if top > 0 else 1.0
+
+
 def plot_learning_curve(data: dict[str, list], path: Path, title: str = "") -> Path:
     plt = _pyplot()
     with plt.rc_context(STYLE):
@@ -101,8 +109,7 @@ def plot_learning_curve(data: dict[str, list], path: Path, title: str = "") -> P
         ax.set_xlabel("training labels (structures)")
         ax.set_ylabel("force RMSE on held-out labels (eV/Å)", color=COLORS[0])
         ax.tick_params(axis="y", colors=COLORS[0])
-        if np.isfinite(rmse).any():
-            ax.set_ylim(0, np.nanmax(rmse) * 1.25)
+        ax.set_ylim(*error_limits(data["force_rmse"]))
         ax2 = ax.twinx()
         ax2.spines["right"].set_visible(True)
         ax2.plot(x, acc, "s--", color=COLORS[1], lw=2, ms=6, label="accurate ratio")
@@ -177,6 +184,31 @@ def plot_deviation_histograms(data: list[dict[str, Any]], path: Path, title: str
 # -- parity --------------------------------------------------------------------------------------------
 
 
+def parity_labels(db: CampaignDB, campaign: str, iteration: int, oracle_fingerprint: str | None = None,
+                  max_labels: int = 200) -> list:
+    """Up to ``max_labels`` ok labels selected in ``iteration``: those its committee had not seen."""
+    q = query_labels(db, campaign=campaign, iteration=iteration, oracle_fingerprint=oracle_fingerprint,
+                     allow_mixed_oracles=oracle_fingerprint is None)
+    return [lab for _, lab in zip(range(max_labels), q.docs())]
+
+
+def committee_class() -> type:
+    """``almat.learner.committee.Committee``, imported on first use (torch: only when there is something to
+    predict)."""
+    from almat.learner.committee import Committee
+
+    return Committee
+
+
+def parity_entry(labels: list, committee: Any, model_ids: list[str]) -> dict[str, Any]:
+    """The committee-mean against the oracle force components of ``labels``, and their RMSE."""
+    pred = committee.predict([lab.to_atoms() for lab in labels])
+    ref = np.concatenate([np.asarray(lab.forces, dtype=float).ravel() for lab in labels])
+    mean = np.concatenate([pred.mean_forces(i).ravel() for i in range(len(labels))])
+    return {"label_ids": [lab.label_id for lab in labels], "model_ids": list(model_ids), "oracle_forces": ref,
+            "committee_forces": mean, "rmse": float(np.sqrt(np.mean((mean - ref) ** 2)))}
+
+
 def parity_data(db: CampaignDB, campaign: str, iterations: list[IterationDoc], oracle_fingerprint: str | None = None,
                 max_labels: int = 200) -> tuple[dict[int, dict[str, Any]], list[str]]:
     """Committee-mean vs oracle force components on labels each committee had not seen.
@@ -189,28 +221,15 @@ def parity_data(db: CampaignDB, campaign: str, iterations: list[IterationDoc], o
     for it in iterations:
         if not it.model_ids:
             continue
-        q = query_labels(db, campaign=campaign, iteration=it.iteration, oracle_fingerprint=oracle_fingerprint,
-                         allow_mixed_oracles=oracle_fingerprint is None)
-        labels = [lab for _, lab in zip(range(max_labels), q.docs())]
+        labels = parity_labels(db, campaign, it.iteration, oracle_fingerprint, max_labels)
         if not labels:
             continue
         try:
-            from almat.learner.committee import Committee  # torch: only when there is something to predict
-
-            committee = Committee.from_store(db, it.model_ids)
+            committee = committee_class().from_store(db, it.model_ids)
         except Exception as exc:  # noqa: BLE001 - a report without parity beats no report
             notes.append(f"iteration {it.iteration}: no parity plot, committee not loadable ({exc})")
             continue
-        pred = committee.predict([lab.to_atoms() for lab in labels])
-        ref = np.concatenate([np.asarray(lab.forces, dtype=float).ravel() for lab in labels])
-        mean = np.concatenate([pred.mean_forces(i).ravel() for i in range(len(labels))])
-        out[it.iteration] = {
-            "label_ids": [lab.label_id for lab in labels],
-            "model_ids": list(it.model_ids),
-            "oracle_forces": ref,
-            "committee_forces": mean,
-            "rmse": float(np.sqrt(np.mean((mean - ref) ** 2))),
-        }
+        out[it.iteration] = parity_entry(labels, committee, it.model_ids)
     return out, notes
 
 

@@ -272,9 +272,11 @@ def run_exploration(atoms: Atoms, calculator, trust: TrustLevels, settings: Expl
 
 
 class _Batcher:
-    """Where the walkers' force calls meet: when every running walker has asked, the last one to ask
-    evaluates the committee on all frames at once and wakes the others. A batch that fails is evaluated
-    frame by frame, so that only the walkers whose frames fail get the error."""
+    """Where the walkers' force calls meet: when every running walker has asked, the thread that serves
+    the batcher (``serve``: the caller of ``run_walkers``) evaluates the committee on all frames at once and
+    wakes the walkers. One thread runs every torch call, so torch keeps one team of OpenMP threads, sized by
+    that thread's ``torch.set_num_threads`` (``almat.threads``). A batch that fails is evaluated frame by
+    frame, so that only the walkers whose frames fail get the error."""
 
     def __init__(self, committee, n_walkers: int, drive: str = "mean"):
         if drive not in DRIVES:
@@ -290,10 +292,10 @@ class _Batcher:
         self.n_calls = 0
 
     def compute(self, key: int, atoms: Atoms, stress: bool, deviation: bool = True) -> dict:
+        """A walker's force call: waits for the batch that holds its frame."""
         with self.cond:
             self.pending[key] = (atoms, stress, deviation)
-            if len(self.pending) >= self.active:
-                self._flush()
+            self.cond.notify_all()
             while key not in self.results:
                 self.cond.wait()
             result = self.results.pop(key)
@@ -304,8 +306,18 @@ class _Batcher:
     def leave(self) -> None:
         with self.cond:
             self.active -= 1
-            if self.pending and len(self.pending) >= self.active:
-                self._flush()
+            self.cond.notify_all()
+
+    def serve(self) -> None:
+        """Evaluate each batch once every running walker has asked; returns when no walker is left."""
+        with self.cond:
+            while True:
+                while self.active > 0 and (not self.pending or len(self.pending) < self.active):
+                    self.cond.wait()
+                if self.pending:
+                    self._flush()
+                elif self.active <= 0:
+                    return
 
     def _flush(self) -> None:
         keys = list(self.pending)
@@ -392,6 +404,7 @@ def run_walkers(walkers: list[Walker], committee, drive: str = "mean") -> tuple[
     threads = [threading.Thread(target=work, args=(i,), name=f"walker-{i}", daemon=True) for i in range(len(walkers))]
     for t in threads:
         t.start()
+    batcher.serve()
     for t in threads:
         t.join()
     return out, {"batched_calls": batcher.n_calls}

@@ -3,7 +3,8 @@
 Pages are rendered on the server (Jinja2); ``static/almat.js`` draws the figures as SVG from the
 values the page carries and polls a stamp: when it moves, it fetches the page's live part again and
 swaps it in (no reload). Every store access runs on one worker thread (SQLite connections stay on
-their thread, and requests never interleave on a connection). Nothing here writes to the store.
+their thread, and requests never interleave on a connection). Nothing here writes to the store. The
+report download's parity figure is the last committee's, loaded once per iteration (``serve.parity``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from almat.query import MixedOraclesError
 from almat.report import write_report
 from almat.schemas.section import ConfigError
 from almat.serve import data
+from almat.serve.parity import ParityCache
 from almat.settings import AlmatSettings, get_settings
 from almat.stores import CampaignDB, check_connection
 
@@ -166,11 +168,10 @@ def _export(db, name: str, out: Path, fingerprint: str | None) -> Path:
     return path
 
 
-def _report(db, name: str, out: Path) -> Path:
-    """The campaign's report page in ``out``."""
+def _report(db, name: str, out: Path, parity: tuple[dict, list[str]]) -> Path:
+    """The campaign's report page in ``out``, with the parity values given (``ParityCache``)."""
     data.campaign_doc(db, name)
-    # max_parity_labels=0: the parity figure would load the committees (torch); the server never does
-    html = write_report(db, name, out, max_parity_labels=0).files["html"]
+    html = write_report(db, name, out, parity=parity).files["html"]
     return html.rename(out / f"report-{_safe_filename(name)}.html")
 
 
@@ -194,6 +195,7 @@ class _Pages:
     def __init__(self, settings: AlmatSettings, backend: Backend, refresh_s: float):
         self.settings, self.backend, self.refresh_s = settings, backend, refresh_s
         self.env = _templates()
+        self.parity = ParityCache(backend)
 
     def page(self, template: str, status_code: int = 200, **ctx) -> HTMLResponse:
         ctx.update(where=self.settings.describe(), refresh_ms=int(self.refresh_s * 1000))
@@ -255,12 +257,13 @@ class _Pages:
         except StoreUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
 
-    async def download(self, request: Request, write: Callable, media_type: str, *args):
-        """``write(db, name, folder, *args)`` into a temporary folder, sent as an attachment, then removed."""
+    async def download(self, request: Request, make: Callable, media_type: str):
+        """``await make(name, folder)`` writes the file into a temporary folder; sent as an attachment, then
+        removed."""
         name = request.path_params["name"]
         tmp = Path(tempfile.mkdtemp(prefix="almat-serve-"))
         try:
-            path = await self.backend.run(write, name, tmp, *args)
+            path = await make(name, tmp)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, data.NotFound):
@@ -277,11 +280,16 @@ class _Pages:
                             background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
     async def labels_xyz(self, request: Request):
-        return await self.download(request, _export, "chemical/x-extxyz",
-                                   request.query_params.get("oracle_fingerprint"))
+        fingerprint = request.query_params.get("oracle_fingerprint")
+        return await self.download(request, lambda name, tmp: self.backend.run(_export, name, tmp, fingerprint),
+                                   "chemical/x-extxyz")
+
+    async def _write_report(self, name: str, tmp: Path) -> Path:
+        parity = await self.parity.get(name)  # the last committee's, loaded once (torch off the DB thread)
+        return await self.backend.run(_report, name, tmp, parity)
 
     async def report(self, request: Request):
-        return await self.download(request, _report, "text/html")
+        return await self.download(request, self._write_report, "text/html")
 
     async def missing(self, request: Request, exc):
         path = request.url.path
@@ -314,10 +322,11 @@ def create_app(settings: AlmatSettings | None = None, launchpad: str | Path | No
     async def lifespan(_app):
         yield
         await backend.run_plain(backend.close_db)
+        pages.parity.close()
 
     app = Starlette(routes=pages.routes(), exception_handlers={404: pages.missing}, lifespan=lifespan,
                     middleware=[Middleware(_SecurityHeaders)])
-    app.state.backend = backend
+    app.state.backend, app.state.parity = backend, pages.parity
     return app
 
 

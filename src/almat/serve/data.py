@@ -180,11 +180,13 @@ CHARTS: dict[str, Callable[[list, dict], dict[str, Any]]] = {
 
 
 def _kind_detail(db: CampaignDB, name: str, kind: CampaignKind, config: dict) -> dict[str, Any]:
-    """The kind's iteration table (``columns``, ``iterations``: one row each) and its figures' values."""
+    """The kind's iteration table (``columns``: title, row key, style, short title; ``iterations``: one row each;
+    ``legend``: what the short titles mean) and its figures' values."""
     records = load_iterations(db, name, kind.name)
     row = kind.page_row or (lambda r: r.model_dump(mode="json"))
     out: dict[str, Any] = {"iterations": [row(r) for r in records], "figures": list(kind.figures),
-                           "columns": [list(c) for c in kind.page_columns]}
+                           "columns": [[*c, kind.short.get(c[1], c[0])] for c in kind.page_columns],
+                           "legend": "; ".join(t for t in (kind.legend, kind.page_legend) if t)}
     for figure in kind.figures:
         out.update(CHARTS[figure](records, config) if figure in CHARTS else {})
     return out

@@ -18,12 +18,18 @@
   const finite = (v) => typeof v === "number" && isFinite(v);
 
   function axis(spec, values, lo, hi) {
-    // a scale: value -> pixel between lo and hi, with nice ticks
+    // a scale: value -> pixel between lo and hi, with nice ticks; values that are never negative (errors,
+    // counts) get an axis from 0 up (a log axis: from a positive power of ten)
     const vals = values.filter((v) => finite(v) && (!spec.log || v > 0));
-    let a = spec.min !== undefined ? spec.min : Math.min(...vals);
-    let b = spec.max !== undefined ? spec.max : Math.max(...vals);
-    if (!vals.length) { a = spec.log ? 0.1 : 0; b = 1; }
-    if (a === b) { a = spec.log ? a / 2 : a - 1; b = spec.log ? b * 2 : b + 1; }
+    const nonneg = !spec.log && (spec.min !== undefined ? spec.min >= 0 : vals.every((v) => v >= 0));
+    let a = spec.min !== undefined ? spec.min : vals.length ? Math.min(...vals) : spec.log ? 0.1 : 0;
+    let b = spec.max !== undefined ? spec.max : vals.length ? Math.max(...vals) : 1;
+    if (a === b) {
+      const d = Math.abs(a) || 1;
+      if (spec.min === undefined) a = spec.log ? a / 2 : a - d;
+      b = spec.log ? b * 2 : b + d;
+    }
+    if (nonneg) a = Math.max(a, 0);
     if (spec.log) { a = Math.pow(10, Math.floor(Math.log10(a))); b = Math.pow(10, Math.ceil(Math.log10(b))); }
     else if (spec.min === undefined && a > 0 && a < 0.3 * b) a = 0;
     if (!spec.log && spec.max === undefined) b += (b - a) * 0.06;
@@ -58,6 +64,8 @@
       if (s.type === "hline" && finite(s.at)) yy.push(s.at);
     }
     const X = axis(o.x, xs, m.l, W - m.r), Y = axis(o.y, ys, H - m.b, m.t);
+    svg.setAttribute("data-y-min", Y.a);
+    svg.setAttribute("data-y-max", Y.b);
     const Y2 = o.y2 ? axis(o.y2, y2s, H - m.b, m.t) : null;
     if (o.title) el("text", { x: m.l, y: 15, class: "title" }, svg, o.title);
     const g = el("g", { class: "axes" }, svg);
@@ -139,7 +147,7 @@
     learning(box, d) {
       const lc = d.learning_curve, tips = lc.iteration.map((i) => "it " + i);
       plot(box, { x: { label: "training labels", integer: true }, y: { label: "held-out force RMSE (eV/Å)",
-        color: C[0] }, y2: { label: "accurate ratio", min: 0, max: 1, color: C[1] }, legendLeft: false, series: [
+        min: 0, color: C[0] }, y2: { label: "accurate ratio", min: 0, max: 1, color: C[1] }, legendLeft: false, series: [
         { type: "line", x: lc.n_train_labels, y: lc.force_rmse, label: "held-out force RMSE", tips, color: C[0] },
         { type: "line", x: lc.n_train_labels, y: lc.accurate_ratio, y2: true, dash: "5 3", label: "accurate ratio",
           tips, color: C[1] }] });
@@ -253,5 +261,5 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => { draw(document); live(); });
-  window.almat = { plot, draw };
+  window.almat = { plot, draw, axis };
 })();
