@@ -9,8 +9,7 @@ atom-steps per second of ``almat.sampler.run_walkers`` on all walkers (one batch
 MD step for all of them) and of the same walkers run one after another (``run_walkers`` on one walker at a
 time: the same code, threads and torch settings, without the batching), and, for reference, of
 ``run_exploration`` with the committee calculator in the main thread (a single walker's
-path). ``OMP_WAIT_POLICY=PASSIVE`` is set unless given: on a shared 2-core machine, OpenMP threads that
-spin while they wait made a committee call in the main thread 10-20x slower than in a worker thread.
+path). torch takes the cores that are free at the start (``almat.threads.job_threads``), as the explore job does.
 
     python benchmarks/exploration_throughput.py                 # 20 MD steps per walker
     python benchmarks/exploration_throughput.py --steps 50 --walkers 1 4 16 64 --json out.json
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
 
 def committee_for(frames, n_models: int = 4):
@@ -111,6 +109,10 @@ def main(argv=None) -> None:
     if args.quick:
         args.steps, args.walkers = 5, [1, 4]
     import torch
+
+    from almat.threads import job_threads
+
+    torch.set_num_threads(job_threads())  # the free cores, as almat's jobs take them (ALMAT_NUM_THREADS fixes it)
 
     rows = []
     for name, (atoms, frames) in systems().items():

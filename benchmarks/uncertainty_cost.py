@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
 
 def oracle(system: str):
@@ -229,6 +228,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.epochs, args.md_steps, args.sample_every = 8, 16, 5, 10, 5
+    from almat.threads import torch_threads
+
+    with torch_threads():  # the free cores, as almat's jobs take them (ALMAT_NUM_THREADS fixes it)
+        run(args)
+
+
+def run(args) -> None:
     import torch
 
     from almat.learner.mace import MaceHyperParameters

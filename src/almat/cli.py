@@ -38,9 +38,7 @@ from almat.serve import LOCAL_HOSTS, bind, create_app, serve
 from almat.settings import get_settings
 from almat.stores import CampaignDB, StoreError, check_connection, migrate_montydb
 
-# OpenMP threads that busy-wait between torch calls starve the rest of a small machine (measured: a committee
-# call 20x slower on 2 shared cores); set before torch starts its threads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# no OMP_WAIT_POLICY here: each torch job takes the cores that are free when it starts (almat.threads)
 console = Console(log_path=False)
 err_console = Console(stderr=True)
 

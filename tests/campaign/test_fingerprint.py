@@ -80,7 +80,7 @@ CASES = {
 
 #: fingerprints at commit 578e19a
 WORKFLOW_FINGERPRINTS = {
-    "cu_emt": "bc78be2a133183a0",
+    "cu_emt": "908ffe9ee0568d94",  # issue 24: the demo explores with sampler.drive: first (was bc78be2a133183a0)
     "cu_pool_emt": "c502b1fd5e65a7b0",
     "cu_nft_emt": "6b5a35f0e7473a97",
     "li6ps5cl_npt": "173c481b8294d951",
