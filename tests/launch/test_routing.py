@@ -30,6 +30,7 @@ from almat.launch.submit import (
 from almat.schemas.section import ConfigError
 from almat.stores import CampaignDB, build_job_store, store_job
 from almat.stores.runinfo import RUN_RECORD_KEY
+from secret_uri import SECRET, uri_with_secret
 
 CONFIG = {
     "name": "cu-route",
@@ -415,7 +416,7 @@ def test_launchpad_file_without_a_database_name_is_one_line(tmp_path):
     path.write_text("host: h\nname: fw\n  port: [\n")
     with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+"):
         load_launchpad_spec(path)
-    spec = {"host": "mongodb://me:s3cret@db.example.org:27018/fw", "uri_mode": True, "name": "fw"}
+    spec = {"host": uri_with_secret("db.example.org:27018") + "fw", "uri_mode": True, "name": "fw"}
     assert launchpad_host(spec) == "db.example.org:27018"
     assert launchpad_host({"host": "h", "name": "fw"}) == "h:27017"
     bad = tmp_path / "routing.yaml"
@@ -427,18 +428,18 @@ def test_launchpad_file_without_a_database_name_is_one_line(tmp_path):
 def test_unreachable_mongo_fails_fast_naming_the_host(tmp_path, job_store):
     path = tmp_path / "lp.yaml"
     path.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": 9, "name": "fw",
-                                    "username": "me", "password": "s3cret"}))
+                                    "username": "me", "password": SECRET}))
     start = time.perf_counter()
     with pytest.raises(LaunchPadError) as err:
         load_launchpad(path, timeout_ms=1000)
     assert time.perf_counter() - start < 6
-    assert "127.0.0.1:9" in str(err.value) and "s3cret" not in str(err.value)
+    assert "127.0.0.1:9" in str(err.value) and SECRET not in str(err.value)
     uri = tmp_path / "uri.yaml"
-    uri.write_text(yaml.safe_dump({"host": "mongodb://me:" + "s3cret@127.0.0.1:9/fw", "uri_mode": True, "name": "fw"}))
+    uri.write_text(yaml.safe_dump({"host": uri_with_secret("127.0.0.1:9") + "fw", "uri_mode": True, "name": "fw"}))
     start = time.perf_counter()
     with pytest.raises(LaunchPadError, match=r"127\.0\.0\.1:9") as err:
         submit_campaign(CONFIG, uri, job_store=job_store, fworker_files=[], qadapter_files=[], timeout_ms=1000)
-    assert time.perf_counter() - start < 6 and "s3cret" not in str(err.value)
+    assert time.perf_counter() - start < 6 and SECRET not in str(err.value)
 
 
 def test_qadapter_without_partition_is_an_error(tmp_path, mock_launchpad, job_store):
