@@ -13,17 +13,11 @@ flow read it; a new kind is a new explorer module and one entry here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any, Callable
 
 from almat.campaign import views
 from almat.schemas import AlmatDocument, IterationDoc, NftIterationDoc, PoolIterationDoc
-
-
-def import_string(path: str) -> Any:
-    """The object that ``"module:name"`` names."""
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
+from almat.schemas.section import import_string
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,6 @@ None, raises when the oracle cannot run; called before any job runs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import import_module
-from typing import Any
 
 from jobflow import Maker
 
@@ -18,7 +16,7 @@ from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker
 from almat.oracle.jobs import AseOracleMaker
 from almat.oracle.relax import AseRelaxMaker
 from almat.oracle.vasp import VaspRelaxFlowMaker, VaspStaticOracleMaker, mp_relax_maker, mp_static_maker
-from almat.schemas.section import ConfigError
+from almat.schemas.section import ConfigError, import_string
 
 
 def ase_label_maker(settings) -> Maker:
@@ -65,11 +63,6 @@ ORACLES: dict[str, OracleKind] = {
 }
 
 
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
-
-
 def oracle_kind(settings) -> OracleKind:
     """The registry entry of an oracle's settings; an unknown kind lists the valid ones."""
     if settings.kind not in ORACLES:
@@ -79,7 +72,7 @@ def oracle_kind(settings) -> OracleKind:
 
 def label_maker(settings) -> Maker:
     """The Maker whose ``make(structure, campaign, iteration)`` labels one structure."""
-    return _load(oracle_kind(settings).label)(settings)
+    return import_string(oracle_kind(settings).label)(settings)
 
 
 def relax_maker(settings, prerelax) -> Maker:
@@ -88,11 +81,11 @@ def relax_maker(settings, prerelax) -> Maker:
     if factory is None:
         raise ConfigError(f"pre-relaxation with {settings.kind.upper()} is not supported yet "
                           "(set prerelax.enabled: false)")
-    return _load(factory)(settings, prerelax)
+    return import_string(factory)(settings, prerelax)
 
 
 def check_oracle(settings) -> None:
     """Check that the oracle can run (its calculator can be built, ...), before any job runs."""
     check = oracle_kind(settings).check
     if check is not None:
-        _load(check)(settings)
+        import_string(check)(settings)

@@ -8,6 +8,7 @@ lowest layer so that the settings of every actor (learner, oracle, campaign) can
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,9 @@ def load_yaml(path: str | Path, what: str = "file", mapping: bool = True, empty:
     if mapping and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def import_string(path: str) -> Any:
+    """The object that ``"module:name"`` names (how every registry of almat names its classes and factories)."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
