@@ -14,7 +14,8 @@ same budget sequence (``n_init`` random labels, then ``budget`` per iteration) a
 - ``weighted``: committee deviation and descriptor diversity (``almat.select.WeightedAcquisition``);
 - ``random``: uniformly random picks (the baseline).
 
-The learner is the same 2-model MACE committee for all (warm-started across iterations); the test
+The learner is the same 2-model committee for all (warm-started across iterations): MACE, or DeePMD with
+``--learner deepmd`` (deepmd-kit's ``dp train``, ``pip install almat[deepmd]``; its own hyperparameters); the test
 score is the committee-mean force RMSE on the held-out frames. The target RMSE is, by default, the
 worst final RMSE of the random runs, i.e. a value every random seed reaches at its largest budget;
 ``labels to target`` is the number of training labels at which a run's learning curve crosses it,
@@ -23,6 +24,7 @@ below the target is in the JSON too, ``labels_to_target_grid``).
 
     python benchmarks/label_efficiency.py            # default: 3 seeds, 8 + 6 x 8 labels (14 min on 2 cores)
     python benchmarks/label_efficiency.py --quick    # ~2 min smoke run
+    python benchmarks/label_efficiency.py --quick --learner deepmd   # the same with a DeePMD committee
     python benchmarks/label_efficiency.py --seeds 5 --target 0.05 --out results/label_eff
 
 Writes ``label_efficiency.json`` (every number) and ``label_efficiency.png`` (learning curves: the
@@ -92,6 +94,7 @@ class BenchSettings:
     pool: PoolSpec = field(default_factory=PoolSpec)
     target: float | None = None  # eV/Å; None: the worst final RMSE of the random runs
     jobs: int = 2  # runs in parallel (processes, 1 torch thread each)
+    learner: str = "mace"  # learner kind of the committee (mace or deepmd)
 
     @classmethod
     def quick(cls) -> "BenchSettings":
@@ -196,6 +199,37 @@ def calculator_oracle(make_calculator: Callable[[], Any]) -> Callable[[Sequence[
         return out
 
     return oracle
+
+
+#: DeePMD's settings here (``--learner deepmd``): the default and the quick run
+DEEPMD_HP = {"numb_steps": 2000, "warm_start_steps": 800, "rcut": 5.0, "rcut_smth": 2.0, "neuron": [10, 20, 40],
+             "axis_neuron": 8, "fitting_neuron": [64, 64], "start_pref_e": 0.02, "limit_pref_e": 1.0}
+DEEPMD_QUICK_HP = {**DEEPMD_HP, "numb_steps": 400, "warm_start_steps": 150, "neuron": [8, 16], "axis_neuron": 4,
+                   "fitting_neuron": [32, 32]}
+
+
+def learner_committee_trainer(kind: str, hyperparameters=None, n_models: int = 2, base_seed: int = 0,
+                              warm_start: bool = True):
+    """A train function for :func:`run_pool_loop` with any registered learner kind (``Learner.train``), seeded
+    as ``TrainCommitteeMaker`` seeds its members; member k continues from the previous member k."""
+    from almat.learner.committee import Committee
+    from almat.learner.registry import load_learner
+
+    if n_models < 2:
+        raise ValueError(f"a committee needs at least 2 models, got n_models={n_models}")
+    learner = load_learner(kind)
+    hp = learner.validate(hyperparameters or {})
+
+    def train(frames: Sequence[Atoms], iteration: int, previous=None) -> Committee:
+        ids = [str(i) for i in range(len(frames))]
+        models = []
+        for k in range(n_models):
+            init = previous.models[k] if (warm_start and previous is not None and k < len(previous.models)) else None
+            models.append(learner.train(list(frames), ids, hp, seed=base_seed + 1000 * iteration + k,
+                                        init_model=init).model)
+        return Committee(models, [f"it{iteration}-m{k}" for k in range(n_models)])
+
+    return train
 
 
 def mace_committee_trainer(hyperparameters=None, n_models: int = 2, base_seed: int = 0, warm_start: bool = True):
@@ -412,7 +446,10 @@ def run_one(method: str, seed: int, pool, test, settings: BenchSettings, threads
         print(f"  [{method:9s} seed {seed}] iteration {rec.iteration}: {rec.n_labels:3d} labels, "
               f"held-out force RMSE {f:.4f} eV/Å ({time.perf_counter() - start:.0f} s)", flush=True)
 
-    trainer = mace_committee_trainer(settings.hyperparameters, settings.n_models, base_seed=100 * seed)
+    trainer = (mace_committee_trainer(settings.hyperparameters, settings.n_models, base_seed=100 * seed)
+               if settings.learner == "mace" else
+               learner_committee_trainer(settings.learner, settings.hyperparameters, settings.n_models,
+                                         base_seed=100 * seed))
     result = run_pool_loop(
         pool, oracle, trainer, n_init=settings.n_init, budget=settings.budget, acquisition=spec["acquisition"],
         acquisition_options=options, test_set=test, max_iterations=settings.iterations, seed=seed,
@@ -555,8 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--common-frames", type=int, default=None,
                         help="frames of the common condition (300 K) in the pool: the pool's redundancy "
                              "(default 400; the rare conditions keep their counts)")
-    parser.add_argument("--out", type=Path, default=Path("benchmark_results/label_efficiency"))
+    parser.add_argument("--learner", choices=["mace", "deepmd"], default="mace",
+                        help="learner.kind of the committee (deepmd: pip install almat[deepmd])")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmark_results/label_efficiency (deepmd: label_efficiency_deepmd)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path("benchmark_results/label_efficiency" + ("" if args.learner == "mace" else f"_{args.learner}"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # also in the worker processes
     settings = BenchSettings.quick() if args.quick else BenchSettings()
@@ -571,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.iterations = args.iterations
     if args.jobs is not None:
         settings.jobs = args.jobs
+    if args.learner == "deepmd":
+        settings.learner = "deepmd"
+        settings.hyperparameters = dict(DEEPMD_QUICK_HP if args.quick else DEEPMD_HP)
     settings.target = args.target
     if args.common_frames is not None:
         if args.common_frames < 1:

@@ -1,8 +1,11 @@
-"""Uncertainty at the cost of one model: a committee of 4 MACE models against a shallow ensemble of 4 heads.
+"""Uncertainty at the cost of one model: a committee of 4 MACE models against a shallow ensemble of 4 heads and
+one model's LLPR.
 
 On the same data (Cu32 with EMT, or the 13-atom ordered Li6PS5Cl cell with GFN1-xTB: ``--system lpsc``) it
-measures, for the committee (4 seeds) and the shallow ensemble (``almat.learner.shallow``, 4 heads, trained
-with ``head_forces: all``, the default, and ``rotate``):
+measures, for the committee (4 seeds), the shallow ensemble (``almat.learner.shallow``, 4 heads, trained
+with ``head_forces: all``, the default, and ``rotate``; ``shallow-nll``: ``all`` then ``--nll-epochs`` of the
+force NLL) and LLPR (``almat.learner.llpr``: one model, its last layer's covariance; ``llpr-r4``: the 4 leading
+covariance directions only):
 
 - training time of one iteration (all members), from scratch;
 - on held-out frames (MD with the oracle at several temperatures, plus rattled copies: a spread of errors):
@@ -12,7 +15,7 @@ with ``head_forces: all``, the default, and ``rotate``):
   target 90 %);
 - the MD step cost (ms per Langevin step, one walker, ``almat.sampler.run_walkers``, a frame recorded every
   ``--sample-every`` steps) against one model; the committee also batched (``Committee(batched=True)``, one
-  vmapped pass) and the shallow ensemble also with every head's forces at every step (``sample_every`` 1);
+  vmapped pass), the shallow ensemble and LLPR also with their uncertainty at every step (``sample_every`` 1);
 - with ``--campaign [FILE]``: the same campaign (default: the Cu/EMT demo, ``workflows/cu_emt.yaml``) run with
   each uncertainty kind (only ``learner.uncertainty`` and ``head_forces`` change): status, iterations, labels,
   wall time, training time, and the final committee's force RMSE on the held-out frames.
@@ -21,6 +24,7 @@ with ``head_forces: all``, the default, and ``rotate``):
     python benchmarks/uncertainty_cost.py --md-repeat 1 2 --campaign --json out.json  # + Cu256 MD, the demo
     python benchmarks/uncertainty_cost.py --system lpsc --n-train 24 --n-test 24     # argyrodite, xTB
     python benchmarks/uncertainty_cost.py --quick     # 8 training frames, 16 held out, 5 epochs, 10 MD steps
+    python benchmarks/uncertainty_cost.py --kinds committee llpr shallow-nll   # only these
 
 Writes ``benchmark_results/uncertainty_cost/results.json`` (``--json``).
 """
@@ -108,17 +112,26 @@ def held_out_frames(system: str, n: int, seed: int):
     return out[:n]
 
 
-def train(kind: str, frames, hp, n: int, seed: int = 0):
+#: what the benchmark compares
+KINDS = ("committee", "shallow-all", "shallow-rotate", "shallow-nll", "llpr", "llpr-r4")
+
+
+def train(kind: str, frames, hp, n: int, seed: int = 0, nll_epochs: int = 10):
     from almat.learner.committee import Committee
     from almat.learner.mace import train_mace
+    from almat.learner.registry import load_learner
     from almat.learner.shallow import train_shallow_mace
 
     ids = [str(i) for i in range(len(frames))]
     t0 = time.perf_counter()
     if kind == "committee":
         models = [train_mace(frames, ids, hp, seed=seed + k).model for k in range(n)]
+    elif kind.startswith("llpr"):
+        rank = 4 if kind == "llpr-r4" else None
+        models = [load_learner("mace", "llpr").train(frames, ids, hp, seed=seed, rank=rank).model]
     else:
-        models = [train_shallow_mace(frames, ids, hp, seed=seed, n_heads=n, rotate=kind == "shallow-rotate").model]
+        models = [train_shallow_mace(frames, ids, hp, seed=seed, n_heads=n, rotate=kind == "shallow-rotate",
+                                     nll_epochs=nll_epochs if kind == "shallow-nll" else 0).model]
     return Committee(models), time.perf_counter() - t0
 
 
@@ -174,7 +187,8 @@ def md_ms_per_step(committee, atoms, steps: int, sample_every: int, seed: int = 
 
 def campaign(kind: str, path: Path, test) -> dict:
     """The campaign of ``path`` (the Cu/EMT demo by default) with the committee or, changed to
-    ``learner.uncertainty: shallow`` with ``n_heads = n_models``, the shallow ensemble; nothing else changes."""
+    ``learner.uncertainty: shallow`` with ``n_heads = n_models``, the shallow ensemble (or ``llpr``); nothing
+    else changes."""
     import tempfile
 
     import yaml
@@ -187,10 +201,14 @@ def campaign(kind: str, path: Path, test) -> dict:
     config = yaml.safe_load(path.read_text())
     config["name"] = f"{config['name']}-{kind}"
     config["base_dir"] = str(path.parent.resolve())
-    if kind != "committee":
+    if kind.startswith("llpr"):
+        config["learner"] = {**config.get("learner", {}), "uncertainty": "llpr",
+                             "llpr_rank": 4 if kind == "llpr-r4" else None}
+    elif kind != "committee":
         config["learner"] = {**config.get("learner", {}), "uncertainty": "shallow",
                              "n_heads": config.get("learner", {}).get("n_models", 4),
-                             "head_forces": "rotate" if kind == "shallow-rotate" else "all"}
+                             "head_forces": "rotate" if kind == "shallow-rotate" else "all",
+                             "nll_epochs": 10 if kind == "shallow-nll" else 0}
     tmp = Path(tempfile.mkdtemp(prefix="almat-bench-"))
     settings = AlmatSettings(db_path=tmp / "db", run_dir=tmp / "runs")
     t0 = time.perf_counter()
@@ -223,6 +241,8 @@ def main(argv=None) -> None:
     parser.add_argument("--campaign-only", action="store_true", help="only the campaigns (with --campaign)")
     parser.add_argument("--skip", nargs="*", default=[], help="campaigns not to run (committee, shallow, ...)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="uncertainty kinds to compare")
+    parser.add_argument("--nll-epochs", type=int, default=10, help="shallow-nll: epochs of the force NLL")
     parser.add_argument("--quick", action="store_true", help="8 training frames, 16 held out, 5 epochs, 10 MD steps")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmark_results" / "uncertainty_cost" / "results.json")
     args = parser.parse_args(argv)
@@ -245,12 +265,12 @@ def run(args) -> None:
                                                                                           args.seed + 1)
     print(f"data: {len(frames)} training and {len(test)} held-out frames of {len(frames[0])} atoms "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    kinds = ["committee", "shallow-all", "shallow-rotate"]
+    kinds = [k for k in KINDS if k in args.kinds or k == "committee"]  # (the committee: the MD reference)
     if args.campaign_only:
         kinds, args.md_repeat = [], []
     rows = {}
     for kind in kinds:
-        committee, wall = train(kind, frames, hp, args.members, args.seed)
+        committee, wall = train(kind, frames, hp, args.members, args.seed, args.nll_epochs)
         rows[kind] = {"train_s": wall, "committee": committee, **quality(committee, test, 0.9, args.seed)}
         r = rows[kind]
         print(f"{kind:12s} trained in {wall:6.1f} s; force RMSE {r['force_rmse']:.3f} eV/Å, Spearman "
@@ -266,16 +286,18 @@ def run(args) -> None:
         c.batched = True
         row["committee batched"] = md_ms_per_step(c, atoms, args.md_steps, args.sample_every)
         c.batched = False
-        s = rows["shallow-all"]["committee"]
-        row["shallow"] = md_ms_per_step(s, atoms, args.md_steps, args.sample_every)
-        row["shallow, every step"] = md_ms_per_step(s, atoms, args.md_steps, 1)
+        for kind, name in (("shallow-all", "shallow"), ("llpr", "llpr"), ("llpr-r4", "llpr-r4")):
+            if kind in rows:
+                s = rows[kind]["committee"]
+                row[name] = md_ms_per_step(s, atoms, args.md_steps, args.sample_every)
+                row[f"{name}, every step"] = md_ms_per_step(s, atoms, args.md_steps, 1)
         md.append(row)
         print(f"MD {len(atoms)} atoms: " + ", ".join(f"{k} {v:.1f} ms/step" for k, v in row.items() if k != "atoms"),
               flush=True)
     campaigns = {}
     if args.campaign:
-        for kind in ["committee", "shallow-all", "shallow-rotate"]:
-            if kind not in args.skip:
+        for kind in KINDS:
+            if kind not in args.skip and kind in args.kinds:
                 campaigns[kind] = campaign(kind, args.campaign, test)
                 print(f"campaign {kind}: {campaigns[kind]}", flush=True)
 

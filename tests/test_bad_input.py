@@ -124,6 +124,13 @@ CASES = {
     "unknown-key": (lambda t, m: ["run", _config(t, sampler={"temprature": [300]})], r"sampler.temprature: unknown key"),
     "unknown-kind": (lambda t, m: ["run", _config(t, kind="gcmc")], r"kind.*'gcmc'.*md.*pool.*nft"),
     "trust-levels": (lambda t, m: ["run", _config(t, sampler={"trust_lo": 0.5, "trust_hi": 0.1})], r"sampler: trust levels need lo < hi, got lo=0.5, hi=0.1"),
+    "conv-confidence": (lambda t, m: ["run", _config(t, convergence={"rule": "confidence_bound", "conv_confidence": 1.5})],
+                        r"convergence.conv_confidence: the confidence level must be strictly between 0 and 1 "
+                        r"\(e.g. 0.9\), got 1.5"),
+    "calibrated-trust": (lambda t, m: ["run", _config(t, sampler={"trust_units": "calibrated"}, convergence={
+        "rule": "accurate_ratio", "calibration_samples": 0})],
+                         r"sampler.trust_units: calibrated trust levels need calibration frames to fit k, but "
+                         r"convergence.calibration_samples is 0"),
     "calculator-module": (lambda t, m: ["run", _config(t, oracle={"calculator": {"module": "no_such_mod", "class": "X"}})],
                           r"cannot import calculator module 'no_such_mod'"),
     "one-model": (lambda t, m: ["run", _config(t, learner={"n_models": 1})], r"n_models.*2"),

@@ -30,6 +30,7 @@ from almat.campaign.kinds import CampaignKind, kind_of
 from almat.enumeration.cli import enumerate_file, parse_occupancy
 from almat.export import LabelImportError, export_command, import_command
 from almat.launch.state import campaign_state  # a submitted campaign: judged with its LaunchPad
+from almat.learner.settings import uncertainty_label
 from almat.oracle.calculators import CalculatorSpecError
 from almat.query import MixedOraclesError, UnknownFilterError
 from almat.report import report_command
@@ -37,6 +38,7 @@ from almat.schemas.section import ConfigError, format_validation_error
 from almat.serve import LOCAL_HOSTS, bind, create_app, serve
 from almat.settings import get_settings
 from almat.stores import CampaignDB, StoreError, check_connection, migrate_montydb
+from almat.stores.ledger import campaign_cost
 
 # no OMP_WAIT_POLICY here: each torch job takes the cores that are free when it starts (almat.threads)
 console = Console(log_path=False)
@@ -206,7 +208,8 @@ def _fits(table: Table, width: int) -> bool:
 def _table(kind: CampaignKind, name: str, records: list[dict]):
     """The per-iteration table of a campaign of any kind (its records as stored); on a narrow terminal
     short titles, the kind's legend, and the stop reasons below the table."""
-    columns, rows = kind.columns, [kind.status_row(r) for r in records]
+    rows = [kind.status_row(r) for r in records]
+    columns = [(k, t) for k, t in kind.columns if k not in kind.optional or any(r.get(k) is not None for r in rows)]
     table = Table(title=f"{kind.name} campaign {name}")
     for key, title in columns:
         table.add_column(title, justify="left" if key in TEXT_COLUMNS else "right")
@@ -214,15 +217,46 @@ def _table(kind: CampaignKind, name: str, records: list[dict]):
         table.add_row(*[_cell(row[k]) for k, _ in columns])
     if _fits(table, console.width):
         return table
-    table = Table(title=f"{kind.name} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     columns = [(k, t) for k, t in columns if k != "stop_reason"]
-    for key, title in columns:
-        table.add_column(kind.short.get(key, title), justify="left" if key in TEXT_COLUMNS else "right",
-                         no_wrap=True, max_width=10 if key == "stage" else None, overflow="ellipsis")
-    for row in rows:
-        table.add_row(*[_cell(row[k], ".3g") for k, _ in columns])
+    for pad in (1, 0):  # one space between the columns only when the table needs it to fit
+        table = Table(title=f"{kind.name} campaign {name}", box=box.SIMPLE_HEAD, pad_edge=False,
+                      padding=(0, pad, 0, 0))
+        for key, title in columns:
+            table.add_column(kind.short.get(key, title), justify="left" if key in TEXT_COLUMNS else "right",
+                             no_wrap=True, max_width=10 if key == "stage" else None, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*[_cell(row[k], ".3g") for k, _ in columns])
+        if _fits(table, console.width):
+            break
     stops = [Text(f"it {row['iteration']}: {row['stop_reason']}") for row in rows if row.get("stop_reason")]
     return Group(table, Text(kind.legend, style="dim"), *stops)
+
+
+#: the cost table's columns: key of ``almat.stores.ledger.cost_summary``'s rows, title
+COST_COLUMNS = (("labels", "labels"), ("oracle_core_h", "oracle"), ("training_core_h", "train"),
+                ("training_gpu_h", "train GPU-h"), ("exploration_core_h", "explore"), ("other_core_h", "other"),
+                ("total_core_h", "total"), ("core_h_per_label", "per label"))
+
+
+def _hours(value) -> str:
+    if value is None or isinstance(value, int):
+        return _cell(value)
+    return "0" if value == 0 else format(value, ".2e" if value < 0.01 else ".3g")
+
+
+def _cost_table(name: str, cost: dict) -> Table:
+    """The campaign's cost per iteration and in total (the ledger); the GPU column only where a job used one."""
+    gpu = cost["total"]["training_gpu_h"] > 0
+    columns = [(k, t) for k, t in COST_COLUMNS if gpu or k != "training_gpu_h"]
+    table = Table(title=f"cost of {name}: core-hours (CPU time of each job's process tree)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("it", justify="right")
+    for _, title in columns:
+        table.add_column(title, justify="right", no_wrap=True)
+    for row in [*cost["iterations"], {**cost["total"], "iteration": "total"}]:
+        it = row["iteration"]
+        table.add_row("init" if it == -1 else "-" if it is None else str(it), *[_hours(row[k]) for k, _ in columns])
+    return table
 
 
 def _campaigns_table(rows: list[dict], where: str) -> Table:
@@ -286,12 +320,15 @@ def status_cmd(
         if as_json:
             rows = [kind.status_row(r) for r in records]
             out = {"name": campaign, "kind": kind.name, "status": state, "stop_reason": why,
-                   "labels": doc.get("n_labels", 0), "iterations": rows}
+                   "labels": doc.get("n_labels", 0), "iterations": rows, "cost": campaign_cost(db, campaign)}
             sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
             return
         console.print(_table(kind, campaign, records))
-        console.print(f"status: [bold]{state}[/]  labels: {doc.get('n_labels', 0)}"
-                      + (f"  ({escape(why)})" if why else ""))
+        cost = campaign_cost(db, campaign)
+        if cost["entries"]:
+            console.print(_cost_table(campaign, cost))
+        console.print(f"status: [bold]{state}[/]  labels: {doc.get('n_labels', 0)}  "
+                      f"uncertainty: {uncertainty_label(doc.get('config'))}" + (f"  ({escape(why)})" if why else ""))
     finally:
         db.close()
 
@@ -378,6 +415,28 @@ def export_cmd(
     except (FileExistsError, MixedOraclesError, UnknownFilterError, ValueError, ConnectionError) as exc:
         _fail(str(exc))
     console.print(f"{res['n_labels']} labels written to {res['path']} ({res['format']})")
+
+
+@app.command("export-model")
+def export_model_cmd(
+    name: str = typer.Argument(..., help="Campaign name"),
+    out: Path = typer.Option(..., "--output", "-o", help="Output file (DeePMD: .pb; MACE: .model)"),
+    model_id: Optional[str] = typer.Option(None, "--model", help="Model id (default: the latest committee's "
+                                                                   "first member)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file"),
+) -> None:
+    """Write a stored model for use outside almat: DeePMD's frozen graph for LAMMPS' pair_style deepmd."""
+    # reading a model imports its learner (torch, deepmd): only here, so that the other commands start without it
+    from almat.export.model import export_model
+
+    settings = _settings()
+    try:
+        with _db(settings) as db:
+            res = export_model(db, name, out, model_id=model_id, force=force)
+    except (FileExistsError, ValueError, ConnectionError, StoreError) as exc:
+        _fail(one_line(exc))
+    console.print(f"model {res['model_id']} (iteration {res['iteration']}, member {res['committee_index']}, "
+                  f"{res['architecture']}) written to {res['path']}: {res['format']}, {res['bytes']} bytes")
 
 
 @app.command("import")

@@ -54,11 +54,11 @@ def test_histogram_takes_other_bins():
 
 
 def test_rules_are_looked_up_by_name_with_their_settings():
-    assert set(RULES) == {"calibrated", "accurate_ratio"}
+    assert set(RULES) == {"calibrated", "confidence_bound", "accurate_ratio"}
     assert get_rule(ConvergenceSettings(rule="accurate_ratio", conv_accuracy=0.8)) == AccurateRatioRule(0.8)
     assert isinstance(get_rule(ConvergenceSettings()), CalibratedRule)
     assert CalibratedRule.needs_calibration and not AccurateRatioRule.needs_calibration
-    with pytest.raises(ValueError, match="convergence.rule: unknown rule 'nope'; valid: calibrated, accurate_ratio"):
+    with pytest.raises(ValueError, match="convergence.rule: unknown rule 'nope'; valid: calibrated, confidence_bound, accurate_ratio"):
         get_rule(SimpleNamespace(rule="nope"))
 
 

@@ -18,7 +18,9 @@ CONFIG = {
     "learner": {"uncertainty": "shallow", "n_heads": 3,
                 "hyperparameters": {"num_channels": 8, "epochs": 20, "warm_start_epochs": 10, "batch_size": 3}},
     # trust levels above any deviation of this committee: no frame is ever a candidate, a confident committee
-    "sampler": {"temperatures": [600], "steps": 30, "sample_every": 5, "trust_lo": 10.0, "trust_hi": 20.0},
+    # (a fixed lo: a shallow ensemble's lo is adaptive by default)
+    "sampler": {"temperatures": [600], "steps": 30, "sample_every": 5, "trust_lo": 10.0, "trust_hi": 20.0,
+                "adaptive_lo": False},
     "selection": {"max_select": 3},
     # a tolerance no committee meets: the calibrated error stays above it
     "convergence": {"rule": "calibrated", "force_tolerance": 0.001, "calibration_samples": 3, "max_iterations": 2,
@@ -77,3 +79,30 @@ def test_uncertainty_settings_and_fingerprints():
     assert base.fingerprint() == explicit.fingerprint() != shallow.fingerprint()  # committee: as before
     maker = TrainCommitteeMaker.from_settings(shallow.learner)
     assert (maker.uncertainty, maker.n_heads, maker.head_forces) == ("shallow", 3, "all")
+
+
+@pytest.mark.slow
+def test_nll_shallow_campaign_runs_two_iterations_and_calibrates(tmp_path):
+    """``nll_epochs``: the heads are fine-tuned with the force NLL every iteration; the campaign runs, selects by
+    the heads' spread and fits its factor k on the held-out frames as for any committee."""
+    settings = AlmatSettings(db_path=tmp_path / "db", run_dir=tmp_path / "runs")
+    config = {**CONFIG, "name": "cu-nll", "learner": {**CONFIG["learner"], "nll_epochs": 3},
+              "sampler": {**CONFIG["sampler"], "trust_lo": 0.02, "trust_hi": 5.0}}
+    result = run_campaign(load_config(config), settings)
+    assert [it.iteration for it in result.iterations] == [0, 1]
+    with CampaignDB.from_settings(settings) as db:
+        models = [ModelDoc.from_store(d) for d in db.models.query({"campaign": "cu-nll"})]
+    assert {m.architecture for m in models} == {"ShallowEnsembleMACE"} and len(models) == 2
+    assert all(m.hyperparameters["nll_epochs"] == 3 for m in models)
+    assert all(np.isfinite(m.validation_metrics["head_force_spread"]) and m.validation_metrics["head_force_spread"] > 0
+               for m in models)
+    for it in result.iterations:
+        assert it.n_labelled > 0 and it.calibration is not None and it.calibration.factor > 0
+
+
+def test_new_learner_settings_keep_old_fingerprints():
+    shallow = load_config(CONFIG)
+    explicit = load_config({**CONFIG, "learner": {**CONFIG["learner"], "nll_epochs": 0, "llpr_rank": 4}})
+    tuned = load_config({**CONFIG, "learner": {**CONFIG["learner"], "nll_epochs": 2}})
+    assert shallow.fingerprint() == explicit.fingerprint() != tuned.fingerprint()
+    assert TrainCommitteeMaker.from_settings(tuned.learner).nll_epochs == 2

@@ -296,6 +296,7 @@ def _campaign_records(cluster: ConcurrentCluster, names: list[str]) -> dict[str,
                     "pool_iterations": db.pool_iterations.count({"campaign": name}),
                     "campaign": db.campaigns.query_one({"name": name}),
                     "heartbeat": _heartbeat(db, name),
+                    "ledger": list(db.ledger.query({"campaign": name})),
                 }
         finally:
             db.close()  # closes the JobStore's docs store too (shared)
@@ -610,3 +611,21 @@ def test_campaign_completed_with_nothing_lost_or_duplicated(kill_run):
     beat = rec["heartbeat"]
     assert beat["manager"] == "fireworks" and beat["event"] == "end" and beat["fw_id"] in {f["fw_id"] for f in fws}
     assert beat["slurm_job_id"] in {x["slurm_job_id"] for x in r["rockets_2"]}
+
+
+def test_the_ledger_counts_every_job_once_the_killed_one_from_its_rerun(kill_run):
+    r = kill_run
+    entries = r["records"][KILL["name"]]["ledger"]
+    keys = Counter((e["job_uuid"], e["job_index"]) for e in entries)
+    assert not [k for k, n in keys.items() if n > 1]
+    # every job of the campaign (jobflow's own store_inputs jobs aside) has its entry, from the run that completed
+    measured = {_job_key(f) for f in r["fws"] if f["spec"]["_tasks"][0]["job"]["@class"] == "MeasuredJob"}
+    assert len(measured) >= 8 and set(keys) == measured
+    assert all(e["state"] == "ok" and e["fw_id"] in {f["fw_id"] for f in r["fws"]} for e in entries)
+    (victim,) = [e for e in entries if e["fw_id"] == r["fw_id"]]
+    assert victim["role"] == "oracle" and victim["slurm_job_id"] in {x["slurm_job_id"] for x in r["rockets_2"]}
+    # the queue is the SLURM partition each job ran in: labels on cpu, committee jobs on gpu
+    assert {e["queue"] for e in entries if e["role"] == "oracle"} == {PARTITION["cpu"]}
+    assert {e["queue"] for e in entries if e["role"] == "train"} == {PARTITION["gpu"]}
+    assert all(e["host"] == socket.gethostname() and e["core_s"] >= 0 for e in entries)
+    assert all(e["core_s"] > 0 for e in entries if e["role"] == "train")

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from almat.campaign.kinds import KINDS
 from almat.campaign.settings.common import (  # noqa: F401
-    NAME_PATTERN, InitialDataSettings, PrerelaxSettings, StructureSource, _Campaign,
+    NAME_PATTERN, FinishSettings, InitialDataSettings, PrerelaxSettings, StructureSource, _Campaign,
 )
 from almat.campaign.settings.md import (  # noqa: F401
     PRESSURE_LIMITS, STAGE_FIELDS, AdaptiveTrust, CampaignConfig, ConvergenceSettings, SamplerSettings,

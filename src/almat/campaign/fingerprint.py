@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any, Callable
 
+from almat.learner.hyperparameters import NPT_STRESS_WEIGHT
 from almat.oracle.settings import DEFAULT_CALCULATOR
 
 FINGERPRINT_VERSION = 1
@@ -49,6 +50,19 @@ def _committee_uncertainty(data: dict[str, Any], config) -> None:
             learner.pop(key, None)
 
 
+#: learner settings added with single-model uncertainties (NLL shallow ensembles, LLPR): left out at their defaults
+NEW_LEARNER_SETTINGS = {"nll_epochs": 0, "llpr_rank": 4}
+
+
+def _learner_without_new_settings(data: dict[str, Any], config) -> None:
+    """Campaigns from before NLL shallow ensembles and LLPR: the new learner settings are left out at their
+    defaults."""
+    learner = data.get("learner") or {}
+    for key, default in NEW_LEARNER_SETTINGS.items():
+        if key in learner and learner[key] == default:
+            learner.pop(key)
+
+
 def _rattled_initial_data(data: dict[str, Any], config) -> None:
     """Campaigns from before foundation-md initial data: rattled initial data leave out the MD settings."""
     initial = data.get("initial") or {}
@@ -57,10 +71,18 @@ def _rattled_initial_data(data: dict[str, Any], config) -> None:
             initial.pop(key, None)
 
 
+def _initial_without_oracle_md(data: dict[str, Any], config) -> None:
+    """Campaigns from before oracle-md initial data: other methods leave out its settings."""
+    initial = data.get("initial") or {}
+    if initial.get("method", "rattle") != "oracle-md":
+        for key in ("md_stride", "subsample"):
+            initial.pop(key, None)
+
+
 #: sampler settings added after the first MD campaigns: left out at their defaults
 NEW_SAMPLER_SETTINGS = ("systems", "ensemble", "pressures", "pressure_unit", "thermostat_time_fs",
                         "barostat_time_fs", "walkers_per_condition", "adaptive_lo", "stages", "max_volume_factor",
-                        "max_walkers_per_job", "drive")
+                        "max_walkers_per_job", "drive", "trust_units")
 
 
 def _single_stage_sampler(data: dict[str, Any], config) -> None:
@@ -75,10 +97,34 @@ def _single_stage_sampler(data: dict[str, Any], config) -> None:
             data["sampler"].pop(key, None)
 
 
+#: stage settings added after the first staged campaigns: left out when a stage does not set them
+NEW_STAGE_SETTINGS = ("trust_units",)
+
+
+def _stages_without_new_settings(data: dict[str, Any], config) -> None:
+    """Staged campaigns from before calibrated trust levels: a stage's unset new settings are left out."""
+    stages = (data.get("sampler") or {}).get("stages") or []
+    for stage in stages:
+        for key in NEW_STAGE_SETTINGS:
+            if isinstance(stage, dict) and stage.get(key) is None:
+                stage.pop(key, None)
+
+
+def _npt_stress_weight(data: dict[str, Any], config) -> None:
+    """Campaigns from before the NPT stress default: a campaign with an NPT stage whose learner trains on
+    stresses with ``NPT_STRESS_WEIGHT`` (the default there since) hashes with the weight 0 it had before."""
+    hp = (data.get("learner") or {}).get("hyperparameters")
+    sampler = getattr(config, "sampler", None)
+    if (isinstance(hp, dict) and hp.get("stress_weight") == NPT_STRESS_WEIGHT and sampler is not None
+            and any(stage.ensemble != "nvt" for stage in sampler.stage_list())):
+        hp["stress_weight"] = 0.0
+
+
 #: the rules that keep the fingerprints of campaigns from before a settings change, in order
 KEEP_OLD: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     _selection_without_options, _oracle_as_one_section, _learner_kind_mace, _committee_uncertainty,
-    _rattled_initial_data, _single_stage_sampler)
+    _learner_without_new_settings, _initial_without_oracle_md, _rattled_initial_data, _single_stage_sampler,
+    _stages_without_new_settings, _npt_stress_weight)
 
 
 def fingerprint_data(config) -> dict[str, Any]:

@@ -18,10 +18,12 @@ from jobflow import Flow, Maker
 
 from almat.campaign.config import AnyCampaignConfig, ConfigError, load_config
 from almat.campaign.explorer import Explorer, ResumeState
-from almat.campaign.jobs import declare_role, decide, label_batch, register
+from almat.campaign.finish import check_finish, train_production
+from almat.campaign.jobs import all_jobs, declare_role, decide, label_batch, register
 from almat.campaign.kinds import kind_of
 from almat.learner.jobs import TrainCommitteeMaker
-from almat.oracle.registry import label_maker, relax_maker
+from almat.oracle.registry import label_maker, md_maker, relax_maker
+from almat.stores.ledger import measured
 
 
 def _explorer(config) -> Explorer:
@@ -35,8 +37,9 @@ class CampaignMaker(Maker):
 
     Its fields are the campaign's actors: ``oracle`` (a Maker whose ``make(structure, campaign, iteration)``
     labels one structure: ``AseOracleMaker``, ``VaspStaticOracleMaker`` around any atomate2 VASP Maker, ...),
-    ``trainer`` (the committee's ``TrainCommitteeMaker``), ``explorer`` (what the kind explores) and
-    ``relax`` (pre-relaxation, optional); ``config`` holds the rest of the settings; ``routing`` (job role ->
+    ``trainer`` (the committee's ``TrainCommitteeMaker``), ``explorer`` (what the kind explores),
+    ``relax`` (pre-relaxation, optional) and ``oracle_md`` (the oracle's own MD for ``initial.method:
+    oracle-md``); ``config`` holds the rest of the settings; ``routing`` (job role ->
     FireWorks category, set by ``almat submit``) routes every job it makes. Build one from a
     campaign file with :meth:`from_config`, replace an actor from Python, or change a built flow with
     ``flow.update_maker_kwargs(...)``: the jobs added later are built by the updated Maker.
@@ -48,6 +51,7 @@ class CampaignMaker(Maker):
     trainer: TrainCommitteeMaker | None = None
     explorer: Explorer | None = None
     relax: Maker | None = None
+    oracle_md: Maker | None = None
     routing: dict[str, str] | None = None
 
     @classmethod
@@ -58,6 +62,15 @@ class CampaignMaker(Maker):
                  "trainer": TrainCommitteeMaker.from_settings(cfg.learner, cfg.base_dir)}
         if getattr(cfg, "prerelax", None) is not None and cfg.prerelax.enabled:
             built["relax"] = relax_maker(cfg.oracle, cfg.prerelax)
+        if getattr(getattr(cfg, "initial", None), "method", None) == "oracle-md":
+            if cfg.kind != "md":
+                raise ConfigError(f"initial.method: oracle-md is for MD campaigns; a {cfg.kind} campaign "
+                                  "starts from rattled copies (method: rattle)")
+            built["oracle_md"] = md_maker(cfg.oracle, cfg.initial)
+        try:
+            check_finish(cfg.finish)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         maker = cls(name=cfg.name, config=cfg, **{**built, **actors})
         # a foundation file that is missing, not a model or without one of the campaign's elements is
         # refused here, before any job runs
@@ -72,7 +85,7 @@ class CampaignMaker(Maker):
     def __post_init__(self) -> None:
         if self.config is None:
             raise ConfigError("a CampaignMaker needs a config: use CampaignMaker.from_config(...)")
-        for actor in ("oracle", "trainer", "relax"):
+        for actor in ("oracle", "trainer", "relax", "oracle_md"):
             value = getattr(self, actor)
             if value is not None and not isinstance(value, Maker):
                 raise ConfigError(f"{actor}: {type(value).__name__} is not a jobflow Maker")
@@ -92,9 +105,10 @@ class CampaignMaker(Maker):
     def oracle_fingerprint(self) -> str:
         return getattr(self.oracle, "fingerprint", "")
 
-    def declare(self, job, role: str):
-        """Declare a job's role (and route it, when the campaign has a routing)."""
-        return declare_role(job, role, self.routing)
+    def declare(self, job, role: str, iteration: int | None = None):
+        """Declare a job's role (and route it, when the campaign has a routing); its ledger entries name the
+        campaign (and ``iteration``: ``make`` and ``iteration_flow`` set it on all their jobs)."""
+        return declare_role(job, role, self.routing, self.config.name, iteration)
 
     @property
     def campaign_ref(self) -> Any:
@@ -105,7 +119,7 @@ class CampaignMaker(Maker):
         (``resume=True`` reruns the start of a campaign that has no iteration yet: what is labelled is reused)."""
         reg = register(self, resume=bool(resume))
         reg.name = "register campaign"
-        self.declare(reg, "register")
+        self.declare(reg, "register", -1)
         self._campaign_ref = reg.output["name"]
         try:
             if isinstance(resume, ResumeState):
@@ -113,6 +127,8 @@ class CampaignMaker(Maker):
                                             resume.state)
                 return Flow([reg, first], output=first.output, name=f"campaign {self.name}")
             jobs, label_ids, state = self.explorer.initial(self, reg.output["setup"])
+            for j in (j for x in jobs for j in all_jobs(x)):  # before iteration 0 in the ledger
+                measured(j, self.config.name, -1)
             first = self.iteration_flow(0, label_ids, None, state)
             return Flow([reg, *jobs, first], output=first.output, name=f"campaign {self.name}")
         finally:
@@ -133,8 +149,19 @@ class CampaignMaker(Maker):
                      label_ids, state)
         dec.name = f"decide it{iteration}"
         self.declare(dec, "decide")
-        return Flow([train, *explore_jobs, label, *held, dec], output=dec.output,
+        flow = Flow([train, *explore_jobs, label, *held, dec], output=dec.output,
                     name=f"{self.config.name} iteration {iteration}")
+        for j in all_jobs(flow):
+            measured(j, self.config.name, iteration)
+        return flow
+
+    def finish_job(self):
+        """The production-model job (``finish:``) when the campaign has one, else None; routed as training."""
+        if self.config.finish is None:
+            return None
+        job = train_production(self.config, self.campaign_ref)
+        job.name = "production model"
+        return self.declare(job, "train")
 
     def label(self, structures: Any, iteration: int, purpose: str = "", force_weights: Any = None):
         """The job that labels ``structures`` (a reference) with the oracle, one oracle job each."""

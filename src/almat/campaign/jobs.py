@@ -20,12 +20,12 @@ from almat.learner.zero_shot import foundation_calculator, foundation_md_frames
 from almat.schemas import CampaignDoc, CampaignStatus, LabelDoc, StructureDoc, StructureSource, TestErrors
 from almat.schemas import to_atoms, to_structure, utcnow
 from almat.stores import require_db, store_job
+from almat.stores.ledger import ROLE_KEY, measured
 
 logger = logging.getLogger(__name__)
 
 
-#: the job metadata key of a job's role: what it is, whatever its name (``almat.launch`` routes by it)
-ROLE_KEY = "almat_role"
+# ROLE_KEY (almat.stores.ledger): the job metadata key of a job's role, whatever its name (almat.launch routes by it)
 ROLES = ("register", "initial", "label", "train", "explore", "select", "oracle", "decide")
 
 
@@ -34,13 +34,16 @@ def all_jobs(flow: Job | Flow) -> list[Job]:
     return [j for x in flow.jobs for j in all_jobs(x)] if isinstance(flow, Flow) else [flow]
 
 
-def declare_role(job: Job | Flow, role: str, routing: dict[str, str] | None = None) -> Job | Flow:
+def declare_role(job: Job | Flow, role: str, routing: dict[str, str] | None = None, campaign: str | None = None,
+                 iteration: int | None = None) -> Job | Flow:
     """Say what a job (or every job of a flow) is; with a ``routing`` (role -> FireWorks category), route
-    it too, and keep jobflow from overwriting that with the category of the job that created it."""
+    it too, and keep jobflow from overwriting that with the category of the job that created it. Each job
+    also records its cost in the campaign's ledger (``almat.stores.ledger``: of ``campaign``, ``iteration``)."""
     if role not in ROLES:
         raise ValueError(f"unknown job role {role!r}; valid: {', '.join(ROLES)}")
     for j in all_jobs(job):
         j.metadata[ROLE_KEY] = role
+        measured(j, campaign, iteration)
         if routing is not None:
             j.config.manager_config = {**j.config.manager_config, "_category": routing.get(role, routing["default"])}
             j.config.pass_manager_config = False
@@ -165,7 +168,7 @@ def label_batch(structures: list[StructureDoc], oracle, campaign: str, iteration
         kwargs = {} if force_weights is None else {"force_weights": force_weights[i]}
         j = oracle.make(doc, campaign=campaign, iteration=iteration, **kwargs)
         j.name = f"oracle{tag} it{iteration} #{i}"
-        jobs.append(declare_role(j, "oracle", routing))
+        jobs.append(declare_role(j, "oracle", routing, campaign, iteration))
     return Response(replace=Flow(jobs, output=[j.output for j in jobs], name=f"label{tag} it{iteration}"))
 
 
@@ -200,6 +203,7 @@ def decide(maker, iteration: int, committee: Any, exploration: Any, labels: list
     finally:
         db.close()
     if decision.status != CampaignStatus.running:
-        return decision.record
+        finish = maker.finish_job() if decision.status != CampaignStatus.failed else None
+        return decision.record if finish is None else Response(output=decision.record, addition=finish)
     return Response(output=decision.record,
                     addition=maker.iteration_flow(iteration + 1, decision.train_ids, model_ids, decision.state))

@@ -38,6 +38,7 @@ class CampaignKind:
     page_columns: tuple[tuple[str, str, str], ...] = ()  # (title, page row key, style) of the campaign page
     report_columns: tuple[tuple[str, str], ...] = ()  # (title, record attribute: dotted if nested) of the report
     page_legend: str = ""  # what the page's other short titles mean (after ``legend``)
+    optional: tuple[str, ...] = ()  # status columns left out when no row has a value (settings not every campaign has)
 
     def status_row(self, record: dict) -> dict:
         """A stored per-iteration record as a row of the status table."""
@@ -58,16 +59,19 @@ KINDS: dict[str, CampaignKind] = {
                  ("accurate_pct", "accurate %"), ("candidate_pct", "candidate %"), ("failed_pct", "failed %"),
                  ("train_labels", "train labels"), ("new_labels", "new labels"),
                  ("test_force_rmse", "test F RMSE (eV/Å)"), ("calibration_factor", "k"),
-                 ("below_tolerance_pct", "below tol %"), ("stop_reason", "")),
+                 ("below_tolerance_pct", "below tol %"), ("below_tolerance_bound_pct", "bound %"),
+                 ("stop_reason", "")),
         short={"trust_lo": "lo", "frames_explored": "frames", "accurate_pct": "acc%", "candidate_pct": "cand%",
                "failed_pct": "fail%", "train_labels": "train", "new_labels": "new", "test_force_rmse": "F RMSE",
-               "calibration_factor": "k", "below_tolerance_pct": "<tol%", "accurate": "acc%", "candidate": "cand%",
+               "calibration_factor": "k", "below_tolerance_pct": "<tol%", "below_tolerance_bound_pct": "lcb%",
+               "accurate": "acc%", "candidate": "cand%",
                "failed": "fail%", "force_rmse": "F RMSE", "energy_rmse": "E RMSE", "trust_hi": "hi",
-               "below_tol": "<tol%"},
+               "below_tol": "<tol%", "below_tol_bound": "lcb%"},
         legend="stage: exploration stage; lo: the lower trust level (eV/Å; chosen each iteration with adaptive_lo); "
                "acc/cand/fail%: explored frames below trust_lo / between the trust levels / above trust_hi; train: "
                "training labels; new: labels added; F RMSE: held-out force RMSE (eV/Å); k: calibration factor; "
-               "<tol%: frames whose k·σ is below the force tolerance",
+               "<tol%: frames whose k·σ is below the force tolerance; lcb%: its lower confidence bound "
+               "(convergence.conv_confidence, on the explored and calibration frames: docs/uncertainty.md)",
         figures=("learning_curve", "deviation", "parity", "labels_by_source", "calibration", "calibration_trend"),
         row=views.md_status_row, page_row=views.md_page_row,
         page_columns=(("it", "iteration", ""), ("train labels", "train_labels", ""), ("frames", "frames", ""),
@@ -76,7 +80,8 @@ KINDS: dict[str, CampaignKind] = {
                       ("failed labels", "failed_labels", ""), ("held-out", "held_out", ""),
                       ("F RMSE (eV/Å)", "force_rmse", "fmt"), ("E RMSE (eV/atom)", "energy_rmse", "fmt"),
                       ("trust_lo", "trust_lo", "fmt"), ("trust_hi", "trust_hi", "fmt"), ("k", "k", "fmt"),
-                      ("below tol %", "below_tol", "pct"), ("stop", "stop_reason", "text")),
+                      ("below tol %", "below_tol", "pct"), ("bound %", "below_tol_bound", "pct"),
+                      ("stop", "stop_reason", "text")),
         report_columns=(("it", "iteration"), ("train labels", "n_train_labels"),
                         ("frames explored", "n_frames_explored"),
                         ("accurate", "accurate_ratio"), ("candidate", "candidate_ratio"), ("failed", "failed_ratio"),
@@ -85,7 +90,8 @@ KINDS: dict[str, CampaignKind] = {
                         ("E RMSE (eV/atom)", "test_errors.energy_rmse_per_atom"), ("trust_lo (eV/Å)", "trust_lo"),
                         ("trust_hi (eV/Å)", "trust_hi"), ("stop", "stop_reason")),
         page_legend="hi: the upper trust level (eV/Å); held-out: labels the committee is tested on; E RMSE: held-out "
-                    "energy RMSE (eV/atom)"),
+                    "energy RMSE (eV/atom)",
+        optional=("below_tolerance_bound_pct",)),
     "pool": CampaignKind(
         name="pool", config="almat.campaign.settings.pool:PoolCampaignConfig", explorer="almat.campaign.pool:PoolExplorer",
         records="pool_iterations", record_class=PoolIterationDoc,

@@ -26,11 +26,12 @@ from almat.campaign.config import (
     StageSettings,
     SystemSettings,
 )
-from almat.campaign.convergence import get_rule
+from almat.campaign.convergence import apply_patience, get_rule
 from almat.campaign.exploration import DEVIATION_BINS, ExplorationReport  # noqa: F401 - DEVIATION_BINS: re-export
 from almat.campaign.explorer import Decision, Exploration, Explorer
 from almat.campaign.jobs import initial_structures, ok_ids, test_errors
 from almat.campaign.scheduler import StageScheduler
+from almat.campaign.settings.md import SINGLE_MODEL_UNCERTAINTY
 from almat.learner.committee import Committee
 from almat.learner.jobs import load_labels
 from almat.sampler.jobs import CandidateFrame, ExploreDoc, ExploreWalkersMaker
@@ -53,10 +54,12 @@ def explore_maker(sampler: SamplerSettings, device: str = "cpu") -> ExploreWalke
                                max_volume_factor=sampler.max_volume_factor, device=device, drive=sampler.drive)
 
 
-def stage_walkers(sampler: SamplerSettings, stage_index: int, starts: list, iteration: int) -> list[dict]:
+def stage_walkers(sampler: SamplerSettings, stage_index: int, starts: list, iteration: int,
+                  stage: StageSettings | None = None) -> list[dict]:
     """The walkers of a stage (``WalkerSpec`` dicts; ``starts`` may be references): each system x
-    temperature x pressure x ``walkers_per_condition``, each with its own seed."""
-    stage = sampler.stage_list()[stage_index]
+    temperature x pressure x ``walkers_per_condition``, each with its own seed. ``stage``: the stage with
+    its trust levels in raw units (``effective_stage``; default: the sampler's stage as it is)."""
+    stage = stage or sampler.stage_list()[stage_index]
     systems = stage.systems or [SystemSettings(structures=list(range(len(starts))))]
     md = {k: getattr(stage, k) for k in ("ensemble", "steps", "timestep_fs", "friction_per_fs", "thermostat_time_fs",
                                          "barostat_time_fs", "sample_every")}
@@ -84,6 +87,14 @@ def _stage_state(state: Any) -> dict:
     if isinstance(state, dict) and "stage" in state:
         return state
     return {"starts": state, "stage": 0, "stage_iteration": 0}
+
+
+def effective_stage(config, state: Any) -> StageSettings:
+    """The current stage of ``state`` as the explorer uses it (``StageSettings.resolved``): trust levels in
+    raw units by the latest calibration factor in ``state["trust_factor"]``, the default adaptive lo."""
+    st = _stage_state(state)
+    stage = config.sampler.stage_list()[st["stage"]]
+    return stage.resolved(st.get("trust_factor"), config.learner.uncertainty in SINGLE_MODEL_UNCERTAINTY)
 
 
 def stage_convergence(config, stage: StageSettings) -> ConvergenceSettings:
@@ -149,18 +160,37 @@ def quiet_iterations(db: CampaignDB, campaign: str, iteration: int, n_selected: 
     return RandomGuard.quiet_iterations([int(d.get("n_selected") or 0) for d in before], n_selected)
 
 
+def latest_calibration(db: CampaignDB, campaign: str, before: int | None = None
+                       ) -> tuple[int, CalibrationDoc] | None:
+    """``(iteration, calibration)`` of the campaign's latest calibrated iteration (before ``before``)."""
+    query: dict[str, Any] = {"campaign": campaign}
+    if before is not None:
+        query["iteration"] = {"$lt": before}
+    records = [d for d in db.iterations.query(query, properties=["iteration", "calibration"]) if d.get("calibration")]
+    if not records:
+        return None
+    last = max(records, key=lambda d: d["iteration"])
+    return int(last["iteration"]), CalibrationDoc.model_validate(last["calibration"])
+
+
 def calibrated_error_above(db: CampaignDB, campaign: str, iteration: int, deviations, conv: ConvergenceSettings
                            ) -> tuple[bool | None, str]:
     """Whether the explored frames' calibrated error is above the tolerance by the latest calibration of the
-    campaign (before ``iteration``): (None, why) without one."""
-    records = [d for d in db.iterations.query({"campaign": campaign, "iteration": {"$lt": iteration}},
-                                              properties=["iteration", "calibration"]) if d.get("calibration")]
-    if not records:
+    campaign (before ``iteration``; the point share, whatever the rule): (None, why) without one."""
+    latest = latest_calibration(db, campaign, before=iteration)
+    if latest is None:
         return None, "no calibration yet"
-    last = max(records, key=lambda d: d["iteration"])
-    calibration = CalibrationDoc.model_validate(last["calibration"])
-    check = convergence_check(deviations, calibration, conv.force_tolerance, conv.conv_accuracy, bound=conv.bound)
-    return not check.stop, f"calibration of iteration {last['iteration']}: {check.reason}"
+    check = convergence_check(deviations, latest[1], conv.force_tolerance, conv.conv_accuracy, bound=conv.bound)
+    return not check.stop, f"calibration of iteration {latest[0]}: {check.reason}"
+
+
+def earlier_passes(db: CampaignDB, campaign: str, iteration: int, stage: int) -> list[bool]:
+    """Whether the stop rule passed in each earlier iteration of ``stage``, oldest first (``rule_passed``;
+    records from before it: ``converged``)."""
+    records = db.iterations.query({"campaign": campaign, "iteration": {"$lt": iteration}, "stage": stage},
+                                  properties=["iteration", "rule_passed", "converged"])
+    ordered = sorted(records, key=lambda d: d["iteration"])
+    return [bool(d["rule_passed"] if d.get("rule_passed") is not None else d.get("converged")) for d in ordered]
 
 
 def guard_frames(explored: list[ExploreDoc], trajs: dict, guard: RandomGuard, rng: np.random.Generator,
@@ -359,10 +389,23 @@ class MdExplorer(Explorer):
                     starts.append(relax.output.structure)
                     relax_labels.append(relax.output.labels)
                 jobs.append(relax)
+        if cfg.initial.method == "oracle-md":
+            md_jobs = self._oracle_md(maker, starts if starts is not None else cfg.load_structures())
+            return [*jobs, *md_jobs], [*(j.output for j in md_jobs), *relax_labels], starts
         init = initial_structures(cfg, campaign, starts)
         init.name = "initial structures"
         label = maker.label(init.output, -1, "initial")
         return [*jobs, maker.declare(init, "initial"), label], [label.output, *relax_labels], starts
+
+    @staticmethod
+    def _oracle_md(maker, starts: list) -> list:
+        """One oracle-MD job per start structure (``initial.method: oracle-md``): its frames come labelled."""
+        jobs = []
+        for i, structure in enumerate(starts):
+            job = maker.oracle_md.make(structure, campaign=maker.campaign_ref, iteration=-1, start_index=i)
+            job.name = f"oracle md s{i}"
+            jobs.append(maker.declare(job, "oracle"))
+        return jobs
 
     def check(self, config) -> None:
         n = len(config.structures)
@@ -377,9 +420,9 @@ class MdExplorer(Explorer):
     def explore(self, maker, iteration, committee, train_ids, state):
         cfg = maker.config
         st = _stage_state(state)
-        stage = cfg.sampler.stage_list()[st["stage"]]
+        stage = effective_stage(cfg, st)
         starts = cfg.load_structures() if st["starts"] is None else list(st["starts"])
-        walkers = stage_walkers(cfg.sampler, st["stage"], starts, iteration)
+        walkers = stage_walkers(cfg.sampler, st["stage"], starts, iteration, stage)
         size = cfg.sampler.max_walkers_per_job
         label = f" {stage.name}" if stage.name else (f" stage{st['stage']}" if cfg.sampler.stages else "")
         jobs = []
@@ -407,13 +450,15 @@ class MdExplorer(Explorer):
             done = int(last["iteration"]) + 1  # records from before stages have no stage
         stage_max = stage_convergence(config, config.sampler.stage_list()[stage]).max_iterations
         stage, done = StageScheduler.from_config(config).resume(stage, done, bool(last.get("converged")), stage_max)
-        return label_ids, {"starts": starts, "stage": stage, "stage_iteration": done}
+        latest = latest_calibration(db, config.name)
+        return label_ids, {"starts": starts, "stage": stage, "stage_iteration": done,
+                           "trust_factor": None if latest is None else latest[1].factor}
 
     def decide(self, maker, db, iteration, committee, exploration, labels, held_out, train_ids, state):
         """The exploration report, the calibration on held-out frames, the stage's convergence rule and the
         stage scheduler make the iteration's record and say what comes next."""
         cfg, st = maker.config, _stage_state(state)
-        stage = cfg.sampler.stage_list()[st["stage"]]
+        stage = effective_stage(cfg, st)
         conv = stage_convergence(cfg, stage)
         rule = get_rule(conv)
         report = ExplorationReport.from_walkers(exploration.explored)
@@ -424,8 +469,10 @@ class MdExplorer(Explorer):
         check = None
         if calibration is not None and report.n_frames:
             check = convergence_check(report.deviations, calibration, conv.force_tolerance, conv.conv_accuracy,
-                                      bound=conv.bound)
-        converged, reason = rule.check(report, check)
+                                      bound=conv.bound, confidence=conv.conv_confidence, interval=conv.conv_interval)
+        passed, reason = rule.check(report, check)
+        converged, reason, _ = apply_patience(passed, reason, earlier_passes(db, cfg.name, iteration, st["stage"])
+                                              if passed and conv.conv_patience > 1 else [], conv.conv_patience)
         n_selected = len(exploration.candidates) - exploration.n_guard
         stall = None
         if not new_ids and not RandomGuard(conv.guard_patience, conv.guard_samples).holds_back_stop(
@@ -446,12 +493,26 @@ class MdExplorer(Explorer):
             test_errors=errors, deviation_histogram=report.histogram(), model_ids=committee.model_ids,
             trajectory_blob_ids=[d.trajectory_blob_id for d in explored if d.trajectory_blob_id],
             exploded_trajectories=sum(1 for d in explored if d.exploded), converged=converged, stop_rule=conv.rule,
-            calibration=calibration, calibration_label_ids=cal_ids,
-            calibrated_fraction=None if check is None else check.fraction_below, stop_reason=step.stop_reason)
+            calibration=calibration, calibration_label_ids=cal_ids, stop_reason=step.stop_reason,
+            rule_passed=passed, trust_factor=st.get("trust_factor") if _calibrated_trust(cfg, st) else None,
+            **_check_fields(check))
         _log_iteration(doc, report, check, note)
         if conv.recycle_calibration:  # they have calibrated this committee; the next ones may learn from them
             all_ids = list(dict.fromkeys(all_ids + cal_ids))
-        return Decision(doc, step.status, step.stop_reason, all_ids, step.state)
+        factor = calibration.factor if calibration is not None else st.get("trust_factor")
+        return Decision(doc, step.status, step.stop_reason, all_ids, {**step.state, "trust_factor": factor})
+
+
+def _calibrated_trust(config, state: dict) -> bool:
+    return config.sampler.stage_list()[state["stage"]].trust_units == "calibrated"
+
+
+def _check_fields(check) -> dict[str, Any]:
+    """The iteration record's fields of the calibrated check (``StopDecision``; all None without one)."""
+    if check is None:
+        return {"calibrated_fraction": None}
+    return {"calibrated_fraction": check.fraction_below, "calibrated_fraction_bound": check.lower_bound,
+            "confidence_level": check.confidence, "bound_n_effective": check.n_effective}
 
 
 def calibrate_committee(db: CampaignDB, campaign: str, iteration: int, committee, cal_ids: list[str],
@@ -484,7 +545,8 @@ def _log_iteration(doc: IterationDoc, report: ExplorationReport, check, note: st
         logger.info("iteration %d: calibration on %d held-out frames: k = %.2f, q(%.0f%%) = %.2f, Spearman %s; %s",
                     it, calibration.n_samples, calibration.factor, 100 * calibration.coverage,
                     calibration.quantile, "n/a" if calibration.spearman is None else f"{calibration.spearman:.2f}",
-                    check.reason if check is not None else "no explored frames")
+                    "no explored frames" if check is None else
+                    check.reason + ("" if check.lower_bound is None else f"; {check.bound_reason()}"))
     elif note:
         logger.warning("iteration %d: %s", it, note)
     f, ratio = doc.test_errors.force_rmse, report.ratios

@@ -95,8 +95,15 @@ def build_flow(config: Any, db: CampaignDB, resume: bool = False) -> Flow:
         raise CampaignExistsError(f"campaign {cfg.name!r} already exists (status {status}, "
                                   f"{existing.get('n_iterations', 0)} iteration(s)); resume it (--resume) or choose "
                                   "another name")
-    if status == CampaignStatus.converged.value or (status == CampaignStatus.stopped.value
-                                                    and not cfg.resumable_when_stopped):
+    ended = status == CampaignStatus.converged.value or (status == CampaignStatus.stopped.value
+                                                         and not cfg.resumable_when_stopped)
+    if cfg.finish is not None and not existing.get("production_model_id") and (
+            ended or (status == CampaignStatus.max_iterations.value
+                      and existing.get("n_iterations", 0) >= cfg.iteration_limit())):
+        logger.info("campaign %s has stopped (%s); training its production model (finish:)", cfg.name, status)
+        job = maker.finish_job()
+        return Flow([job], output=job.output, name=f"campaign {cfg.name} finish")
+    if ended:
         raise CampaignConvergedError(f"campaign {cfg.name!r} has already {'converged' if status == 'converged' else 'stopped'}"
                                      f" ({existing.get('stop_reason')}); nothing to resume")
     state = resume_state(db, maker)

@@ -40,6 +40,7 @@ def md_status_row(it: dict) -> dict[str, Any]:
         "calibration_factor": calibration.get("factor"), "calibration_spearman": calibration.get("spearman"),
         "calibration_samples": calibration.get("n_samples", 0),
         "below_tolerance_pct": _pct(it.get("calibrated_fraction")),
+        "below_tolerance_bound_pct": _pct(it.get("calibrated_fraction_bound")),
         "converged": it.get("converged", False), "stop_reason": it.get("stop_reason"),
     }
 
@@ -58,6 +59,7 @@ def md_page_row(it: IterationDoc) -> dict[str, Any]:
             "force_rmse": it.test_errors.force_rmse, "energy_rmse": it.test_errors.energy_rmse_per_atom,
             "trust_lo": it.trust_lo, "trust_hi": it.trust_hi,
             "k": it.calibration.factor if it.calibration else None, "below_tol": it.calibrated_fraction,
+            "below_tol_bound": it.calibrated_fraction_bound,
             "exploded": it.exploded_trajectories, "stop_reason": it.stop_reason or "", "created": when(it.created_at)}
 
 

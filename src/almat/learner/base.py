@@ -175,6 +175,27 @@ class Learner(MSONable):
         """The width of ``descriptors``."""
         raise NotImplementedError(f"learner kind {self.kind} gives no descriptors")
 
+    # ------------------------------------------------------------------ a learner that stores its models itself
+
+    def model_to_bytes(self, model: Any) -> bytes:
+        """The bytes of a model that is not a torch module (``almat.learner.models.OWN_FORMAT``): data only."""
+        raise NotImplementedError(f"learner kind {self.kind} stores its models as torch state dicts")
+
+    def model_from_bytes(self, blob: bytes, device: str = "cpu") -> Any:
+        """``model_to_bytes`` read back; anything else raises ``almat.learner.models.UnsafeModelError``."""
+        raise NotImplementedError(f"learner kind {self.kind} stores its models as torch state dicts")
+
+    def export(self, model: Any) -> tuple[bytes, str]:
+        """The model as a file for use outside almat, and what that file is (``almat export-model``): by default
+        the whole torch module, as ``mace_run_train``'s ``.model`` files are (it unpickles: for trusted use)."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        return buffer.getvalue(), "torch module (.model; torch.load(..., weights_only=False))"
+
 
 def hyperparameter_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
     """One line naming every bad key of a learner's hyperparameters (``hyperparameters.KEY: message``); an unknown

@@ -17,7 +17,14 @@ from almat.schemas.section import Section
 STRESS_WEIGHT_HELP = (
     "Weight of the squared stress error in GPa² (per configuration, over the labels that carry a stress; "
     "0: stresses are not trained on). NPT exploration and densities need it: forces alone leave the "
-    "equilibrium volume loose")
+    "equilibrium volume loose. Not given, in a campaign with an NPT stage: 0.1 (NPT_STRESS_WEIGHT)")
+
+#: ``stress_weight`` (GPa²) of a campaign with an NPT stage that does not give one (MACE committees; a shallow
+#: ensemble trains no stresses). 1 GPa of stress error then costs as much as 0.1 eV/Å of force error (with
+#: ``forces_weight`` 10). Measured for densities only (docs/exploration.md: the Li6PS5Cl committee's 0 K densities
+#: from +8.2 / +3.3 % to -2.4 / -0.4 % of GFN1-xTB's, for a force RMSE 5 % higher); its effect on the number of
+#: iterations to converge is not yet measured over seeds (issue 23).
+NPT_STRESS_WEIGHT = 0.1
 
 
 class MaceHyperParameters(Section):
@@ -124,3 +131,22 @@ class MaceFinetuneHyperParameters(Section):
             if isinstance(data["foundation"], str):
                 data = {**data, "foundation": {"path": data["foundation"]}}
         return data
+
+
+class SevennetHyperParameters(Section):
+    """Fine-tuning of SevenNet-0 from the weights the sevenn package ships (``pip install almat[sevennet]``)."""
+
+    pretrained: Literal["7net-0", "7net-0_11Jul2024", "7net-0_22May2024", "7net-l3i5"] = Field(
+        "7net-0", description="Which bundled SevenNet checkpoint to start from (7net-0 is 7net-0_11Jul2024)")
+    epochs: int = Field(10, ge=1, description="Epochs of the first fine-tuning from the pretrained weights")
+    warm_start_epochs: int = Field(5, ge=0, description="Epochs when continuing from a previous member")
+    bootstrap: bool = Field(True, description="Each member trains on a bootstrap resample of the training "
+                            "labels, so that members fine-tuned from the same weights disagree where data are thin")
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0, description="Adam's learning rate (SevenNet's trainer)")
+    lr_final_fraction: float = Field(0.1, gt=0, le=1, description="Linear decay of the lr down to lr * this")
+    energy_weight: float = Field(1.0, ge=0, description="Weight of the energy per atom (eV/atom)²")
+    forces_weight: float = Field(1.0, ge=0)
+    stress_weight: float = Field(0.0, ge=0, description=STRESS_WEIGHT_HELP)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    device: str = Field("cpu", description="torch device (cpu only is tested)")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from almat.learner.base import Learner
 from almat.learner.committee import load_model, save_model
-from almat.learner.registry import SHALLOW_LEARNERS, UNCERTAINTY_KINDS, load_learner
+from almat.learner.registry import check_uncertainty_kind, load_learner
 from almat.schemas import LabelDoc, ModelDoc
 from almat.schemas.section import ConfigError
 from almat.stores import CampaignDB, require_db, store_job
@@ -94,6 +94,8 @@ class TrainCommitteeMaker(Maker):
     uncertainty: str = "committee"
     n_heads: int = 4
     head_forces: str = "all"
+    nll_epochs: int = 0
+    llpr_rank: int | None = 4
 
     def __post_init__(self) -> None:
         if self.n_models < 2:
@@ -102,7 +104,7 @@ class TrainCommitteeMaker(Maker):
         check_uncertainty(self.uncertainty, kind, self.n_heads)
         if self.head_forces not in ("rotate", "all"):
             raise ValueError(f"unknown head_forces {self.head_forces!r}; valid: all, rotate")
-        if isinstance(self.learner, str) or self.learner.shallow != (self.uncertainty == "shallow"):
+        if isinstance(self.learner, str) or type(self.learner) is not type(load_learner(kind, self.uncertainty)):
             self.learner = load_learner(kind, self.uncertainty)
         self.hyperparameters = self.learner.validate(self.hyperparameters)
 
@@ -117,7 +119,8 @@ class TrainCommitteeMaker(Maker):
         hp = settings.hyperparameters if base_dir is None else learner.with_base_dir(settings.hyperparameters, base_dir)
         return cls(n_models=settings.n_models, hyperparameters=hp, base_seed=settings.seed,
                    warm_start=settings.warm_start, learner=learner, uncertainty=settings.uncertainty,
-                   n_heads=settings.n_heads, head_forces=settings.head_forces)
+                   n_heads=settings.n_heads, head_forces=settings.head_forces, nll_epochs=settings.nll_epochs,
+                   llpr_rank=settings.llpr_rank)
 
     @property
     def hp(self):
@@ -154,7 +157,7 @@ class TrainCommitteeMaker(Maker):
                 )
             job_uuid = CURRENT_JOB.job.uuid if CURRENT_JOB.job is not None else None
             round_ = _Round(self, db, labels, campaign, iteration, list(previous_model_ids or []), job_uuid, start)
-            return _train_shallow(round_) if self.uncertainty == "shallow" else _train_committee(round_)
+            return _train_committee(round_) if self.uncertainty == "committee" else _train_shallow(round_)
         finally:
             db.close()
 
@@ -247,11 +250,15 @@ def _train_committee(round_: _Round) -> CommitteeDoc:
 
 
 def _train_shallow(round_: _Round) -> CommitteeDoc:
-    """One shallow ensemble, its heads the members; if it diverges, the previous committee stays in use."""
+    """One shallow ensemble, its heads the members (or one LLPR model, two synthetic members); if it diverges, the
+    previous committee stays in use."""
     maker = round_.maker
+    llpr = maker.uncertainty == "llpr"
+    what = "the LLPR model" if llpr else f"the shallow ensemble ({maker.n_heads} heads)"
+    options = ({"rank": maker.llpr_rank} if llpr else
+               {"n_heads": maker.n_heads, "rotate": maker.head_forces == "rotate", "nll_epochs": maker.nll_epochs})
     try:
-        init_id, result = round_.train(0, f"the shallow ensemble ({maker.n_heads} heads)", n_heads=maker.n_heads,
-                                       rotate=maker.head_forces == "rotate")
+        init_id, result = round_.train(0, what, **options)
     except FloatingPointError as exc:
         reason = f"shallow ensemble (seed {round_.seed(0)}): {exc}"
         if not round_.previous:
@@ -259,19 +266,16 @@ def _train_shallow(round_: _Round) -> CommitteeDoc:
                              ) from None
         logger.warning("iteration %s: %s; the previous committee stays in use", round_.iteration, reason)
         return round_.output(round_.previous, [], [reason], reused=True)
-    model_id = round_.store(0, init_id, result, f"shallow ensemble of {maker.n_heads} heads",
-                            n_heads=maker.n_heads, head_forces=maker.head_forces)
+    extra = ({"uncertainty": "llpr", "llpr_rank": maker.llpr_rank} if llpr else
+             {"n_heads": maker.n_heads, "head_forces": maker.head_forces, "nll_epochs": maker.nll_epochs})
+    model_id = round_.store(0, init_id, result, what.removeprefix("the "), **extra)
     return round_.output([model_id], [result.metrics])
 
 
 def check_uncertainty(uncertainty: str, learner: str, n_heads: int) -> None:
-    """Refuse an unknown uncertainty kind, a shallow ensemble of a learner that cannot have heads, or fewer
-    than 2 heads (one-line ``ValueError``s)."""
-    if uncertainty not in UNCERTAINTY_KINDS:
-        raise ValueError(f"unknown uncertainty {uncertainty!r}; valid: {', '.join(UNCERTAINTY_KINDS)}")
+    """Refuse an unknown uncertainty kind, one the learner cannot give (a shallow ensemble of a learner that cannot
+    have heads, LLPR of one without a last layer to read), or fewer than 2 heads (one-line ``ValueError``s)."""
+    check_uncertainty_kind(uncertainty, learner)
     if uncertainty == "shallow":
-        if learner not in SHALLOW_LEARNERS:
-            raise ValueError(f"uncertainty: shallow needs a learner that can have heads "
-                             f"({', '.join(SHALLOW_LEARNERS)}); {learner} cannot")
         if n_heads < 2:
             raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={n_heads}")

@@ -5,6 +5,10 @@ A record names a model class that a registered learner declares (``Learner.archi
 both with ``torch.save``, and ``model_from_bytes`` reads them back with ``weights_only=True`` (passed
 explicitly: importing mace turns torch's safe default off for the whole process), rebuilds the class from
 the record and loads the state dict. Nothing else is ever unpickled, so a planted pickle runs no code.
+
+A learner whose models are not torch modules (DeePMD) stores them itself: ``OWN_FORMAT``, the architecture
+class, a newline, then what its ``Learner.model_to_bytes`` writes and its ``model_from_bytes`` reads (which
+refuses anything else).
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import io
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from almat.learner.registry import architectures
+from almat.learner.registry import architectures, learner_of
 
 #: what ``model_to_bytes`` writes: torch's zip format holding only tensors, numbers, strings, lists, dicts
 MODEL_FORMAT = "almat-state-dict/1"
+
+#: the first bytes of a model that its learner stores itself (then the architecture class and a newline)
+OWN_FORMAT = b"almat-model/1 "
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -91,9 +99,21 @@ def _remember(key: tuple[str, str], model: torch.nn.Module) -> None:
         _BUILT.popitem(last=False)
 
 
+def _learner_of_class(name) -> Any:
+    try:
+        return learner_of(name)
+    except ValueError as exc:
+        raise UnsafeModelError(str(exc)) from None
+
+
 def model_to_bytes(model: torch.nn.Module) -> bytes:
-    """The model as its state dict and architecture record: no pickled code."""
+    """The model as its state dict and architecture record: no pickled code (a model that is not a torch
+    module: ``OWN_FORMAT`` and what its learner writes)."""
     record = getattr(model, "almat_architecture", None)
+    if record is not None and not isinstance(model, torch.nn.Module):
+        blob = OWN_FORMAT + record["class"].encode() + b"\n" + _learner_of_class(record["class"]).model_to_bytes(model)
+        _remember((hashlib.sha256(blob).hexdigest(), "cpu"), model)
+        return blob
     if record is None:
         raise UnsafeModelError(f"{type(model).__name__} has no architecture record; build it with almat "
                                "(model_from_architecture) to store it")
@@ -113,6 +133,14 @@ def model_from_bytes(blob: bytes, device: str = "cpu") -> torch.nn.Module:
     if key in _BUILT:
         _BUILT.move_to_end(key)
         return copy.deepcopy(_BUILT[key])
+    if blob.startswith(OWN_FORMAT):
+        name, _, data = blob[len(OWN_FORMAT):].partition(b"\n")
+        try:
+            model = _learner_of_class(name.decode(errors="replace")).model_from_bytes(data, device=device)
+        except NotImplementedError as exc:  # a learner of torch modules: never stored this way
+            raise UnsafeModelError(str(exc)) from None
+        _remember(key, model)
+        return model
     try:
         payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...

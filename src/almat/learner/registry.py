@@ -21,6 +21,8 @@ LEARNERS: dict[str, str] = {
     "mace": "almat.learner.mace:MaceLearner",
     "mace-finetune": "almat.learner.mace_finetune:MaceFinetuneLearner",
     "chgnet-finetune": "almat.learner.chgnet:ChgnetLearner",
+    "deepmd": "almat.learner.deepmd:DeepmdLearner",
+    "sevennet-finetune": "almat.learner.sevennet:SevennetLearner",
 }
 
 #: learner kind -> its hyperparameters class (or "module:Class" of one): MACE from scratch, MACE fine-tuned
@@ -29,17 +31,28 @@ HYPERPARAMETERS: dict[str, type[BaseModel] | str] = {
     "mace": MaceHyperParameters,
     "mace-finetune": MaceFinetuneHyperParameters,
     "chgnet-finetune": ChgnetHyperParameters,
+    "deepmd": "almat.learner.deepmd_hyperparameters:DeepmdHyperParameters",
+    "sevennet-finetune": "almat.learner.hyperparameters:SevennetHyperParameters",
 }
 
 #: learner kind -> "module:Class" of the learner whose model carries several readout heads
 #: (``learner.uncertainty: shallow``, ``almat.learner.shallow``)
 SHALLOW_LEARNERS: dict[str, str] = {"mace": "almat.learner.shallow:ShallowMaceLearner"}
 
-#: learner kind -> the pip extra that installs its package (``pip install almat[EXTRA]``)
-EXTRAS: dict[str, str] = {}
+#: learner kind -> "module:Class" of the learner that adds an LLPR covariance to its model (``learner.uncertainty:
+#: llpr``, ``almat.learner.llpr``): learners whose model has a last layer to read
+LLPR_LEARNERS: dict[str, str] = {"mace": "almat.learner.llpr:LlprMaceLearner",
+                                 "mace-finetune": "almat.learner.llpr:LlprMaceFinetuneLearner"}
 
-#: how a learner's committee gives its uncertainty: N models, or the N heads of one shallow ensemble
-UNCERTAINTY_KINDS: tuple[str, ...] = ("committee", "shallow")
+#: learner kind -> the pip extra that installs its package (``pip install almat[EXTRA]``)
+EXTRAS: dict[str, str] = {"deepmd": "deepmd", "sevennet-finetune": "sevennet"}
+
+#: production trainer (``finish.trainer``) -> "module:Class" of its ``ProductionTrainer`` (``almat.learner.production``)
+PRODUCTION_TRAINERS: dict[str, str] = {"mace_run_train": "almat.learner.production:MaceRunTrain"}
+
+#: how a learner's committee gives its uncertainty: N models, the N heads of one shallow ensemble, or one model's
+#: last-layer prediction rigidity (LLPR)
+UNCERTAINTY_KINDS: tuple[str, ...] = ("committee", "shallow", "llpr")
 
 _architectures: dict[str, Any] | None = None  # model class -> builder, from every loadable learner
 _missing: dict[str, str] = {}  # learner kind -> why its module does not load
@@ -81,12 +94,24 @@ def load_learner(kind: str, uncertainty: str = "committee"):
     """The ``Learner`` of a kind (its shallow-ensemble learner with ``uncertainty="shallow"``); a one-line
     ``ValueError`` for an unknown kind or a learner whose package is not installed."""
     check_kind(kind)
+    check_uncertainty_kind(uncertainty, kind)
     if uncertainty == "shallow":
-        if kind not in SHALLOW_LEARNERS:
-            raise ValueError(f"uncertainty: shallow needs a learner that can have heads "
-                             f"({', '.join(SHALLOW_LEARNERS)}); {kind} cannot")
         return _load(SHALLOW_LEARNERS[kind], kind)()
+    if uncertainty == "llpr":
+        return _load(LLPR_LEARNERS[kind], kind)()
     return _load(LEARNERS[kind], kind)()
+
+
+def check_uncertainty_kind(uncertainty: str, kind: str) -> None:
+    """Refuse an unknown uncertainty kind, or one the learner kind cannot give (one line naming the learner)."""
+    if uncertainty not in UNCERTAINTY_KINDS:
+        raise ValueError(f"unknown uncertainty {uncertainty!r}; valid: {', '.join(UNCERTAINTY_KINDS)}")
+    if uncertainty == "shallow" and kind not in SHALLOW_LEARNERS:
+        raise ValueError(f"uncertainty: shallow needs a learner that can have heads "
+                         f"({', '.join(SHALLOW_LEARNERS)}); {kind} cannot")
+    if uncertainty == "llpr" and kind not in LLPR_LEARNERS:
+        raise ValueError(f"uncertainty: llpr needs a learner whose model has a last layer to read "
+                         f"({', '.join(LLPR_LEARNERS)}); learner {kind} has none")
 
 
 def _load(path: str, kind: str):
@@ -105,13 +130,20 @@ def _load(path: str, kind: str):
         raise ValueError(f"learner {kind}: {module} has no {name}") from None
 
 
+def load_production_trainer(name: str):
+    """The ``ProductionTrainer`` of ``finish.trainer``; a one-line ``ValueError`` for an unknown one."""
+    if name not in PRODUCTION_TRAINERS:
+        raise ValueError(f"finish.trainer: unknown trainer {name!r}; valid: {', '.join(PRODUCTION_TRAINERS)}")
+    return _load(PRODUCTION_TRAINERS[name], name)()
+
+
 def architectures() -> dict[str, Any]:
     """Model class -> the function that builds one from its record's ``kwargs``: the union of what the
     registered learners declare (a learner whose package is missing declares nothing)."""
     global _architectures
     if _architectures is None:
         found: dict[str, Any] = {}
-        for kind, path in [*LEARNERS.items(), *SHALLOW_LEARNERS.items()]:
+        for kind, path in [*LEARNERS.items(), *SHALLOW_LEARNERS.items(), *LLPR_LEARNERS.items()]:
             try:
                 learner = _load(path, kind)
             except ValueError as exc:

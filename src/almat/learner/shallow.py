@@ -7,10 +7,17 @@ the E0s and the scale/shift are shared. To the rest of almat it is a committee o
 ``Committee`` gives per-head energies [n_heads, n_frames] and forces [n_heads, n_atoms, 3], from which the
 model deviation, trust levels, selection and calibration work unchanged.
 
-Why bootstrap heads and not a mean-variance NLL: the heads then mean what a committee's members mean (an
-ensemble whose spread almat's calibration rescales by its factor k, as it does for the committee), the loss
-has no variance in a denominator to blow up on a small early training set, and it is the committee's own
-loss, per head. Every step fits every head's energies on its bootstrap sample and, with ``all``
+With ``learner.nll_epochs`` > 0 the heads are then fine-tuned for that many epochs with the Gaussian negative
+log-likelihood of the forces (and energies) under the heads' mean and variance (``nll_loss``; "How to Train a
+Shallow Ensemble", Schaefer, Kellner, Kaestner, Ceriotti 2026; Kellner and Ceriotti 2024): bootstrap heads on a
+shared backbone cannot disagree about what the backbone gets wrong, and the NLL trains their spread to be the
+size of the error. It starts from the bootstrap training's heads, so the variance in its denominator is never
+zero at the start (and it is floored at ``NLL_EPS``).
+
+Why bootstrap heads first and not a mean-variance NLL from the start: the heads then mean what a committee's
+members mean (an ensemble whose spread almat's calibration rescales by its factor k, as it does for the
+committee), the loss has no variance in a denominator to blow up on a small early training set, and it is the
+committee's own loss, per head. Every step fits every head's energies on its bootstrap sample and, with ``all``
 (``learner.head_forces``, the default), every head's forces: one forward and one force backward per head,
 about 0.6x the committee's training time. ``rotate`` fits the forces of one head in turn, so a step costs
 one model's forward and force backward, and the heads' mean is about as accurate as one model (the
@@ -105,7 +112,7 @@ def head_count(model: torch.nn.Module) -> int:
     return int(getattr(model, "n_heads", 1))
 
 
-def _grad_inputs(data: dict, compute_stress: bool):
+def grad_inputs(data: dict, compute_stress: bool):
     """``(positions, displacement or None, inputs)``: what forces (and, with a zero strain ``displacement``
     per graph, stresses) are the gradients of."""
     positions = data["positions"]
@@ -127,7 +134,7 @@ def head_outputs(model: torch.nn.Module, data: dict, compute_force: bool = True,
     or one backward batched over the heads (on an accelerator). ``create_graph`` keeps the graph of the forces
     (training: one backward per head, of ``force_heads`` only when given). ``batched`` forces the choice."""
     heads = head_count(model)
-    positions, displacement, inputs = _grad_inputs(data, compute_stress)
+    positions, displacement, inputs = grad_inputs(data, compute_stress)
     with torch.enable_grad():
         energy = graph_energies(model, data, positions, displacement, heads).T  # [n_heads, n_graphs]
         out = {"energy": energy}
@@ -160,7 +167,7 @@ def mean_outputs(model: torch.nn.Module, data: dict, compute_stress: bool = Fals
     """The heads' mean ``energy`` [n_graphs], ``forces`` [n_nodes, 3] (and ``stress``) at the cost of one model:
     one forward and one backward of the mean energy (MD steps whose model deviation is not recorded)."""
     heads = head_count(model)
-    positions, displacement, inputs = _grad_inputs(data, compute_stress)
+    positions, displacement, inputs = grad_inputs(data, compute_stress)
     with torch.enable_grad():
         energy = graph_energies(model, data, positions, displacement, heads).mean(dim=1)
         grads = torch.autograd.grad([energy.sum()], inputs)
@@ -227,11 +234,45 @@ def heads_loss(batch, out: dict, hp: MaceHyperParameters) -> torch.Tensor:
     return hp.energy_weight * torch.mean(e_term) + hp.forces_weight * torch.mean(f_term)
 
 
+#: variance floor of the NLL: (eV/Å)² for forces, (eV/atom)² for energies
+NLL_EPS = 1e-6
+#: the NLL fine-tuning's learning rate, as a fraction of ``hp.lr``
+NLL_LR_FRACTION = 0.2
+
+
+def _gaussian_nll(target: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean (weighted: per first-axis entry) of 0.5 (log var + (target - mean)² / var), var floored at NLL_EPS."""
+    var = torch.clamp(var, min=NLL_EPS)
+    nll = 0.5 * (torch.log(var) + torch.square(target - mean) / var)
+    if weights is None:
+        return torch.mean(nll)
+    nll = nll.reshape(nll.shape[0], -1).mean(dim=1)
+    return torch.sum(nll * weights) / torch.clamp(torch.sum(weights), min=1e-12)
+
+
+def nll_loss(batch, out: dict, hp: MaceHyperParameters) -> torch.Tensor:
+    """The Gaussian negative log-likelihood of the labels under the heads' mean and variance: of every force
+    component (the heads' per-component variance) and, weighted by ``energy_weight / forces_weight``, of the
+    energy per atom. Every head sees every configuration (no bootstrap weights); label weights (nearsighted force
+    training) weight the atoms and configurations as in ``heads_loss``."""
+    natoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
+    e, f = out["energy"] / natoms[None], out["forces"]  # [n_heads, n_graphs], [n_heads, n_nodes, 3]
+    node_w = batch[ATOM_FORCE_WEIGHT_KEY]
+    energy_w = None if node_w is None else batch.energy_weight
+    nll_f = _gaussian_nll(batch.forces, f.mean(dim=0), f.var(dim=0), node_w)
+    nll_e = _gaussian_nll(batch.energy / natoms, e.mean(dim=0), e.var(dim=0), energy_w)
+    ratio = hp.energy_weight / hp.forces_weight if hp.forces_weight > 0 else 1.0
+    return nll_f + ratio * nll_e
+
+
 def fit_heads(model: torch.nn.Module, train_set, valid_set, hp: MaceHyperParameters, epochs: int, seed: int,
-              progress: Callable[[int, int, float], None] | None = None, rotate: bool = False):
+              progress: Callable[[int, int, float], None] | None = None, rotate: bool = False,
+              nll_epochs: int = 0):
     """Train every head (and the shared backbone) on its bootstrap-weighted ``train_set``, keeping the best
-    state by the validation loss of the heads' mean; ``(model on the cpu, metrics, history)``. A non-finite
-    loss or head spread raises ``FloatingPointError``."""
+    state by the validation loss of the heads' mean; then, with ``nll_epochs``, fine-tune with the force NLL
+    (``nll_loss``, at ``NLL_LR_FRACTION`` of the learning rate). ``(model on the cpu, metrics, history)``. A
+    non-finite loss or head spread raises ``FloatingPointError``."""
 
     heads = head_count(model)
 
@@ -243,6 +284,13 @@ def fit_heads(model: torch.nn.Module, train_set, valid_set, hp: MaceHyperParamet
         return heads_loss(batch, out, hp)
 
     model, metrics, history = fit(model, train_set, valid_set, hp, epochs, seed, progress, step_loss)
+    if nll_epochs > 0:
+        def nll_step(model, batch, step):
+            return nll_loss(batch, head_outputs(model, batch.to_dict(), create_graph=True), hp)
+
+        tuned = hp.model_copy(update={"lr": hp.lr * NLL_LR_FRACTION})
+        model, metrics, more = fit(model, train_set, valid_set, tuned, nll_epochs, seed + 1, None, nll_step)
+        history += [{**h, "epoch": h["epoch"] + epochs, "nll": 1.0} for h in more]
     device = torch.device(hp.device)
     model = model.to(device)
     valid_loader = _loader(valid_set or train_set, hp.batch_size, shuffle=False)
@@ -269,6 +317,7 @@ def _fit_shallow(run: Training) -> TrainResult:
     order and the heads' bootstrap weights. With ``init_model`` (a shallow ensemble with as many heads, on the
     same elements) it continues from those weights for ``hp.warm_start_epochs``."""
     n_heads, rotate = int(run.options.get("n_heads", 4)), bool(run.options.get("rotate", False))
+    nll_epochs = int(run.options.get("nll_epochs", 0))
     if n_heads < 2:
         raise ValueError(f"a shallow ensemble needs at least 2 heads, got n_heads={n_heads}")
     start, hp, init_model = time.perf_counter(), run.hp, run.init_model
@@ -289,7 +338,8 @@ def _fit_shallow(run: Training) -> TrainResult:
         weights = bootstrap_weights(len(train_set), n_heads, rng)
         for item, w in zip(train_set, weights):
             item[HEAD_WEIGHT_KEY] = torch.tensor(w, dtype=dtype)[None]
-        model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, run.seed, run.progress, rotate)
+        model, metrics, history = fit_heads(model, train_set, valid_set, hp, epochs, run.seed, run.progress, rotate,
+                                            nll_epochs)
         return TrainResult.of(model, run.ids, train_idx, valid_idx, metrics, epochs, start, history)
 
 

@@ -27,7 +27,7 @@ from jobflow import CURRENT_JOB, Maker
 from pymatgen.core import Structure
 
 from almat.oracle.calculators import CalculatorSpec
-from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource, to_atoms
+from almat.schemas import LabelDoc, LabelStatus, StructureDoc, StructureSource, to_atoms, to_structure
 from almat.stores import CampaignDB, current_db, store_job
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,22 @@ def label_with_calculator(
         wall_time=time.perf_counter() - start,
         **common,
     )
+
+
+def label_from_results(frame, spec: CalculatorSpec, **label_fields: Any) -> LabelDoc:
+    """The label of a frame that the oracle has already computed (``frame.info["oracle_results"]``: energy,
+    forces, maybe stress, e.g. a step of the oracle's own MD); a failed label when a value is not finite."""
+    results = frame.info["oracle_results"]
+    common = dict(structure=to_structure(frame), oracle=spec.name, oracle_fingerprint=spec.fingerprint,
+                  oracle_settings=spec.settings(), **label_fields)
+    stress = results.get("stress")
+    bad = [name for name in ("energy", "forces", "stress") if results.get(name) is not None
+           and not _finite(results[name])]
+    if bad:
+        return LabelDoc(status=LabelStatus.failed, reason=f"non-finite {', '.join(bad)} from {spec.path}", **common)
+    return LabelDoc(status=LabelStatus.ok, energy=float(results["energy"]),
+                    forces=np.asarray(results["forces"], dtype=float).tolist(),
+                    stress=None if stress is None else np.asarray(stress, dtype=float).tolist(), **common)
 
 
 def record_labels(labels: list[LabelDoc], structures: list[StructureDoc] | None = None,

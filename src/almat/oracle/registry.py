@@ -2,8 +2,9 @@
 
 ``ORACLES`` maps an oracle kind to ``"module:function"`` factories, imported on use: ``label`` (settings ->
 the Maker whose ``make(structure, campaign, iteration)`` labels one structure), ``relax`` ((settings,
-prerelax) -> the Maker that relaxes a start structure; ``None``: not supported) and ``check`` (settings ->
-None, raises when the oracle cannot run; called before any job runs).
+prerelax) -> the Maker that relaxes a start structure; ``None``: not supported), ``check`` (settings ->
+None, raises when the oracle cannot run; called before any job runs) and ``md`` ((settings, initial) -> the
+Maker of the oracle's own MD, ``initial.method: oracle-md``; ``None``: not supported).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from jobflow import Maker
 
 from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker
 from almat.oracle.jobs import AseOracleMaker
+from almat.oracle.md import AseOracleMdMaker
 from almat.oracle.relax import AseRelaxMaker
 from almat.oracle.vasp import VaspRelaxFlowMaker, VaspStaticOracleMaker, mp_relax_maker, mp_static_maker
 from almat.schemas.section import ConfigError, import_string
@@ -26,6 +28,12 @@ def ase_label_maker(settings) -> Maker:
 def ase_relax_maker(settings, prerelax) -> Maker:
     return AseRelaxMaker(calculator=settings.calculator.spec(), fmax=prerelax.fmax, steps=prerelax.steps,
                          relax_cell=prerelax.relax_cell, trajectory_stride=prerelax.trajectory_stride)
+
+
+def ase_md_maker(settings, initial) -> Maker:
+    return AseOracleMdMaker(calculator=settings.calculator.spec(), compute_stress=settings.compute_stress,
+                            temperature=initial.md_temperature, steps=initial.md_steps, stride=initial.md_stride,
+                            n_frames=initial.n_per_structure, subsample=initial.subsample, seed=initial.seed)
 
 
 def check_ase(settings) -> None:
@@ -52,12 +60,14 @@ class OracleKind:
     label: str
     relax: str | None = None
     check: str | None = None
+    md: str | None = None  # (settings, initial) -> the Maker of the oracle's own MD (initial.method: oracle-md)
 
 
 _HERE = __name__
 #: oracle kind -> its factories
 ORACLES: dict[str, OracleKind] = {
-    "ase": OracleKind(f"{_HERE}:ase_label_maker", f"{_HERE}:ase_relax_maker", f"{_HERE}:check_ase"),
+    "ase": OracleKind(f"{_HERE}:ase_label_maker", f"{_HERE}:ase_relax_maker", f"{_HERE}:check_ase",
+                      f"{_HERE}:ase_md_maker"),
     "vasp": OracleKind(f"{_HERE}:vasp_label_maker", f"{_HERE}:vasp_relax_maker"),
     "cp2k": OracleKind(f"{_HERE}:cp2k_label_maker"),
 }
@@ -82,6 +92,15 @@ def relax_maker(settings, prerelax) -> Maker:
         raise ConfigError(f"pre-relaxation with {settings.kind.upper()} is not supported yet "
                           "(set prerelax.enabled: false)")
     return import_string(factory)(settings, prerelax)
+
+
+def md_maker(settings, initial) -> Maker:
+    """The Maker of the oracle's own MD from one start structure (``initial.method: oracle-md``)."""
+    factory = oracle_kind(settings).md
+    if factory is None:
+        raise ConfigError(f"initial.method: oracle-md with {settings.kind.upper()} is not supported yet "
+                          f"(supported: {', '.join(k for k, v in ORACLES.items() if v.md)})")
+    return import_string(factory)(settings, initial)
 
 
 def check_oracle(settings) -> None:

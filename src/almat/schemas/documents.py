@@ -194,6 +194,7 @@ class ModelDoc(AlmatDocument):
     campaign: str | None = None
     iteration: int | None = None
     committee_index: int = 0
+    role: str = Field("committee", description="committee (a member) or production (the model of finish:)")
     architecture: str = "MACE"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
@@ -206,6 +207,8 @@ class ModelDoc(AlmatDocument):
     warm_started_from: str | None = None
     weights_blob_id: str = Field(..., description="blob_uuid of the weights in the data store")
     weights_store: str = "data"
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> blob id of the files the "
+                                  "trainer wrote for users (a production model's .model and its compiled form)")
     device: str = "cpu"
     wall_time: float | None = None
     job_uuid: str | None = None
@@ -293,6 +296,16 @@ class IterationDoc(AlmatDocument):
         default_factory=list, description="This iteration's held-out calibration labels (never trained on)")
     calibrated_fraction: float | None = Field(
         None, description="Fraction of explored frames whose calibrated uncertainty is below force_tolerance")
+    calibrated_fraction_bound: float | None = Field(
+        None, description="One-sided lower confidence bound (at confidence_level) of calibrated_fraction, on "
+        "bound_n_effective frames (explored and calibration frames: docs/uncertainty.md)")
+    confidence_level: float | None = Field(None, description="The level of calibrated_fraction_bound")
+    bound_n_effective: float | None = Field(None, description="The frames calibrated_fraction_bound rests on")
+    rule_passed: bool | None = Field(
+        None, description="Whether the stop rule passed this iteration (converged needs conv_patience in a row)")
+    trust_factor: float | None = Field(
+        None, description="trust_units: calibrated: the factor k that turned the trust levels into raw ones "
+        "(None: raw trust levels, or no calibration yet)")
     stop_reason: str | None = None
     n_guard_samples: int = Field(0, description="random explored frames labelled by the guard: no candidate "
                                  "selected for guard_patience iterations while the calibrated error was above tolerance")
@@ -326,5 +339,6 @@ class CampaignDoc(AlmatDocument):
     n_labels: int = 0
     n_reused_labels: int = Field(0, description="labels reused from earlier identical labels (no oracle call)")
     stop_reason: str | None = None
+    production_model_id: str | None = Field(None, description="the model_id of its production model (finish:)")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -43,7 +43,7 @@ from almat.stores import CampaignDB, check_connection
 HERE = Path(__file__).parent
 #: what the page hands to almat.js to draw
 CHART_KEYS = ("kind", "learning_curve", "deviation", "calibration", "calibration_points", "force_tolerance",
-              "conv_accuracy", "pool_curve", "target_force_rmse", "nft_boxes", "stop_delta")
+              "conv_accuracy", "pool_curve", "target_force_rmse", "nft_boxes", "stop_delta", "cost")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")

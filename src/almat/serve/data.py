@@ -19,7 +19,9 @@ from almat.campaign.views import when as _when
 from almat.launch.state import campaign_state
 from almat.report.learning import learning_curves
 from almat.report.plots import _plot_edges, calibration_data, deviation_data, learning_curve_data, load_iterations
+from almat.learner.settings import uncertainty_label
 from almat.stores import CampaignDB
+from almat.stores.ledger import campaign_cost
 
 LABEL_FIELDS = ["label_id", "iteration", "source", "oracle", "oracle_fingerprint", "status", "reason", "formula",
                 "natoms", "reused_from"]
@@ -104,7 +106,7 @@ def stamp(db: CampaignDB, name: str | None = None) -> str:
         return str(hash("\n".join(parts)))
     doc = campaign_doc(db, name)
     counts = [getattr(db, KINDS[kind_of(doc)].records).count({"campaign": name}), db.labels.count({"campaign": name}),
-              db.models.count({"campaign": name})]
+              db.models.count({"campaign": name}), db.ledger.count({"campaign": name})]
     return str(hash(f"{doc.get('status')}|{doc.get('updated_at')}|{doc.get('n_labels')}|{counts}"))
 
 
@@ -124,6 +126,13 @@ def labels_summary(db: CampaignDB, name: str) -> dict[str, Any]:
                        for d in failed],
             "reasons": reasons.most_common(), "fingerprints": sorted({d.get("oracle_fingerprint") or "" for d in docs
                                                                       if d.get("status") == "ok"})}
+
+
+def cost_panel(db: CampaignDB, name: str) -> dict[str, Any]:
+    """The campaign's cost (``almat.stores.ledger.cost_summary``: per iteration and in total, core-hours by
+    what the jobs did), without the entries themselves (``almat status NAME --json`` has them)."""
+    cost = campaign_cost(db, name)
+    return {**{k: cost[k] for k in ("iterations", "total", "hosts", "queues")}, "n_entries": len(cost["entries"])}
 
 
 def _models(db: CampaignDB, name: str) -> list[dict]:
@@ -200,11 +209,12 @@ def campaign_detail(db: CampaignDB, name: str) -> dict[str, Any]:
     out = {"name": doc["name"], "kind": kind, "status": state,
            "chemsys": doc.get("chemsys") or "", "oracle": doc.get("oracle") or "",
            "oracle_fingerprint": doc.get("oracle_fingerprint") or "", "n_iterations": doc.get("n_iterations", 0),
-           "n_labels": doc.get("n_labels", 0), "stop_reason": why or "",
+           "n_labels": doc.get("n_labels", 0), "stop_reason": why or "", "uncertainty": uncertainty_label(config),
            "created": _when(doc.get("created_at")), "updated": _when(doc.get("updated_at"))}
     out.update(_kind_detail(db, name, KINDS[kind], config))
     out["labels"] = labels_summary(db, name)
     out["models"] = _models(db, name)
+    out["cost"] = cost_panel(db, name)
     return out
 
 

@@ -12,7 +12,7 @@
 - ``put_blob``/``get_blob`` keep large objects in the ``data`` store in jobflow's own blob layout
   (``blob_uuid`` + ``data``), so they never hit MongoDB's 16 MB document limit (``limits``).
 - ``migrate_montydb``: copies an embedded store of almat <= 0.1 (montydb) into the SQLite store;
-  ``runinfo``: where a job ran.
+  ``runinfo``: where a job ran; ``ledger``: what each job cost (wall, core and GPU seconds, host, queue).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ CAMPAIGN_COLLECTIONS: dict[str, tuple[list[str], list[str]]] = {
     "iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
     "pool_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
     "nft_iterations": (["campaign", "iteration"], ["campaign", "iteration"]),
+    # the cost ledger (almat.stores.ledger): one entry per run of a job, replaced when the job reruns
+    "ledger": (["job_uuid", "job_index"], ["campaign", "iteration", "role", "job_uuid"]),
 }
 
 
@@ -218,8 +220,9 @@ def sibling_store(store: Store, collection_name: str) -> Store:
 
 @dataclass
 class CampaignDB:
-    """The campaign collections: structures, labels, models, iterations, campaigns, and the
-    per-iteration records of pool-based (``pool_iterations``) and NFT (``nft_iterations``) campaigns."""
+    """The campaign collections: structures, labels, models, iterations, campaigns, the per-iteration
+    records of pool-based (``pool_iterations``) and NFT (``nft_iterations``) campaigns, and the cost ledger
+    (``ledger``: one entry per job run, ``almat.stores.ledger``)."""
 
     structures: Store
     labels: Store
@@ -228,6 +231,7 @@ class CampaignDB:
     campaigns: Store
     pool_iterations: Store
     nft_iterations: Store
+    ledger: Store
     data: Store
 
     @classmethod

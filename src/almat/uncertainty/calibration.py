@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -161,8 +162,66 @@ def committee_errors(committee, labelled_atoms: Sequence[Any]) -> tuple[np.ndarr
     return np.asarray(deviation, dtype=float), error
 
 
+#: one-sided lower confidence bounds of a share (``share_lower_bound``)
+SHARE_INTERVALS = ("clopper-pearson", "wilson")
+
+
+def check_confidence(confidence: float, key: str = "confidence") -> float:
+    """``confidence`` as a float strictly between 0 and 1, else a one-line error naming ``key``."""
+    value = float(confidence)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{key} must be strictly between 0 and 1 (e.g. 0.9), got {confidence}")
+    return value
+
+
+def share_lower_bound(successes: float, n: float, confidence: float = 0.9,
+                      method: str = "wilson") -> float:
+    """One-sided lower confidence bound, at level ``confidence``, of a share seen as ``successes`` of ``n``.
+
+    ``wilson`` (the default of ``rule: confidence_bound``, chosen by ``benchmarks/stop_bound.py``: as few
+    early stops as Clopper-Pearson, far more timely ones at a few dozen frames): the lower end of Wilson's
+    score interval with ``z = Phi^-1(confidence)``; near the nominal level on average, a little below it
+    near shares of 1 with small ``n``. ``clopper-pearson``: the ``1 - confidence`` quantile of Beta(successes, n - successes + 1) (0 when
+    there is no success); its coverage is at least ``confidence`` for every true share (integer counts).
+    Both take non-integer counts (an effective ``n``).
+    """
+    confidence = check_confidence(confidence)
+    if not n > 0:
+        raise ValueError(f"the number of trials must be > 0, got {n}")
+    if not 0.0 <= successes <= n:
+        raise ValueError(f"successes must be within [0, n = {n}], got {successes}")
+    if method == "clopper-pearson":
+        if successes == 0:
+            return 0.0
+        from scipy.stats import beta
+
+        return float(beta.ppf(1.0 - confidence, successes, n - successes + 1.0))
+    if method == "wilson":
+        z = NormalDist().inv_cdf(confidence)
+        p = successes / n
+        centre = p + z * z / (2 * n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return max(0.0, (centre - half) / (1 + z * z / n))
+    raise ValueError(f"unknown confidence interval {method!r}; valid: {', '.join(SHARE_INTERVALS)}")
+
+
+def effective_n(n_frames: int, n_calibration: int | None) -> float:
+    """How many independent frames the below-tolerance share rests on: the explored frames give the share,
+    but the factor k that scales them comes from ``n_calibration`` held-out frames. Their errors add up,
+    each like a share's on its own frames: ``1 / (1/n_frames + 1/n_calibration)``, a little below the
+    smaller of the two (``n_frames`` alone without a calibration size)."""
+    if n_frames <= 0:
+        return 0.0
+    if not n_calibration:
+        return float(n_frames)
+    return 1.0 / (1.0 / n_frames + 1.0 / n_calibration)
+
+
 @dataclass
 class StopDecision:
+    """``stop``: the point rule (share >= conv_accuracy). With a ``confidence``, ``lower_bound`` is the
+    share's one-sided lower confidence bound on ``n_effective`` frames (``effective_n``)."""
+
     stop: bool
     fraction_below: float
     n_frames: int
@@ -170,6 +229,38 @@ class StopDecision:
     conv_accuracy: float
     bound: str
     reason: str
+    lower_bound: float | None = None
+    confidence: float | None = None
+    n_effective: float | None = None
+    interval: str | None = None
+
+    @property
+    def bound_stop(self) -> bool:
+        """Whether the lower confidence bound reaches ``conv_accuracy`` (False without a bound)."""
+        return self.lower_bound is not None and self.lower_bound >= self.conv_accuracy
+
+    def bound_reason(self) -> str:
+        if self.lower_bound is None:
+            return self.reason
+        return (f"{100 * self.confidence:g}% lower bound {100 * self.lower_bound:.1f}% of the "
+                f"{100 * self.fraction_below:.1f}% below {self.tolerance:g} eV/Å "
+                f"(n_eff {self.n_effective:.1f} of {self.n_frames} frames) "
+                f"{'>=' if self.bound_stop else '<'} conv_accuracy {self.conv_accuracy:g}")
+
+
+def _calibrated_values(u: np.ndarray, calibration: CalibrationDoc | float, bound: str) -> tuple[np.ndarray, int | None]:
+    """``k u`` or ``q k u`` of the explored frames, and the calibration's sample size (None for a bare k)."""
+    if isinstance(calibration, CalibrationDoc):
+        factor, quantile, n_cal = calibration.factor, calibration.quantile, calibration.n_samples
+    else:
+        factor, quantile, n_cal = float(calibration), None, None
+    if bound == "calibrated":
+        return factor * u, n_cal
+    if bound == "conformal":
+        if quantile is None:
+            raise ValueError("the conformal bound needs a CalibrationDoc (with its quantile)")
+        return quantile * factor * u, n_cal
+    raise ValueError(f"unknown bound {bound!r}; valid: calibrated, conformal")
 
 
 def convergence_check(
@@ -178,31 +269,26 @@ def convergence_check(
     tolerance: float,
     conv_accuracy: float = 0.95,
     bound: Literal["calibrated", "conformal"] = "calibrated",
+    confidence: float | None = None,
+    interval: str = "wilson",
 ) -> StopDecision:
     """Stop when the calibrated uncertainty of the explored frames is below ``tolerance`` (eV/Å)
     for a fraction ``>= conv_accuracy`` of them.
 
     ``uncertainty``: per-frame model deviations of the explored frames (eV/Å). ``calibration``: a
     ``CalibrationDoc`` or a bare factor ``k``. ``bound="calibrated"`` compares ``k u``;
-    ``"conformal"`` compares the upper bound ``q k u`` (needs a ``CalibrationDoc``).
+    ``"conformal"`` compares the upper bound ``q k u`` (needs a ``CalibrationDoc``). With a
+    ``confidence``, the decision also carries the share's lower confidence bound (``interval``:
+    ``share_lower_bound``) on ``effective_n(explored frames, calibration frames)`` frames.
     """
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0 eV/Å, got {tolerance}")
     if not 0.0 < conv_accuracy <= 1.0:
         raise ValueError(f"conv_accuracy must be in (0, 1], got {conv_accuracy}")
+    if confidence is not None:
+        confidence = check_confidence(confidence, "conv_confidence")
     u = np.asarray(uncertainty, dtype=float).ravel()
-    if isinstance(calibration, CalibrationDoc):
-        factor, quantile = calibration.factor, calibration.quantile
-    else:
-        factor, quantile = float(calibration), None
-    if bound == "calibrated":
-        values = factor * u
-    elif bound == "conformal":
-        if quantile is None:
-            raise ValueError("the conformal bound needs a CalibrationDoc (with its quantile)")
-        values = quantile * factor * u
-    else:
-        raise ValueError(f"unknown bound {bound!r}; valid: calibrated, conformal")
+    values, n_cal = _calibrated_values(u, calibration, bound)
     if u.size == 0:
         return StopDecision(False, 0.0, 0, tolerance, conv_accuracy, bound, "no explored frames")
     fraction = float(np.mean(values < tolerance))
@@ -210,4 +296,9 @@ def convergence_check(
     what = "k·u" if bound == "calibrated" else "q·k·u"
     reason = (f"{100 * fraction:.1f}% of {u.size} frames have {what} < {tolerance:g} eV/Å "
               f"({'>=' if stop else '<'} conv_accuracy {conv_accuracy:g})")
-    return StopDecision(stop, fraction, int(u.size), float(tolerance), float(conv_accuracy), bound, reason)
+    decision = StopDecision(stop, fraction, int(u.size), float(tolerance), float(conv_accuracy), bound, reason)
+    if confidence is not None:
+        n_eff = effective_n(u.size, n_cal)
+        decision.lower_bound = share_lower_bound(fraction * n_eff, n_eff, confidence, interval)
+        decision.confidence, decision.n_effective, decision.interval = confidence, n_eff, interval
+    return decision

@@ -13,6 +13,7 @@ from pymatgen.core import Structure
 
 from almat.campaign import sources
 from almat.campaign.fingerprint import fingerprint
+from almat.learner.registry import PRODUCTION_TRAINERS
 from almat.learner.settings import LearnerSettings
 from almat.oracle.settings import AseOracleSettings, OracleSettings
 from almat.schemas import to_structure
@@ -79,15 +80,39 @@ class InitialDataSettings(Section):
     """Initial data, labelled by the oracle: each start structure and ``n_per_structure - 1`` strained and
     rattled copies (``method: rattle``), or frames of MD with a pretrained model (``method: foundation-md``:
     the zero-shot start, what a universal potential visits before any label): the foundation file of a
-    ``mace-finetune`` learner, otherwise the CHGNet bundled with chgnet."""
+    ``mace-finetune`` learner, otherwise the CHGNet bundled with chgnet; or ``n_per_structure`` frames of the
+    oracle's own MD (``method: oracle-md``, AIMD as a start: the frames come labelled,
+    ``almat.oracle.md``)."""
 
     n_per_structure: int = Field(12, ge=2)
-    method: Literal["rattle", "foundation-md"] = "rattle"
+    method: Literal["rattle", "foundation-md", "oracle-md"] = "rattle"
     rattle_std: float = Field(0.05, ge=0, description="Å")
     max_strain: float = Field(0.03, ge=0, lt=0.5, description="max |linear strain|")
-    md_temperature: float = Field(600.0, gt=0, description="K (foundation-md)")
-    md_steps: int = Field(200, ge=1, description="MD steps of 2 fs per start structure (foundation-md)")
+    md_temperature: float = Field(600.0, gt=0, description="K (foundation-md, oracle-md)")
+    md_steps: int = Field(200, ge=1, description="MD steps of 2 fs per start structure (foundation-md, oracle-md)")
+    md_stride: int = Field(10, ge=1, description="oracle-md: keep a frame every md_stride steps")
+    subsample: Literal["stride", "fps"] = Field(
+        "stride", description="oracle-md: which n_per_structure of the kept frames are labels: evenly spaced "
+        "in time, or the most diverse (farthest point sampling)")
     seed: int = 0
+
+
+class FinishSettings(Section):
+    """The production model, trained when the campaign stops (``almat.learner.production``): one model on all
+    the campaign's ok labels (its calibration frames held out to score it) by ``trainer``, a library's own
+    trainer, with ``options`` (that trainer's own options, e.g. ``max_num_epochs: 400`` for
+    ``mace_run_train``; an option it does not have is refused before any job runs)."""
+
+    trainer: str = "mace_run_train"
+    options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+
+    @field_validator("trainer")
+    @classmethod
+    def _known_trainer(cls, value: str) -> str:
+        if value not in PRODUCTION_TRAINERS:
+            raise ValueError(f"unknown trainer {value!r}; valid: {', '.join(PRODUCTION_TRAINERS)}")
+        return value
 
 
 class _Campaign(Section):
@@ -98,9 +123,11 @@ class _Campaign(Section):
     oracle: OracleSettings = Field(default_factory=AseOracleSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
     base_dir: Path | None = Field(None, description="Folder that relative structure paths start from")
+    finish: FinishSettings | None = Field(None, description="The production model trained when the campaign stops")
 
-    #: fields left out of the fingerprint (stopping settings: changing them may continue a campaign)
-    unfingerprinted: ClassVar[tuple[str, ...]] = ("description", "base_dir", "convergence")
+    #: fields left out of the fingerprint (stopping settings and the production model: changing them may
+    #: continue a campaign)
+    unfingerprinted: ClassVar[tuple[str, ...]] = ("description", "base_dir", "convergence", "finish")
     #: whether a stopped campaign of this kind may be resumed (else only a failed or interrupted one)
     resumable_when_stopped: ClassVar[bool] = False
 

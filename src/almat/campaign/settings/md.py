@@ -8,9 +8,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from almat.campaign.settings.common import InitialDataSettings, PrerelaxSettings, StructureSource, _Campaign
+from almat.learner.hyperparameters import NPT_STRESS_WEIGHT
 from almat.sampler.md import ENSEMBLES
 from almat.schemas.section import Section
 from almat.select.lookup import check_policy
+from almat.uncertainty.calibration import check_confidence
 from almat.uncertainty.deviation import TrustLevels
 
 
@@ -63,7 +65,14 @@ PRESSURE_LIMITS = {"bar": 1e7, "GPa": 1e3}
 #: sampler fields a stage may set (the sampler's own values are its defaults)
 STAGE_FIELDS = ("systems", "ensemble", "temperatures", "pressures", "pressure_unit", "steps", "timestep_fs",
                 "friction_per_fs", "thermostat_time_fs", "barostat_time_fs", "sample_every", "walkers_per_condition",
-                "trust_lo", "trust_hi", "adaptive_lo")
+                "trust_lo", "trust_hi", "trust_units", "adaptive_lo")
+#: the trust levels' units: ``raw`` (model deviation, eV/Å) or ``calibrated`` (k x deviation, eV/Å)
+TRUST_UNITS = ("raw", "calibrated")
+#: the lower trust level of single-model uncertainty, and of calibrated levels before the first calibration
+#: (iteration 0), when the stage sets no ``adaptive_lo``: the most uncertain 10 % of the frames below ``hi``
+DEFAULT_ADAPTIVE_LO = {"fraction": 0.1}
+#: learner uncertainties of one model (no committee): their lower trust level is adaptive by default
+SINGLE_MODEL_UNCERTAINTY = ("shallow", "llpr")
 
 
 class _Conditions(Section):
@@ -104,7 +113,8 @@ class StageSettings(_Conditions):
     walkers_per_condition: int | None = Field(None, ge=1)
     trust_lo: float | None = Field(None, gt=0)
     trust_hi: float | None = Field(None, gt=0)
-    adaptive_lo: AdaptiveTrust | None = None
+    trust_units: Literal["raw", "calibrated"] | None = None
+    adaptive_lo: AdaptiveTrust | Literal[False] | None = None
     convergence: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("convergence")
@@ -122,6 +132,31 @@ class StageSettings(_Conditions):
     def trust(self, system: SystemSettings) -> TrustLevels:
         """The trust levels of a system (its own, else the stage's)."""
         return TrustLevels(lo=system.trust_lo or self.trust_lo, hi=system.trust_hi or self.trust_hi)
+
+    def resolved(self, factor: float | None, single_model: bool = False) -> StageSettings:
+        """The stage as the explorer uses it: trust levels in raw units and ``adaptive_lo`` an
+        ``AdaptiveTrust`` or None. Calibrated levels (``trust_units: calibrated``, with the per-system levels
+        and ``lo_min``/``lo_max``) are divided by ``factor``, the latest calibration's k; without one yet
+        (iteration 0) by 1, which, as deviations underestimate errors (k > 1), puts ``hi`` at its most
+        permissive, while ``lo`` is adaptive. ``adaptive_lo`` left out is ``DEFAULT_ADAPTIVE_LO`` for
+        ``single_model`` uncertainty and before the first k; ``adaptive_lo: false`` keeps ``trust_lo``."""
+        adaptive, calibrated = self.adaptive_lo, self.trust_units == "calibrated"
+        if adaptive is None and (single_model or (calibrated and factor is None)):
+            adaptive = AdaptiveTrust(**DEFAULT_ADAPTIVE_LO)
+        update: dict[str, Any] = {"adaptive_lo": adaptive or None}
+        if calibrated:
+            k = 1.0 if factor is None else float(factor)
+            if not k > 0:
+                raise ValueError(f"calibrated trust levels need a calibration factor k > 0, got {factor}")
+            scale = (lambda x: None if x is None else x / k)  # noqa: E731
+            update.update(trust_lo=scale(self.trust_lo), trust_hi=scale(self.trust_hi), trust_units="raw")
+            if self.systems:
+                update["systems"] = [sys.model_copy(update={"trust_lo": scale(sys.trust_lo),
+                                                            "trust_hi": scale(sys.trust_hi)}) for sys in self.systems]
+            if adaptive:
+                update["adaptive_lo"] = adaptive.model_copy(update={"lo_min": adaptive.lo_min / k,
+                                                                    "lo_max": scale(adaptive.lo_max)})
+        return self.model_copy(update=update)
 
     def check(self) -> None:
         """What a complete stage must satisfy (after the sampler's values filled it)."""
@@ -167,7 +202,12 @@ class SamplerSettings(_Conditions):
     walkers_per_condition: int = Field(1, ge=1, description="independent walkers (seeds) per system, T and p")
     trust_lo: float = Field(0.05, gt=0)
     trust_hi: float = Field(0.30, gt=0)
-    adaptive_lo: AdaptiveTrust | None = None
+    trust_units: Literal["raw", "calibrated"] = Field(
+        "raw", description="raw: trust levels on the model deviation; calibrated: on k x deviation (eV/Å), "
+        "k from the latest calibration (docs/uncertainty.md)")
+    adaptive_lo: AdaptiveTrust | Literal[False] | None = Field(
+        None, description="DP-GEN's adaptive lo; None: adaptive (DEFAULT_ADAPTIVE_LO) for single-model "
+        "uncertainty only; false: never")
     stages: list[StageSettings] | None = Field(None, min_length=1)
     stop_after_failed: int = Field(1, ge=1)
     min_distance_factor: float = Field(0.7, gt=0, lt=1, description="MD stops when two atoms come closer than "
@@ -216,12 +256,20 @@ class ConvergenceSettings(Section):
     ``k`` (error ~ k x deviation), the split-conformal quantile ``q`` at ``calibration_coverage`` and the
     Spearman correlation. The campaign converges when the calibrated uncertainty (``k u``, or ``q k u``
     with ``bound: conformal``) of the explored frames is below ``force_tolerance`` for a fraction
-    ``>= conv_accuracy`` of them. ``rule: accurate_ratio``: DP-GEN's rule, stop when the fraction of
-    frames below ``trust_lo`` reaches ``conv_accuracy``. Either way it stops at ``max_iterations``.
+    ``>= conv_accuracy`` of them. ``rule: confidence_bound``: the same share, but its lower confidence
+    bound (``conv_confidence``, ``conv_interval``) on the frames it rests on must reach ``conv_accuracy``
+    (``almat.uncertainty.calibration.convergence_check``). ``rule: accurate_ratio``: DP-GEN's rule, stop
+    when the fraction of frames below ``trust_lo`` reaches ``conv_accuracy``. Any rule may have to hold
+    for ``conv_patience`` iterations in a row of a stage. Either way it stops at ``max_iterations``.
     """
 
-    rule: Literal["calibrated", "accurate_ratio"] = "calibrated"
+    rule: Literal["calibrated", "confidence_bound", "accurate_ratio"] = "calibrated"
     conv_accuracy: float = Field(0.95, gt=0, le=1, description="Fraction of explored frames that must pass the rule")
+    conv_confidence: float = Field(0.9, description="rule confidence_bound: the level of the share's lower "
+                                   "confidence bound, strictly between 0 and 1")
+    conv_interval: Literal["wilson", "clopper-pearson"] = Field(
+        "wilson", description="rule confidence_bound: how the lower bound is computed")
+    conv_patience: int = Field(1, ge=1, description="Iterations in a row of a stage that must pass the rule")
     max_iterations: int = Field(10, ge=1)
     force_tolerance: float = Field(0.15, gt=0, description="eV/Å: target max atomic force error per frame")
     calibration_coverage: float = Field(0.9, gt=0, lt=1, description="Coverage of the conformal bound q k u")
@@ -243,10 +291,15 @@ class ConvergenceSettings(Section):
                                 "fires; until then such an iteration goes on instead of stopping")
     seed: int = 0
 
+    @field_validator("conv_confidence")
+    @classmethod
+    def _confidence(cls, value: float) -> float:
+        return check_confidence(value, "the confidence level")
+
     @model_validator(mode="after")
     def _needs_samples(self):
-        if self.rule == "calibrated" and self.calibration_samples < 2:
-            raise ValueError("rule 'calibrated' needs calibration_samples >= 2 held-out frames per iteration")
+        if self.rule in ("calibrated", "confidence_bound") and self.calibration_samples < 2:
+            raise ValueError(f"rule {self.rule!r} needs calibration_samples >= 2 held-out frames per iteration")
         return self
 
 
@@ -261,5 +314,33 @@ class CampaignConfig(_Campaign):
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     convergence: ConvergenceSettings = Field(default_factory=ConvergenceSettings)
 
+    @model_validator(mode="after")
+    def _calibrated_trust_needs_calibration(self):
+        for k, stage in enumerate(self.sampler.stage_list()):
+            samples = {**self.convergence.model_dump(), **stage.convergence}["calibration_samples"]
+            if stage.trust_units == "calibrated" and samples == 0:
+                where = f"sampler.stages.{k}" if self.sampler.stages else "sampler"
+                raise ValueError(f"{where}.trust_units: calibrated trust levels need calibration frames to fit k, "
+                                 "but convergence.calibration_samples is 0")
+        return self
+
+    @model_validator(mode="after")
+    def _stress_weight_for_npt(self):
+        """A campaign with an NPT stage trains on stresses (``NPT_STRESS_WEIGHT``) unless its learner gives a
+        ``stress_weight`` (0 turns it off) or cannot train on stresses (a shallow ensemble, CHGNet)."""
+        hp = self.learner.hyperparameters
+        if (npt_stages(self) and self.learner.uncertainty != "shallow" and "stress_weight" in type(hp).model_fields
+                and "stress_weight" not in hp.model_fields_set):
+            self.learner.hyperparameters = hp.model_copy(update={"stress_weight": NPT_STRESS_WEIGHT})
+        return self
+
     #: a campaign stopped with nothing new to learn may go on with other settings
     resumable_when_stopped: ClassVar[bool] = True
+
+
+def npt_stages(config) -> list[str]:
+    """The names of a campaign's stages that explore at constant pressure (none for other kinds)."""
+    sampler = getattr(config, "sampler", None)
+    if sampler is None:
+        return []
+    return [stage.name or str(k) for k, stage in enumerate(sampler.stage_list()) if stage.ensemble != "nvt"]

@@ -80,7 +80,7 @@ class PoolCampaignConfig(_Campaign):
     seed: int = 0
 
     unfingerprinted: ClassVar[tuple[str, ...]] = ("description", "base_dir", "max_iterations",
-                                                  "target_force_rmse", "total_budget")
+                                                  "target_force_rmse", "total_budget", "finish")
 
     @field_validator("pool", mode="before")
     @classmethod

@@ -49,7 +49,7 @@
   }
 
   // plot(container, {title, w, h, x: {label, log}, y: {label, log}, y2, series: [...]})
-  // series: {type: line|points|stairs|band|vline|hline|box, ...}; a series on the right axis has y2: true
+  // series: {type: line|points|stairs|band|vline|hline|box|bars, ...} (bars: stacked on `base`); a series on the right axis has y2: true
   function plot(box, o) {
     const W = o.w || 460, H = o.h || 280, m = { l: 62, r: o.y2 ? 58 : 14, t: o.title ? 24 : 10, b: 44 };
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img", "aria-label": o.title || "" }, box);
@@ -59,6 +59,7 @@
       (s.x || []).forEach((v) => xs.push(v)); (s.y || []).forEach((v) => yy.push(v));
       if (s.edges) xs.push(...s.edges);
       if (s.counts) yy.push(0, ...s.counts);
+      if (s.base) yy.push(0, ...s.y.map((v, j) => v + s.base[j]));
       if (s.hi) yy.push(...s.hi.filter(finite));
       if (s.boxes) s.boxes.forEach((b) => { xs.push(b.x); yy.push(b.p5, b.p95, b.max); });
       if (s.type === "hline" && finite(s.at)) yy.push(s.at);
@@ -108,6 +109,15 @@
             height: A.px(0) - A.px(n), fill: col, opacity: 0.75, class: "bar", "data-count": n }, area);
           el("title", {}, bar, `${fmt(s.raw[j])}–${fmt(s.raw[j + 1])} eV/Å: ${n} frames`);
         });
+      } else if (s.type === "bars") {
+        const w = Math.min(36, (W - m.l - m.r) / (s.x.length * 1.8));
+        s.x.forEach((x, j) => {
+          const lo = s.base[j], hi = lo + (s.y[j] || 0);
+          if (!X.ok(x) || !(hi > lo)) return;
+          const bar = el("rect", { x: X.px(x) - w / 2, width: w, y: A.px(hi), height: A.px(lo) - A.px(hi), fill: col,
+            class: "bar", "data-value": s.y[j] }, area);
+          el("title", {}, bar, `${s.tips ? s.tips[j] : x}: ${s.label} ${fmt(s.y[j])} ${s.unit || ""}`);
+        });
       } else if (s.type === "band") {
         const up = s.x.map((x, j) => [x, s.hi[j]]).filter(([x, y]) => X.ok(x) && A.ok(y));
         const down = s.x.map((x, j) => [x, s.lo[j]]).filter(([x, y]) => X.ok(x) && A.ok(y)).reverse();
@@ -135,7 +145,8 @@
     }
     legend.forEach(([text, col, type], i) => {
       const y = m.t + 12 + 15 * i, x = o.legendLeft ? m.l + 8 : W - m.r - 8;
-      el("rect", { x: o.legendLeft ? x : x - 12, y: y - 8, width: 12, height: type === "band" ? 10 : 3, fill: col,
+      const block = type === "band" || type === "bars";
+      el("rect", { x: o.legendLeft ? x : x - 12, y: y - 8, width: 12, height: block ? 10 : 3, fill: col,
         opacity: type === "band" ? 0.4 : 1 }, svg);
       el("text", { x: o.legendLeft ? x + 16 : x - 16, y: y, "text-anchor": o.legendLeft ? "start" : "end",
         class: "legend" }, svg, text);
@@ -210,6 +221,19 @@
         label: `target ${fmt(d.target_force_rmse)} eV/Å` });
       plot(box, { x: { label: "training labels (oracle calls)", integer: true },
         y: { label: "held-out force RMSE (eV/Å)", log: true }, series });
+    },
+    cost(box, d) {
+      // core-hours per iteration, stacked by what the jobs did (the ledger)
+      const rows = d.cost.iterations.filter((r) => r.iteration !== null), its = rows.map((r) => r.iteration);
+      const tips = its.map((i) => (i < 0 ? "initial data" : "iteration " + i)), base = its.map(() => 0), series = [];
+      [["oracle_core_h", "oracle"], ["training_core_h", "training"], ["exploration_core_h", "exploration"],
+        ["other_core_h", "other"]].forEach(([key, label], i) => {
+        const y = rows.map((r) => r[key] || 0);
+        series.push({ type: "bars", x: its, y, base: base.slice(), label, tips, unit: "core-h", color: C[i] });
+        y.forEach((v, j) => { base[j] += v; });
+      });
+      plot(box, { w: 460, legendLeft: true, x: { label: "iteration (−1: initial data)", integer: true,
+        min: Math.min(...its) - 0.6, max: Math.max(...its) + 0.6 }, y: { label: "core-hours", min: 0 }, series });
     },
     nft(box, d) {
       const b = d.nft_boxes.map((r) => ({ ...r, x: r.iteration })), its = b.map((r) => r.x);

@@ -1,0 +1,677 @@
+"""Argyrodite label efficiency: a target where selection matters (issue 23, part 5).
+
+System: enumerated Li6PS5Cl orderings (13-atom primitive cells, and 26-atom doubled cells whose two halves carry
+two different orderings: two sizes), GFN1-xTB (tblite) as the oracle, four conditions: NVT at 300, 600 and
+900 K, and NPT at 900 K and 1 GPa (ASE's isotropic MTK barostat).
+
+Data, made once and cached under ``benchmark_results/argyrodite_efficiency_data/`` (the file name carries a hash
+of everything that made it, so a rerun with the same settings reuses it; ``--data-seed`` changes it):
+
+- **oracle MD** per cell and condition: a burn-in, then two branches with fresh Maxwell-Boltzmann velocities:
+  the *test* branch gives the held-out frames, the *snapshot* branch gives the frames a user without active
+  learning would train on (random oracle-MD snapshots). Every frame carries the oracle's energy and forces
+  of the MD step itself. The test set is never drawn from any learner's MD.
+- **explored frames** per seed: ``n_base`` random oracle-MD snapshots (the *base* set, the same for every
+  method of a seed) train a 2-member MACE committee, whose MD at every cell and condition gives the pool of
+  explored frames (frames beyond ``trust_hi`` are dropped, as a campaign drops them).
+
+Methods (``METHODS``; ``llpr`` joins when ``learner.uncertainty: llpr`` is registered): every run trains on
+the base set plus what ``run_pool_loop`` (``label_efficiency.py``) labels: ``n_init`` random pool frames, then
+``budget`` per iteration.
+
+- ``committee``: MACE committee from scratch, highest max force deviation from the explored frames;
+- ``random-md``: the committee, uniformly random oracle-MD snapshots (their labels come with the MD);
+- ``random-explored``: the committee, uniformly random picks from the same explored frames;
+- ``foundation``: CHGNet (bundled weights) fine-tuned, committee acquisition from the explored frames;
+- ``shallow``: one shallow-ensemble MACE (heads as members), the same acquisition;
+- ``llpr`` (``--methods ...,llpr``): one MACE model with its LLPR uncertainty, the same acquisition.
+
+Score: the held-out force RMSE of the committee mean. The target (``--target``, or by default the worst final
+RMSE of the ``committee`` runs, a value every AL seed reaches) gives ``labels to target`` (interpolated in
+log RMSE, ``label_efficiency.labels_to_target``); a run that never reaches it counts as "more than its last
+label count", so a ratio against it is a lower bound. The error at equal labels is the geometric mean over
+seeds at each label count of the grid.
+
+    python benchmarks/argyrodite_efficiency.py --quick     # two 13-atom cells, 1 seed, 2 iterations (< 10 min)
+    python benchmarks/argyrodite_efficiency.py             # 4 cells, 2 seeds (hours on 2 cores)
+    python benchmarks/argyrodite_efficiency.py --methods committee,random-md --seeds 3
+    python benchmarks/argyrodite_efficiency.py --resummarise   # table and plot again from the JSON (a stopped run's too)
+
+Writes ``argyrodite_efficiency.json`` (after every finished run, so a stopped run leaves what it had) and
+``argyrodite_efficiency.png`` (learning curves) to ``benchmark_results/argyrodite_efficiency[_quick]/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from ase import Atoms
+
+sys.path.insert(0, str(Path(__file__).parent))
+from foundation_start import chgnet_committee_trainer  # noqa: E402
+from label_efficiency import (  # noqa: E402
+    calculator_oracle, labels_to_target, mace_committee_trainer, plot_method_comparison, run_pool_loop,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmark_results"
+CIF = ROOT / "workflows" / "data" / "Li6PS5Cl_argyrodite.cif"
+GPA_IN_BAR = 1.0e4
+
+#: name -> (ensemble, temperature K, pressure bar or None)
+CONDITIONS: dict[str, tuple[str, float, float | None]] = {
+    "nvt-300K": ("nvt", 300.0, None),
+    "nvt-600K": ("nvt", 600.0, None),
+    "nvt-900K": ("nvt", 900.0, None),
+    "npt-900K-1GPa": ("npt", 900.0, GPA_IN_BAR),
+}
+
+#: method -> learner ("committee", "chgnet", or an uncertainty kind of one MACE model: "shallow", "llpr"),
+#: acquisition (``almat.select``), and the pool it picks from ("explored" or "oracle-md")
+METHODS: dict[str, dict[str, str]] = {
+    "committee": {"learner": "committee", "acquisition": "committee", "pool": "explored"},
+    "random-md": {"learner": "committee", "acquisition": "random", "pool": "oracle-md"},
+    "random-explored": {"learner": "committee", "acquisition": "random", "pool": "explored"},
+    "foundation": {"learner": "chgnet", "acquisition": "committee", "pool": "explored"},
+    "shallow": {"learner": "shallow", "acquisition": "committee", "pool": "explored"},
+}
+#: single-model uncertainty kinds beside the shallow ensemble, offered as methods once almat registers them
+OPTIONAL_METHODS: dict[str, dict[str, str]] = {
+    "llpr": {"learner": "llpr", "acquisition": "committee", "pool": "explored"},
+}
+
+
+def available_methods() -> dict[str, dict[str, str]]:
+    """``METHODS`` plus the optional single-model kinds that ``almat.learner.registry`` knows."""
+    from almat.learner.registry import UNCERTAINTY_KINDS
+
+    return {**METHODS, **{m: spec for m, spec in OPTIONAL_METHODS.items() if spec["learner"] in UNCERTAINTY_KINDS}}
+
+
+@dataclass
+class DataSpec:
+    """The cells and the oracle MD (every number that changes the cached data)."""
+
+    cells: list[list[int]] = field(default_factory=lambda: [[0], [3], [0, 1], [0, 3]])  # enumeration ranks
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    timestep_fs: float = 2.0
+    burn_in: int = 20  # oracle MD steps before the branches
+    test_frames: int = 3  # per cell and condition, one every test_every steps
+    test_every: int = 6
+    snapshot_frames: int = 5
+    snapshot_every: int = 5
+    data_seed: int = 0
+
+    def key(self) -> str:
+        """The hash of the oracle-MD settings (not of the cells and conditions: each cell and condition has a
+        file of its own, with its seed, so a run on fewer cells reuses the files of a run on more)."""
+        same = {k: v for k, v in asdict(self).items() if k not in ("cells", "conditions")}
+        return hashlib.sha1(json.dumps(same, sort_keys=True).encode()).hexdigest()[:10]
+
+    def seed(self, cell_name: str, condition: str) -> int:
+        """The oracle MD seed of a cell and condition, the same in every run of this data seed: 10 x the cell's
+        place in the default cells (others: a hash) + the condition's place in ``CONDITIONS``."""
+        default = ["r" + "+r".join(map(str, c)) for c in DataSpec.__dataclass_fields__["cells"].default_factory()]
+        cell = default.index(cell_name) if cell_name in default else 10 + int(
+            hashlib.sha1(cell_name.encode()).hexdigest()[:6], 16) % 89
+        return self.data_seed * 1000 + 10 * cell + list(CONDITIONS).index(condition)
+
+
+@dataclass
+class BenchSettings:
+    data: DataSpec = field(default_factory=DataSpec)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    n_base: int = 4  # random oracle-MD snapshots every run of a seed starts from
+    n_init: int = 4  # then random pool frames
+    budget: int = 6  # then per iteration
+    iterations: int = 5
+    random_iterations: int = 7  # the random baselines run longer, so that a large ratio can be seen
+    n_models: int = 2
+    n_heads: int = 4
+    explore_steps: int = 200
+    explore_every: int = 10
+    trust_hi: float = 1.0  # eV/Å: explored frames at or beyond are dropped (and stop the walker)
+    mace: dict[str, Any] = field(default_factory=lambda: {
+        "num_channels": 8, "radial_mlp": [16, 16], "epochs": 30, "warm_start_epochs": 15, "batch_size": 4,
+        "eval_every": 5})
+    chgnet: dict[str, Any] = field(default_factory=lambda: {"epochs": 4, "warm_start_epochs": 2, "batch_size": 4})
+    target: float | None = None
+    jobs: int = 2
+
+    @classmethod
+    def quick(cls) -> "BenchSettings":
+        data = DataSpec(cells=[[0], [3]], burn_in=6, test_frames=2, test_every=4, snapshot_frames=3,
+                        snapshot_every=4)
+        return cls(data=data, seeds=[0], n_base=3, n_init=2, budget=3, iterations=2, random_iterations=2,
+                   explore_steps=40, explore_every=5,
+                   mace={"num_channels": 8, "radial_mlp": [16, 16], "epochs": 2, "warm_start_epochs": 1,
+                         "batch_size": 4, "eval_every": 1},
+                   chgnet={"epochs": 1, "warm_start_epochs": 1, "batch_size": 4})
+
+
+# -- cells ---------------------------------------------------------------------------------------------------
+
+
+def _frac_key(atoms: Atoms) -> list[tuple]:
+    frac = np.round(atoms.get_scaled_positions() % 1.0, 3) % 1.0
+    return sorted((s, *map(float, f)) for s, f in zip(atoms.get_chemical_symbols(), frac) if s != "Li")
+
+
+def make_cells(orderings: Sequence[Sequence[int]]) -> list[Atoms]:
+    """One cell per entry: ``[r]`` is the 13-atom ordering of Ewald rank ``r`` of the primitive argyrodite
+    (Li 0.5 on 48h, ``almat.enumeration``); ``[r, s]`` the doubled cell (26 atoms) with ordering ``r`` in its
+    first half and ``s`` in its second (a 26-atom ordering of its own when r != s)."""
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from almat.enumeration.core import enumerate_derivatives, set_occupancy
+
+    parent = set_occupancy(Structure.from_file(CIF).get_primitive_structure(), "Li+", 0.5)
+    need = max(max(o) for o in orderings) + 1
+    ranked = [AseAtomsAdaptor.get_atoms(e.structure) for e in enumerate_derivatives(parent, n_structures=need)]
+    for a in ranked:
+        a.info.clear()
+        a.arrays = {k: v for k, v in a.arrays.items() if k in ("numbers", "positions")}
+    cells = []
+    for order in orderings:
+        first = ranked[order[0]]
+        if len(order) == 1:
+            cells.append(first.copy())
+            continue
+        second = ranked[order[1]]
+        if _frac_key(first) != _frac_key(second):
+            raise ValueError(f"orderings {order} do not share their P/S/Cl framework")
+        big = first.repeat((2, 1, 1))
+        keep = [i for i, a in enumerate(big) if a.symbol != "Li" or i < len(first)]
+        big = big[keep]
+        li = second[[a.symbol == "Li" for a in second]]
+        li.positions += first.cell[0]
+        big.extend(li)
+        cells.append(big)
+    for order, cell in zip(orderings, cells):
+        cell.info["cell_name"] = "r" + "+r".join(map(str, order))
+    return cells
+
+
+# -- oracle MD (cached) --------------------------------------------------------------------------------------
+
+
+def _dynamics(atoms: Atoms, condition: str, timestep_fs: float, rng: np.random.Generator):
+    from ase import units
+    from ase.md import nose_hoover_chain
+    from ase.md.langevin import Langevin
+
+    ensemble, temperature, pressure = CONDITIONS[condition]
+    dt = timestep_fs * units.fs
+    if ensemble == "nvt":
+        return Langevin(atoms, timestep=dt, temperature_K=temperature, friction=0.02 / units.fs, fixcm=False, rng=rng)
+    return nose_hoover_chain.IsotropicMTKNPT(atoms, timestep=dt, temperature_K=temperature,
+                                             pressure_au=pressure * units.bar, tdamp=100 * units.fs,
+                                             pdamp=500 * units.fs)
+
+
+def _labelled_copy(atoms: Atoms, **info) -> Atoms:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    a = atoms.copy()
+    a.calc = SinglePointCalculator(a, energy=float(atoms.get_potential_energy()), forces=atoms.get_forces().copy())
+    a.info.update(info)
+    return a
+
+
+def oracle_md(cell: Atoms, condition: str, spec: DataSpec, seed: int) -> tuple[list[Atoms], list[Atoms], int]:
+    """Burn-in, then the test branch and the snapshot branch (fresh velocities each); returns the labelled test
+    frames, the labelled snapshots and the number of oracle MD steps."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    from almat.oracle.xtb import xtb_spec
+
+    _, temperature, _ = CONDITIONS[condition]
+    rng = np.random.default_rng(seed)
+    atoms = cell.copy()
+    atoms.calc = xtb_spec().load()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    _dynamics(atoms, condition, spec.timestep_fs, rng).run(spec.burn_in)
+    branch_point = atoms.copy()
+    branches, steps = [], spec.burn_in
+    for branch, n, every in (("test", spec.test_frames, spec.test_every),
+                             ("snapshot", spec.snapshot_frames, spec.snapshot_every)):
+        atoms = branch_point.copy()
+        atoms.calc = xtb_spec().load()
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        Stationary(atoms)
+        dyn = _dynamics(atoms, condition, spec.timestep_fs, rng)
+        frames = []
+        for _ in range(n):
+            dyn.run(every)
+            frames.append(_labelled_copy(atoms, cell_name=cell.info["cell_name"], condition=condition, branch=branch))
+        branches.append(frames)
+        steps += n * every
+    return branches[0], branches[1], steps
+
+
+def _md_task(args):
+    """One cell and condition of the oracle MD, read from its cache file when there is one."""
+    from ase.io import read, write
+
+    cell, condition, spec, seed, path = args
+    meta = json.loads(path.with_suffix(".json").read_text()) if path is not None and path.exists() else {}
+    if meta.get("seed") == seed:
+        frames = read(path, index=":")
+        return ([a for a in frames if a.info["branch"] == "test"], [a for a in frames if a.info["branch"] != "test"],
+                meta["steps"], meta["seconds"])
+    _quiet(1)
+    t0 = time.perf_counter()
+    test, snaps, steps = oracle_md(cell, condition, spec, seed)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path.with_suffix(".tmp.extxyz"), [*test, *snaps], format="extxyz")
+        path.with_suffix(".json").write_text(json.dumps({"steps": steps, "seconds": seconds, "seed": seed}))
+        os.replace(path.with_suffix(".tmp.extxyz"), path)
+    return test, snaps, steps, seconds
+
+
+def oracle_data(spec: DataSpec, jobs: int = 1, cache: Path | None = OUT / "argyrodite_efficiency_data",
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The cells, the held-out test frames and the oracle-MD snapshots. Each cell and condition is cached in
+    ``cache/oracle_md_<hash of spec>/`` (with its seed) once made, and read from there afterwards."""
+    cells = make_cells(spec.cells)
+    folder = cache / f"oracle_md_{spec.key()}" if cache is not None else None
+    tasks = [(c, cond, spec, spec.seed(c.info["cell_name"], cond),
+              folder / f"{c.info['cell_name']}_{cond}.extxyz" if folder is not None else None)
+             for c in cells for cond in spec.conditions]
+    results = _map(_md_task, tasks, jobs)
+    meta = {"spec": asdict(spec), "oracle_md_steps": sum(r[2] for r in results),
+            "oracle_md_seconds": sum(r[3] for r in results), "cells": {c.info["cell_name"]: len(c) for c in cells},
+            "seeds": {f"{t[0].info['cell_name']}/{t[1]}": t[3] for t in tasks}}
+    if folder is not None:
+        (folder / "spec.json").write_text(json.dumps(meta, indent=1))
+    log(f"oracle MD: {meta['oracle_md_steps']} GFN1-xTB steps, {meta['oracle_md_seconds']:.0f} s (summed over "
+        f"processes, when made){'; cached in ' + str(folder) if folder is not None else ''}")
+    return {"test": [a for r in results for a in r[0]], "snapshots": [a for r in results for a in r[1]],
+            "meta": meta, "cells": cells, "path": str(folder)}
+
+
+# -- exploration ---------------------------------------------------------------------------------------------
+
+
+def base_indices(n_snapshots: int, n_base: int, seed: int) -> list[int]:
+    """The base set of a seed: ``n_base`` random oracle-MD snapshots (the same for every method)."""
+    return sorted(int(i) for i in np.random.default_rng(10_000 + seed).choice(n_snapshots, n_base, replace=False))
+
+
+def explored_pool(cells: Sequence[Atoms], base: Sequence[Atoms], settings: BenchSettings, seed: int) -> list[Atoms]:
+    """MD of a committee trained on the base set at every cell and condition: the frames below ``trust_hi``."""
+    from almat.sampler.md import ExplorationSettings, run_exploration
+    from almat.uncertainty.deviation import TrustLevels
+
+    committee = mace_committee_trainer(settings.mace, settings.n_models, base_seed=100 * seed + 7)(list(base), 0)
+    trust = TrustLevels(lo=min(0.05, settings.trust_hi / 2), hi=settings.trust_hi)
+    pool = []
+    for i, cell in enumerate(cells):
+        for k, condition in enumerate(settings.data.conditions):
+            ensemble, temperature, pressure = CONDITIONS[condition]
+            md = ExplorationSettings(temperature=temperature, steps=settings.explore_steps,
+                                     timestep_fs=settings.data.timestep_fs, sample_every=settings.explore_every,
+                                     seed=1000 * seed + 10 * i + k, ensemble=ensemble, pressure_bar=pressure)
+            traj = run_exploration(cell, committee.calculator(stress=ensemble != "nvt"), trust, md)
+            for j, frame in enumerate(traj.frames):
+                if j > 0 and frame.model_deviation < settings.trust_hi:
+                    a = traj.atoms(j)
+                    a.info.update(cell_name=cell.info["cell_name"], condition=condition,
+                                  deviation=frame.model_deviation)
+                    pool.append(a)
+    return pool
+
+
+# -- learners ------------------------------------------------------------------------------------------------
+
+
+def single_model_trainer(uncertainty: str, hyperparameters: dict[str, Any], n_heads: int, base_seed: int = 0):
+    """A train function for ``run_pool_loop``: one MACE model with its own uncertainty (``shallow``: heads;
+    any other kind the registry knows), warm-started from the previous iteration's model."""
+    from almat.learner.committee import Committee
+    from almat.learner.registry import load_learner
+
+    learner = load_learner("mace", uncertainty)
+    options = {"n_heads": n_heads} if uncertainty == "shallow" else {}
+
+    def train(frames: Sequence[Atoms], iteration: int, previous=None):
+        ids = [str(i) for i in range(len(frames))]
+        init = previous.models[0] if previous is not None else None
+        result = learner.train(list(frames), ids, hyperparameters, seed=base_seed + 1000 * iteration, init_model=init,
+                               **options)
+        return Committee([result.model], [f"it{iteration}-{uncertainty}"])
+
+    return train
+
+
+def trainer_for(method: str, settings: BenchSettings, seed: int, base: Sequence[Atoms]):
+    """The train function of a method, with the base set prepended to whatever the pool loop labelled."""
+    kind = available_methods()[method]["learner"]
+    if kind == "committee":
+        inner = mace_committee_trainer(settings.mace, settings.n_models, base_seed=100 * seed)
+    elif kind == "chgnet":
+        inner = chgnet_committee_trainer(settings.chgnet, settings.n_models)
+    else:
+        inner = single_model_trainer(kind, settings.mace, settings.n_heads, base_seed=100 * seed)
+
+    def train(frames, iteration, previous=None):
+        return inner([*base, *frames], iteration, previous)
+
+    return train
+
+
+# -- runs ----------------------------------------------------------------------------------------------------
+
+
+def _quiet(threads: int | None) -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _stored_label_oracle(frames: Sequence[Atoms]) -> list[Atoms]:
+    """Oracle-MD snapshots carry their labels already (the MD computed them): the oracle hands them back."""
+    return [_labelled_copy(a) for a in frames]
+
+
+def run_one(method: str, seed: int, data: dict[str, Any], pools: dict[int, list[Atoms]], settings: BenchSettings,
+            threads: int | None = 1) -> dict[str, Any]:
+    """One method, one seed: the learning curve (labels counted with the base set) and timings."""
+    from almat.oracle.xtb import xtb_spec
+
+    _quiet(threads)
+    spec = available_methods()[method]
+    start = time.perf_counter()
+    snaps = data["snapshots"]
+    chosen = base_indices(len(snaps), settings.n_base, seed)
+    base = [snaps[i] for i in chosen]
+    if spec["pool"] == "oracle-md":
+        pool, oracle = [a for i, a in enumerate(snaps) if i not in chosen], _stored_label_oracle
+    else:
+        pool, oracle = pools[seed], calculator_oracle(lambda: xtb_spec().load())
+    calls = {"n": 0}
+
+    def counted(frames):
+        calls["n"] += len(frames)
+        return oracle(frames)
+
+    iterations = settings.random_iterations if spec["acquisition"] == "random" else settings.iterations
+    result = run_pool_loop(pool, counted, trainer_for(method, settings, seed, base), n_init=settings.n_init,
+                           budget=settings.budget, acquisition=spec["acquisition"], test_set=data["test"],
+                           max_iterations=iterations, seed=seed, name=f"{method}-s{seed}")
+    picked = [pool[i].info.get("condition") for i in result.state.labelled]
+    return {"method": method, "seed": seed,
+            "n_labels": [settings.n_base + r.n_labels for r in result.records],
+            "force_rmse": [r.test_errors.force_rmse for r in result.records],
+            "energy_rmse_per_atom": [r.test_errors.energy_rmse_per_atom for r in result.records],
+            "oracle_calls": calls["n"] if spec["pool"] == "explored" else 0,
+            "pool_size": len(pool), "labelled_conditions": {c: picked.count(c) for c in dict.fromkeys(picked)},
+            "stop_reason": result.stop_reason, "wall_time": time.perf_counter() - start}
+
+
+def _worker(args):
+    method, seed, data, pools, settings = args
+    return run_one(method, seed, data, pools, settings, threads=1)
+
+
+def _pool_worker(args):
+    cells, base, settings, seed = args
+    _quiet(1)
+    return explored_pool(cells, base, settings, seed)
+
+
+def _map(fn, tasks: list, jobs: int, on_result: Callable[[Any], None] | None = None) -> list:
+    """``fn`` over ``tasks``, ``jobs`` processes (spawned, 1 torch thread each); results in task order."""
+    if jobs <= 1 or len(tasks) <= 1:
+        results = []
+        for t in tasks:
+            results.append(fn(t))
+            if on_result:
+                on_result(results[-1])
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(fn, t): k for k, t in enumerate(tasks)}
+        done = {}
+        for fut in as_completed(futures):
+            done[futures[fut]] = fut.result()
+            if on_result:
+                on_result(done[futures[fut]])
+    return [done[k] for k in range(len(tasks))]
+
+
+# -- scoring -------------------------------------------------------------------------------------------------
+
+
+def _geomean(values: Sequence[float]) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    return float(np.exp(np.mean(np.log(vals)))) if vals else None
+
+
+def rmse_at_labels(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Error at equal labels: per method, the geometric mean over seeds of the force RMSE at each label count
+    that every seed of that method has."""
+    out: dict[str, dict[str, float]] = {}
+    for m in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == m]
+        common = sorted(set.intersection(*[set(r["n_labels"]) for r in mine]))
+        out[m] = {str(n): _geomean([r["force_rmse"][r["n_labels"].index(n)] for r in mine]) for n in common}
+    return out
+
+
+#: (numerator, denominator, issue target): labels of the first over labels of the second must be >= target
+RATIOS = [("random-md", "committee", 5.0), ("random-explored", "committee", 3.0), ("committee", "foundation", 3.0),
+          ("random-md", "shallow", 5.0), ("random-explored", "shallow", 3.0), ("random-md", "llpr", 5.0),
+          ("random-explored", "llpr", 3.0)]
+
+
+def _ratio(num: dict[str, Any], den: dict[str, Any], goal: float) -> dict[str, Any]:
+    """Labels to target of ``num`` over ``den``. A method that did not reach the target on every seed counts
+    its last label count (its labels are then a lower bound); one that reached it at its first point may have
+    needed fewer (an upper bound). Hence the kind of the ratio, and whether it meets ``goal`` (None: undecided)."""
+    value = num["labels_bound"] / den["labels_bound"]
+    ways = ({"lower"} if num["reached"] < num["seeds"] else set()) | ({"upper"} if num["at_first_point"] else set())
+    ways |= ({"upper"} if den["reached"] < den["seeds"] else set()) | ({"lower"} if den["at_first_point"] else set())
+    if not ways:
+        kind, met = "exact", value >= goal
+    elif ways == {"lower"}:
+        kind, met = "lower bound", True if value >= goal else None
+    elif ways == {"upper"}:
+        kind, met = "upper bound", False if value < goal else None
+    else:
+        kind, met = "undetermined", None
+    return {"ratio": value, "bound": kind, "issue_target": goal, "met": met}
+
+
+def summarise(runs: list[dict[str, Any]], target: float | None = None) -> dict[str, Any]:
+    """Target, labels to target per run and method, the issue's ratios (``_ratio``: exact or a bound), and the
+    error at equal labels. A run that never reaches the target counts as its last label count in
+    ``labels_bound``."""
+    if target is None:
+        al = [r["force_rmse"][-1] for r in runs if r["method"] == "committee" and r["force_rmse"][-1] is not None]
+        if not al:
+            raise ValueError("no committee runs to set the target from: give a target")
+        target, rule = float(max(al)), "worst final force RMSE of the committee AL runs"
+    else:
+        rule = "fixed"
+    for r in runs:
+        r["labels_to_target"] = labels_to_target(r["n_labels"], r["force_rmse"], target)
+    per_method = {}
+    for m in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == m]
+        reached = [r["labels_to_target"] for r in mine if r["labels_to_target"] is not None]
+        per_method[m] = {
+            "seeds": len(mine), "reached": len(reached),
+            "mean_labels_to_target": float(np.mean(reached)) if reached else None,
+            "labels_bound": float(np.mean([r["labels_to_target"] if r["labels_to_target"] is not None
+                                           else r["n_labels"][-1] for r in mine])),
+            "at_first_point": any(r["labels_to_target"] == r["n_labels"][0] for r in mine),
+            "final_force_rmse": _geomean([r["force_rmse"][-1] for r in mine]),
+            "max_labels": max(r["n_labels"][-1] for r in mine)}
+    ratios = {}
+    for num, den, goal in RATIOS:
+        if num in per_method and den in per_method:
+            ratios[f"{num}/{den}"] = _ratio(per_method[num], per_method[den], goal)
+    return {"target_force_rmse": target, "target_rule": rule, "per_method": per_method, "ratios": ratios,
+            "rmse_at_labels": rmse_at_labels(runs)}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [f"target held-out force RMSE {result['target_force_rmse']:.4f} eV/Å ({result['target_rule']})", "",
+            "| method | seeds reached | labels to target | final RMSE (eV/Å) | max labels |", "|---|---|---|---|---|"]
+    for m, s in result["per_method"].items():
+        ltt = (f"{s['mean_labels_to_target']:.1f}" if s["reached"] == s["seeds"]
+               else f"> {s['labels_bound']:.1f}" if not s["reached"] else f"{s['labels_bound']:.1f} (some > max)")
+        rows.append(f"| {m} | {s['reached']}/{s['seeds']} | {ltt} | {s['final_force_rmse']:.4f} | {s['max_labels']} |")
+    at = result.get("rmse_at_labels") or {}
+    common = sorted(set.intersection(*[set(v) for v in at.values()]), key=int) if at else []
+    if common:
+        rows += ["", "error at equal labels (eV/Å, geometric mean over seeds):", "",
+                 "| method | " + " | ".join(common) + " |", "|---" * (len(common) + 1) + "|"]
+        rows += [f"| {m} | " + " | ".join(f"{v[n]:.4f}" for n in common) + " |" for m, v in at.items()]
+    rows += ["", "| ratio | value | kind | issue target | met |", "|---|---|---|---|---|"]
+    for name, r in result["ratios"].items():
+        rows.append(f"| {name} | {r['ratio']:.2f} | {r['bound']} | >= {r['issue_target']:g} | {r['met']} |")
+    return "\n".join(rows)
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "argyrodite_efficiency.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(tmp, out / "argyrodite_efficiency.json")
+
+
+def run_benchmark(settings: BenchSettings, out: Path | None, cache: Path | None = OUT / "argyrodite_efficiency_data",
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Oracle data (cached), an explored pool per seed, every method and seed; JSON after every run, then PNG."""
+    t0 = time.perf_counter()
+    data = oracle_data(settings.data, settings.jobs, cache, log)
+    snaps = data["snapshots"]
+    explored = [m for m in settings.methods if available_methods()[m]["pool"] == "explored"]
+    seeds_pools = settings.seeds if explored else []
+    pool_list = _map(_pool_worker, [(data["cells"], [snaps[i] for i in base_indices(len(snaps), settings.n_base, s)],
+                                     settings, s) for s in seeds_pools], settings.jobs)
+    pools = dict(zip(seeds_pools, pool_list))
+    log(f"test set {len(data['test'])} oracle-MD frames, {len(snaps)} oracle-MD snapshots; explored pools "
+        + ", ".join(f"seed {s}: {len(p)}" for s, p in pools.items()))
+    result: dict[str, Any] = {"settings": asdict(settings), "data": data["meta"], "data_file": data["path"],
+                              "test_size": len(data["test"]), "snapshot_pool_size": len(snaps),
+                              "explored_pool_size": {str(s): len(p) for s, p in pools.items()}, "runs": []}
+
+    def finished(run):
+        result["runs"].append(run)
+        log(f"  {run['method']} seed {run['seed']}: " + ", ".join(
+            f"{n}: {f:.3f}" for n, f in zip(run["n_labels"], run["force_rmse"])) + f" ({run['wall_time']:.0f} s)")
+        if out is not None:
+            _write(out, {**result, "wall_time": time.perf_counter() - t0, "complete": False})
+
+    tasks = [(m, s, data, pools, settings) for m in settings.methods for s in settings.seeds]  # method by method
+    _map(_worker, tasks, settings.jobs, finished)
+    result["runs"].sort(key=lambda r: (settings.methods.index(r["method"]), r["seed"]))
+    result.update(summarise(result["runs"], settings.target), wall_time=time.perf_counter() - t0, complete=True)
+    if out is not None:
+        _write(out, result)
+        curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m]
+                  for m in settings.methods}
+        plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
+                               title=f"Li6PS5Cl / GFN1-xTB: {len(data['cells'])} cells, "
+                                     f"{len(data['test'])} test frames")
+        result["files"] = [str(out / "argyrodite_efficiency.json"), str(out / "argyrodite_efficiency.png")]
+    return result
+
+
+def resummarise(out: Path, target: float | None = None) -> int:
+    """Summary, table and plot again from ``out/argyrodite_efficiency.json`` (the runs that finished)."""
+    path = out / "argyrodite_efficiency.json"
+    if not path.exists():
+        print(f"error: no results at {path}", file=sys.stderr)
+        return 2
+    result = json.loads(path.read_text())
+    result.update(summarise(result["runs"], target))
+    _write(out, result)
+    methods = list(dict.fromkeys(r["method"] for r in result["runs"]))
+    curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m] for m in methods}
+    plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
+                           title=f"Li6PS5Cl / GFN1-xTB ({len(result['runs'])} runs"
+                                 f"{'' if result.get('complete') else ', incomplete'})")
+    print(format_table(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 cells, 1 seed, 2 iterations (< 10 min)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (default 2, quick 1)")
+    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(available_methods()))
+    parser.add_argument("--iterations", type=int, help="AL iterations (the random baselines: at least as many)")
+    parser.add_argument("--target", type=float, help="target held-out force RMSE, eV/Å")
+    parser.add_argument("--jobs", type=int, help="runs in parallel (default 2)")
+    parser.add_argument("--cells", help="orderings by Ewald rank, comma-separated; a doubled cell joins two ranks "
+                        "with '+' (default 0,3,0+1,0+3; quick 0,3)")
+    parser.add_argument("--data-seed", type=int, help="seed of the oracle MD (another seed: another cached set)")
+    parser.add_argument("--out", type=Path, help="default benchmark_results/argyrodite_efficiency[_quick]")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="summarise the runs of the JSON in --out again (a stopped run's too), plot, print")
+    args = parser.parse_args(argv)
+    out = args.out or OUT / ("argyrodite_efficiency_quick" if args.quick else "argyrodite_efficiency")
+    if args.resummarise:
+        return resummarise(out, args.target)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    settings = BenchSettings.quick() if args.quick else BenchSettings()
+    valid = available_methods()
+    if args.methods:
+        unknown = [m for m in args.methods.split(",") if m not in valid]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}; valid: {', '.join(valid)}")
+        settings.methods = args.methods.split(",")
+    if args.seeds is not None:
+        settings.seeds = list(range(args.seeds))
+    if args.iterations is not None:
+        settings.iterations = args.iterations
+        settings.random_iterations = max(settings.random_iterations, args.iterations)
+    if args.jobs is not None:
+        settings.jobs = args.jobs
+    if args.cells:
+        try:
+            settings.data.cells = [[int(r) for r in c.split("+")] for c in args.cells.split(",")]
+        except ValueError:
+            parser.error(f"--cells: give ranks like 0,3,0+1 (got {args.cells!r})")
+    if args.data_seed is not None:
+        settings.data.data_seed = args.data_seed
+    settings.target = args.target
+    _quiet(None)
+    result = run_benchmark(settings, out)
+    print()
+    print(format_table(result))
+    print(f"\nwall time {result['wall_time']:.0f} s; wrote {', '.join(result.get('files', []))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""almat and DP-GEN side by side: the same problem, oracle, initial data, schedule and test frames.
+
+Both tools learn a potential for the same problem from the same oracle-labelled initial frames and explore
+the same temperature (and pressure) schedule, one stage per iteration. Each trained committee is scored
+on one test set of oracle-driven MD frames (seeded, written once, shared), and every oracle call counts
+as a label (calibration labels included). A control trains each model family on random label sets of the
+campaigns' sizes, drawn from a pool of oracle MD frames: the difference is what each tool's selection adds.
+
+- almat runs through its own CLI (``almat run``) in almat's .venv, with the MACE committee from scratch;
+- DP-GEN 0.14 (DeePMD-kit 3.2 committees explored in LAMMPS) runs in its peer venv, in a subprocess:
+  ``bash benchmarks/peers/dpgen/setup.sh`` creates it (benchmarks/peers/dpgen/README.md).
+
+    python benchmarks/peer_dpgen.py --quick             # Cu32/EMT, 2 iterations each, one seed
+    python benchmarks/peer_dpgen.py                     # Cu32/EMT and Li6PS5Cl/GFN1-xTB, 3 seeds
+    python benchmarks/peer_dpgen.py --rescore DIR       # the table again, from DIR/peer_dpgen.json
+
+Writes ``peer_dpgen.json`` and ``peer_dpgen.png`` (test force RMSE against labels and hours) to ``--out``
+(default ``benchmark_results/peer_dpgen[_quick]``); every run's files stay under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT / "benchmarks" / "peers" / "dpgen"
+OUT = ROOT / "benchmark_results"
+PEER_HINT = "DP-GEN's peer environment is missing: run  bash benchmarks/peers/dpgen/setup.sh  (about 4 min, 6.3 GB)"
+
+sys.path.insert(0, str(PEER))
+import dpgen_runs  # noqa: E402  (the DP-GEN side: param/machine files, running, reading its folders)
+import peer_data  # noqa: E402  (problems, initial/test/pool frames, deepmd/npy files)
+
+# -- scoring (pure: the unit test runs it on stored results) -------------------------------------------
+
+
+def interpolate_labels(labels: Sequence[float], rmse: Sequence[float], target: float) -> float | None:
+    """Where a learning curve first reaches ``target`` (linear in log RMSE between points; None: never)."""
+    prev = None
+    for n, f in zip(labels, rmse):
+        if f is not None and f <= target:
+            if prev is None or f <= 0 or prev[1] <= 0 or prev[1] == f:
+                return float(n)
+            t = (math.log(prev[1]) - math.log(target)) / (math.log(prev[1]) - math.log(f))
+            return float(prev[0] + t * (n - prev[0]))
+        if f is not None:
+            prev = (n, f)
+    return None
+
+
+def error_at(labels: Sequence[float], rmse: Sequence[float], n: float) -> float | None:
+    """A curve's RMSE at ``n`` labels (log-linear between points; None outside the curve)."""
+    points = [(x, y) for x, y in zip(labels, rmse) if y is not None and y > 0]
+    if not points or n < points[0][0] or n > points[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= n <= x1:
+            t = 0.0 if x1 == x0 else (n - x0) / (x1 - x0)
+            return float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
+    return float(points[-1][1])
+
+
+def stop_point(run: dict[str, Any], conv_accuracy: float) -> dict[str, Any] | None:
+    """The first iteration at which the tool's own stop rule holds, and the true test error there.
+
+    almat: its calibrated stop (``converged`` of the iteration record); DP-GEN: an accurate ratio of at
+    least ``conv_accuracy`` (DP-GEN itself only reports the ratio; the user stops on it).
+    """
+    for it in run["iterations"]:
+        hit = it.get("converged") if run["tool"] == "almat" else (it.get("accurate_ratio") or 0) >= conv_accuracy
+        if hit:
+            return {"iteration": it["iteration"], "oracle_calls": it["oracle_calls"], "force_rmse": it["force_rmse"]}
+    return None
+
+
+def curve(run: dict[str, Any], x: str = "oracle_calls") -> tuple[list[float], list[float]]:
+    """(x, force RMSE) over a run's scored iterations; x is oracle_calls, train_labels or hours."""
+    its = [it for it in run["iterations"] if it.get("force_rmse") is not None]
+    if x == "hours":
+        return [it["wall_s_cumulative"] / 3600 for it in its], [it["force_rmse"] for it in its]
+    return [it[x] for it in its], [it["force_rmse"] for it in its]
+
+
+def summarise(runs: list[dict[str, Any]], conv_accuracy: float = 0.95) -> dict[str, Any]:
+    """Per problem: the shared target (the worse of the two tools' mean final errors), labels and hours
+    to it per run, each tool's error at equal labels (the smallest final label count of all runs), and
+    where each tool's own stop rule would have stopped."""
+    out: dict[str, Any] = {}
+    for problem in sorted({r["problem"] for r in runs}):
+        mine = [r for r in runs if r["problem"] == problem and r["iterations"]]
+        tools = sorted({r["tool"] for r in mine})
+        final = {t: float(np.mean([curve(r)[1][-1] for r in mine if r["tool"] == t and curve(r)[1]])) for t in tools}
+        target = max(final.values()) if final else None
+        equal = min((curve(r)[0][-1] for r in mine if curve(r)[0]), default=None)
+        per_run = []
+        for r in mine:
+            calls, rmse = curve(r)
+            hours, _ = curve(r, "hours")
+            per_run.append({
+                "tool": r["tool"], "seed": r["seed"], "final_force_rmse": rmse[-1] if rmse else None,
+                "final_oracle_calls": calls[-1] if calls else None,
+                "labels_to_target": None if target is None else interpolate_labels(calls, rmse, target),
+                "hours_to_target": None if target is None else interpolate_labels(hours, rmse, target),
+                "rmse_at_equal_labels": None if equal is None else error_at(calls, rmse, equal),
+                "stop": stop_point(r, conv_accuracy), "idle_s": r["iterations"][-1].get("idle_s") if r["iterations"] else None,
+            })
+        out[problem] = {"target_force_rmse": target, "final_force_rmse": final, "equal_labels": equal,
+                        "runs": per_run, "means": _means(per_run, tools)}
+    return out
+
+
+def _means(per_run: list[dict[str, Any]], tools: list[str]) -> dict[str, dict[str, float | None]]:
+    keys = ("final_force_rmse", "final_oracle_calls", "labels_to_target", "hours_to_target", "rmse_at_equal_labels")
+    means: dict[str, dict[str, float | None]] = {}
+    for tool in tools:
+        means[tool] = {}
+        for key in keys:
+            values = [r[key] for r in per_run if r["tool"] == tool and r[key] is not None]
+            means[tool][key] = float(np.mean(values)) if values else None
+            means[tool][key + "_std"] = float(np.std(values)) if len(values) > 1 else None
+    return means
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The markdown table of docs/benchmarks.md: one row per problem and tool."""
+    rows = ["| problem | tool | final force RMSE (eV/Å) | oracle calls | labels to target | hours to target "
+            "| RMSE at equal labels | own stop: iteration, calls, RMSE |", "|---|---|---|---|---|---|---|---|"]
+
+    def fmt(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    for problem, data in summary.items():
+        for tool, m in data["means"].items():
+            stops = [r["stop"] for r in data["runs"] if r["tool"] == tool]
+            stop = "; ".join("never" if s is None else f"{s['iteration']}, {s['oracle_calls']}, {s['force_rmse']:.3f}"
+                             for s in stops)
+            rows.append(f"| {problem} (target {fmt(data['target_force_rmse'], '.3f')}) | {tool} "
+                        f"| {fmt(m['final_force_rmse'], '.3f')} | {fmt(m['final_oracle_calls'], '.0f')} "
+                        f"| {fmt(m['labels_to_target'], '.1f')} | {fmt(m['hours_to_target'], '.3f')} "
+                        f"| {fmt(m['rmse_at_equal_labels'], '.3f')} (at {fmt(data['equal_labels'], '.0f')}) | {stop} |")
+    return "\n".join(rows)
+
+
+def plot(runs: list[dict[str, Any]], controls: list[dict[str, Any]], path: Path) -> None:
+    """Test force RMSE against oracle calls and against hours, one line per tool and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = sorted({r["problem"] for r in runs})
+    fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.8 * len(problems)), squeeze=False)
+    colours = {"almat": "C0", "dpgen": "C3"}
+    for row, problem in zip(axes, problems):
+        for r in (r for r in runs if r["problem"] == problem):
+            for ax, x in zip(row, ("oracle_calls", "hours")):
+                xs, ys = curve(r, x)
+                ax.plot(xs, ys, "o-", color=colours.get(r["tool"], "k"), alpha=0.8, label=f"{r['tool']} seed {r['seed']}")
+        for c in (c for c in controls if c["problem"] == problem):
+            row[0].plot(c["train_labels"], c["force_rmse"], "x:", color=colours.get(c["tool"], "k"),
+                        label=f"{c['model']} on random sets (seed {c['seed']})")
+        for ax, xlabel in zip(row, ("oracle calls (labels)", "wall hours")):
+            ax.set(xlabel=xlabel, ylabel="test force RMSE (eV/Å)", yscale="log", title=problem)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- running ---------------------------------------------------------------------------------------------
+
+
+def peer_python() -> Path:
+    """The peer venv's interpreter (``DPGEN_VENV`` or benchmarks/peers/dpgen/.venv)."""
+    return Path(os.environ.get("DPGEN_VENV", PEER / ".venv")) / "bin" / "python"
+
+
+def settings(quick: bool) -> dict[str, Any]:
+    """Every choice of the run, in one place (docs/benchmarks.md explains them)."""
+    return {
+        "quick": quick,
+        "problems": ["cu"] if quick else ["cu", "lpsc"],
+        "seeds": [0] if quick else [0, 1, 2],
+        "iterations": 2 if quick else None,  # None: the problem's whole schedule
+        "threads": 1,
+        "conv_accuracy": 0.95,
+        "control": True,
+        "control_sizes": "final" if quick else "all",  # the campaigns' final training-set sizes, or every size
+        "mace_control_models": 2 if quick else 4,
+        "deepmd": dpgen_runs.DEEPMD_QUICK if quick else dpgen_runs.DEEPMD_FULL,
+        "poll_s": 2.0,
+    }
+
+
+def run_all(cfg: dict[str, Any], out: Path, tools: Sequence[str], log=print) -> dict[str, Any]:
+    import almat_side  # noqa: PLC0415  (imports almat: only when almat runs)
+
+    result: dict[str, Any] = {"settings": cfg, "versions": {}, "runs": [], "controls": [], "failures": [],
+                              "data": {}}
+    path = out / "peer_dpgen.json"
+    for name in cfg["problems"]:
+        problem = peer_data.PROBLEMS[name]
+        data = peer_data.write_data(problem, out / "data" / name, quick=cfg["quick"], log=log)
+        result["data"][name] = data.summary()
+        for seed in cfg["seeds"]:
+            for tool in tools:
+                log(f"[{name}] {tool}, seed {seed}")
+                if tool == "almat":
+                    run = almat_side.run_almat(problem, data, cfg, seed, out / "runs" / f"{name}-almat-{seed}", log)
+                else:
+                    run = dpgen_runs.run_dpgen(problem, data, cfg, seed, out / "runs" / f"{name}-dpgen-{seed}",
+                                               peer_python(), log)
+                result["runs"].append(run)
+                if run.get("failure"):
+                    result["failures"].append({"tool": tool, "problem": name, "seed": seed, **run["failure"]})
+                path.write_text(json.dumps(result, indent=1, default=float))  # results so far are kept
+        if cfg["control"]:
+            result["controls"] += control(problem, data, cfg, [r for r in result["runs"] if r["problem"] == name],
+                                          tools, out / "runs" / f"{name}-control", log)
+    result["versions"] = versions(tools)
+    result["summary"] = summarise(result["runs"], cfg["conv_accuracy"])
+    path.write_text(json.dumps(result, indent=1, default=float))
+    plot(result["runs"], result["controls"], out / "peer_dpgen.png")
+    return result
+
+
+def control(problem, data, cfg, runs, tools, folder: Path, log) -> list[dict[str, Any]]:
+    """Each model family trained on the same random label sets, of the sizes the campaigns trained on."""
+    import almat_side  # noqa: PLC0415
+
+    if cfg["control_sizes"] == "final":
+        sizes = sorted({r["iterations"][-1]["train_labels"] for r in runs if r["iterations"]})
+    else:
+        sizes = sorted({it["train_labels"] for r in runs for it in r["iterations"] if it.get("train_labels")})
+    sets = peer_data.random_label_sets(data, sizes, seed=cfg["seeds"][0])
+    out = []
+    if "almat" in tools:
+        out.append(almat_side.control_mace(problem, data, sets, cfg, log))
+    if "dpgen" in tools:
+        out.append(dpgen_runs.control_deepmd(problem, data, sets, cfg, folder, peer_python(), log))
+    return out
+
+
+def versions(tools: Sequence[str]) -> dict[str, str]:
+    from importlib.metadata import version
+
+    found = {f"almat:{p}": version(p) for p in ("almat", "torch", "mace-torch", "e3nn", "ase")}
+    if "dpgen" in tools:
+        found.update(dpgen_runs.peer_versions(peer_python()))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Cu only, 2 iterations each, one seed")
+    parser.add_argument("--problems", nargs="+", choices=sorted(peer_data.PROBLEMS), default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--tools", nargs="+", choices=["almat", "dpgen"], default=["almat", "dpgen"])
+    parser.add_argument("--no-control", action="store_true", help="skip the random-label-set control")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rescore", type=Path, default=None,
+                        help="the table and the plot again, from DIR/peer_dpgen.json (also a partial one)")
+    args = parser.parse_args(argv)
+    if args.rescore:
+        result = json.loads((args.rescore / "peer_dpgen.json").read_text())
+        for run in result["runs"]:
+            if run["tool"] == "dpgen" and Path(run.get("folder", "")).joinpath("dpgen.log").exists():
+                dpgen_runs.refresh_run(run)  # counts and ratios read again with this version's readers
+        result["summary"] = summarise(result["runs"], result["settings"]["conv_accuracy"])
+        (args.rescore / "peer_dpgen.json").write_text(json.dumps(result, indent=1, default=float))
+        print(format_table(summarise(result["runs"], result["settings"]["conv_accuracy"])))
+        plot(result["runs"], result.get("controls", []), args.rescore / "peer_dpgen.png")
+        return 0
+    if "dpgen" in args.tools and not peer_python().exists():
+        print(PEER_HINT, file=sys.stderr)
+        return 2
+    cfg = settings(args.quick)
+    cfg.update({k: v for k, v in (("problems", args.problems), ("seeds", args.seeds)) if v})
+    cfg["control"] = not args.no_control
+    out = args.out or OUT / ("peer_dpgen_quick" if args.quick else "peer_dpgen")
+    out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore")  # torch.jit and e3nn warn once per loaded model when the committees are scored
+    start = time.perf_counter()
+    result = run_all(cfg, out, args.tools)
+    print(format_table(result["summary"]))
+    for f in result["failures"]:
+        print(f"FAILED {f['tool']} {f['problem']} seed {f['seed']}: {f['message']}\n{f['log_tail']}")
+    print(f"total {time.perf_counter() - start:.0f} s; {out / 'peer_dpgen.json'}")
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""The almat side of benchmarks/peer_dpgen.py (run in almat's .venv): the campaign file built from
+workflows/cu_emt.yaml, ``almat run`` in a subprocess with its own store, and the scoring of every
+iteration's committee on the shared test frames."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from peer_data import ROOT, Problem, SharedData
+
+DEMO = ROOT / "workflows" / "cu_emt.yaml"
+ALMAT = Path(sys.executable).parent / "almat"
+
+
+def campaign_config(problem: Problem, cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The benchmark's campaign: the demo's learner, the problem's oracle, initial data and schedule."""
+    demo = yaml.safe_load(DEMO.read_text())
+    stages = problem.schedule[: cfg["iterations"]] if cfg["iterations"] else problem.schedule
+    structures = [demo["structures"][0] if s == "bulk:Cu" else {"file": str(ROOT / "tests" / "test_data" /
+                                                                            "structures" / s)}
+                  for s in problem.structures]
+    oracle = demo["oracle"] if problem.oracle == "emt" else {
+        "calculator": {"module": "tblite.ase", "class": "TBLite", "kwargs": {"method": "GFN1-xTB", "verbosity": 0}}}
+    lo, hi = problem.almat_trust
+    sampler = {k: v for k, v in demo["sampler"].items() if k not in ("temperatures",)}
+    sampler.update({"steps": problem.md_steps, "timestep_fs": problem.timestep_fs, "sample_every": problem.sample_every,
+                    "trust_lo": lo, "trust_hi": hi, "seed": seed, "stages": [
+                        {"temperatures": list(st.temperatures), "ensemble": st.ensemble,
+                         **({"pressures": list(st.pressures_bar), "pressure_unit": "bar"} if st.pressures_bar else {}),
+                         "convergence": {"max_iterations": 1}} for st in stages]})
+    return {
+        "name": f"peer-{problem.name}-{seed}", "description": "benchmarks/peer_dpgen.py",
+        "structures": structures, "oracle": oracle,
+        "initial": {"n_per_structure": problem.n_initial, "rattle_std": problem.rattle_std,
+                    "max_strain": problem.max_strain, "seed": 0},
+        "learner": {**demo["learner"], "hyperparameters": {**demo["learner"]["hyperparameters"]}},
+        "sampler": sampler,
+        "selection": {**demo["selection"], "max_select": problem.max_select, "seed": seed},
+        "convergence": {**demo["convergence"], "max_iterations": len(stages), "seed": seed},
+    }
+
+
+def run_almat(problem: Problem, data: SharedData, cfg: dict[str, Any], seed: int, folder: Path, log) -> dict[str, Any]:
+    """One campaign in a fresh store (no label reuse across seeds or reruns), then its iterations scored."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    config = campaign_config(problem, cfg, seed)
+    path = folder / "campaign.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "ALMAT_DB_PATH": str(folder / "db"), "ALMAT_RUN_DIR": str(folder / "runs"),
+           "ALMAT_NUM_THREADS": str(cfg["threads"]), "OMP_NUM_THREADS": str(cfg["threads"])}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.time()
+    with open(folder / "almat.log", "w") as fh:
+        proc = subprocess.run([str(ALMAT), "run", str(path)], env=env, stdout=fh, stderr=subprocess.STDOUT)
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    run = {"tool": "almat", "problem": problem.name, "seed": seed, "folder": str(folder), "wall_s": wall,
+           "cpu_s": cpu, "returncode": proc.returncode, "iterations": []}
+    if proc.returncode != 0:
+        run["failure"] = {"message": f"almat run exited {proc.returncode}", "log_tail": tail(folder / "almat.log")}
+    try:
+        run["iterations"], run["oracle_calls_total"] = score_iterations(config["name"], folder / "db", data,
+                                                                         start, wall, cpu)
+    except Exception as exc:  # noqa: BLE001 - the results so far are kept
+        run.setdefault("failure", {"message": f"scoring failed: {exc}", "log_tail": tail(folder / "almat.log")})
+    for it in run["iterations"]:
+        log(f"  almat it {it['iteration']}: {it['train_labels']} trained, {it['oracle_calls']} oracle calls, "
+            f"force RMSE {it['force_rmse']:.4f} eV/Å, candidates {it['candidate_ratio']:.2f}")
+    return run
+
+
+def _unix(stamp) -> float:
+    """A stored ``created_at`` (naive datetimes are UTC) as Unix time."""
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+def score_iterations(name: str, db_path: Path, data: SharedData, start: float, wall: float, cpu: float):
+    """Per iteration: labels it trained on, oracle calls paid before it (initial labels and the labels and
+    calibration labels of earlier iterations; copies of earlier labels are free), test errors of its
+    committee, ratios, and when the committee was ready (its last model stored)."""
+    os.environ["ALMAT_DB_PATH"] = str(db_path)
+    from almat.learner.committee import Committee
+    from almat.stores import CampaignDB
+
+    frames = [a for frames in data.test for a in frames]
+    out = []
+    with CampaignDB.from_settings() as db:
+        docs = sorted(db.iterations.query({"campaign": name}), key=lambda d: d["iteration"])
+        labels = [lab for lab in db.labels.query({"campaign": name}) if not lab.get("reused_from")]
+        for doc in docs:
+            calls = sum(1 for lab in labels if (lab.get("iteration") if lab.get("iteration") is not None else -1)
+                        < doc["iteration"])
+            ready = max(_unix(m["created_at"]) for m in db.models.query({"model_id": {"$in": doc["model_ids"]}}))
+            errors = test_errors(Committee.from_store(db, doc["model_ids"]), frames)
+            out.append({"iteration": doc["iteration"], "train_labels": doc["n_train_labels"], "oracle_calls": calls,
+                        **errors, "candidate_ratio": doc["candidate_ratio"], "accurate_ratio": doc["accurate_ratio"],
+                        "failed_ratio": doc["failed_ratio"], "converged": bool(doc.get("converged")),
+                        "calibrated_fraction": doc.get("calibrated_fraction"), "wall_s_cumulative": ready - start,
+                        "labels_this_iteration": sum(1 for lab in labels if lab.get("iteration") == doc["iteration"]),
+                        "idle_s": None})
+        total = len(labels)
+    for it in out:  # almat records no CPU time per iteration here: the run's CPU share by wall time
+        it["cpu_s_cumulative"] = cpu * it["wall_s_cumulative"] / wall if wall else None
+    return out, total
+
+
+def test_errors(committee, frames) -> dict[str, float]:
+    pred = committee.predict(frames)
+    ref_f = np.concatenate([a.get_forces() for a in frames])
+    mean_f = np.concatenate([pred.mean_forces(i) for i in range(len(frames))])
+    de = [(pred.mean_energy[i] - a.get_potential_energy()) / len(a) for i, a in enumerate(frames)]
+    return {"force_rmse": float(np.sqrt(np.mean((mean_f - ref_f) ** 2))),
+            "energy_rmse_per_atom": float(np.sqrt(np.mean(np.square(de)))), "n_test": len(frames)}
+
+
+def control_mace(problem: Problem, data: SharedData, sets: dict[int, list], cfg: dict[str, Any], log) -> dict[str, Any]:
+    """The campaign's committee (same hyperparameters, from scratch) trained on each random label set."""
+    import torch
+
+    from almat.learner.committee import Committee
+    from almat.learner.mace import MaceHyperParameters, train_mace
+
+    torch.set_num_threads(cfg["threads"])
+    demo = yaml.safe_load(DEMO.read_text())["learner"]
+    hp = MaceHyperParameters(**demo["hyperparameters"])
+    frames_test = [a for frames in data.test for a in frames]
+    out = {"tool": "almat", "model": "MACE committee", "problem": problem.name, "seed": cfg["seeds"][0],
+           "train_labels": [], "force_rmse": [], "energy_rmse_per_atom": [], "wall_s": []}
+    for size, per_structure in sorted(sets.items()):
+        t0 = time.time()
+        frames = [a for fs in per_structure for a in fs]
+        models = [train_mace(frames, [str(i) for i in range(len(frames))], hp, seed=k).model
+                  for k in range(cfg["mace_control_models"])]
+        errors = test_errors(Committee(models, [f"c{k}" for k in range(len(models))]), frames_test)
+        out["train_labels"].append(size)
+        out["force_rmse"].append(errors["force_rmse"])
+        out["energy_rmse_per_atom"].append(errors["energy_rmse_per_atom"])
+        out["wall_s"].append(time.time() - t0)
+        log(f"  control MACE, {size} random labels: force RMSE {errors['force_rmse']:.4f} eV/Å")
+    return out
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""

@@ -1,0 +1,156 @@
+"""The argyrodite label-efficiency benchmark (benchmarks/argyrodite_efficiency.py): its scoring on small stored
+numbers, its cells, and a smoke run of its quick mode (GFN1-xTB oracle MD, every method)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("argyrodite_efficiency",
+                                                  ROOT / "benchmarks" / "argyrodite_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["argyrodite_efficiency"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(method, seed, n_labels, rmse):
+    return {"method": method, "seed": seed, "n_labels": n_labels, "force_rmse": rmse}
+
+
+RUNS = [
+    _run("committee", 0, [8, 14, 20], [0.40, 0.20, 0.10]),
+    _run("committee", 1, [8, 14, 20], [0.40, 0.25, 0.125]),
+    _run("random-md", 0, [8, 14, 20, 26], [0.40, 0.30, 0.2, 0.15]),
+    _run("random-md", 1, [8, 14, 20, 26], [0.50, 0.30, 0.25, 0.125]),
+    _run("random-explored", 0, [8, 14, 20, 26], [0.40, 0.30, 0.2, 0.125]),
+    _run("foundation", 0, [8, 14, 20], [0.125, 0.1, 0.09]),
+]
+
+
+def test_summary_sets_the_target_from_the_committee_and_bounds_the_ratios():
+    bench = _bench()
+    summary = bench.summarise([dict(r) for r in RUNS])
+    assert summary["target_force_rmse"] == 0.125  # the worst final RMSE of the committee seeds
+    per = summary["per_method"]
+    assert per["committee"]["reached"] == 2
+    # seed 0 crosses 0.125 between 14 labels (0.2) and 20 (0.1), in log RMSE; seed 1 at its last point
+    seed0 = 14 + 6 * math.log(0.2 / 0.125) / math.log(0.2 / 0.1)
+    assert per["committee"]["mean_labels_to_target"] == pytest.approx((seed0 + 20) / 2)
+    # random-md: seed 1 reaches it at its last point, seed 0 never (counts as 26: a lower bound)
+    assert per["random-md"]["reached"] == 1 and per["random-md"]["labels_bound"] == pytest.approx(26.0)
+    assert per["foundation"]["mean_labels_to_target"] == 8.0
+    ratios = summary["ratios"]
+    assert ratios["random-md/committee"]["bound"] == "lower bound"
+    assert ratios["random-md/committee"]["ratio"] == pytest.approx(26 / ((seed0 + 20) / 2))
+    assert ratios["random-md/committee"]["met"] is None  # 1.4 < 5, but only a lower bound: undecided
+    assert ratios["random-explored/committee"]["bound"] == "exact"
+    assert ratios["random-explored/committee"]["met"] is False
+    assert ratios["committee/foundation"]["ratio"] == pytest.approx((seed0 + 20) / 2 / 8)
+    # the foundation reached the target at its first point: it may have needed fewer labels
+    assert per["foundation"]["at_first_point"] and ratios["committee/foundation"]["bound"] == "lower bound"
+    assert ratios["committee/foundation"]["met"] is None  # 1.8 < 3, a lower bound: undecided
+    assert "random-md/shallow" not in ratios  # no shallow runs
+    # error at equal labels: geometric mean over the seeds at the label counts every seed has
+    at = summary["rmse_at_labels"]
+    assert at["committee"]["20"] == pytest.approx(math.sqrt(0.10 * 0.125))
+    assert set(at["random-md"]) == {"8", "14", "20", "26"}
+
+
+def test_a_fixed_target_that_nothing_reaches_gives_no_verdict():
+    bench = _bench()
+    summary = bench.summarise([dict(r) for r in RUNS], target=0.01)
+    assert summary["target_rule"] == "fixed"
+    assert all(s["reached"] == 0 for s in summary["per_method"].values())
+    assert all(r["bound"] == "undetermined" and r["met"] is None for r in summary["ratios"].values())
+    table = bench.format_table(summary)
+    assert "| committee | 0/2 | > 20.0 |" in table
+
+
+def test_the_target_needs_committee_runs():
+    bench = _bench()
+    with pytest.raises(ValueError, match="no committee runs"):
+        bench.summarise([dict(RUNS[2])])
+
+
+def test_base_sets_are_per_seed_and_the_same_for_every_method():
+    bench = _bench()
+    a, b = bench.base_indices(40, 4, 0), bench.base_indices(40, 4, 1)
+    assert a == bench.base_indices(40, 4, 0) and a != b
+    assert len(set(a)) == 4 and all(0 <= i < 40 for i in a)
+
+
+def test_cells_two_sizes_and_the_doubled_cell_mixes_two_orderings():
+    bench = _bench()
+    small, other, mixed = bench.make_cells([[0], [3], [0, 3]])
+    assert len(small) == len(other) == 13 and len(mixed) == 26
+    assert mixed.get_chemical_formula() == "Cl2Li12P2S10"
+    assert np.allclose(mixed.cell[0], 2 * small.cell[0])
+    doubled = small.repeat((2, 1, 1))
+
+    def li(a):
+        return np.sort(np.round(a.positions[a.numbers == 3] @ np.linalg.inv(mixed.cell) % 1, 3), axis=0)
+
+    assert not np.allclose(li(mixed), li(doubled))  # the second half carries ordering 3, not 0
+    assert mixed.info["cell_name"] == "r0+r3"
+
+
+def test_methods_are_extensible_and_unknown_ones_are_refused(capsys):
+    bench = _bench()
+    assert set(bench.METHODS) <= set(bench.available_methods())
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--methods", "committee,psychic"])
+    assert "unknown method(s) ['psychic']; valid:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_method_and_writes_finite_learning_curves(tmp_path):
+    bench = _bench()
+    settings = bench.BenchSettings.quick()
+    settings.jobs = 1
+    result = bench.run_benchmark(settings, tmp_path / "out", cache=tmp_path / "cache", log=lambda msg: None)
+    saved = json.loads((tmp_path / "out" / "argyrodite_efficiency.json").read_text())
+    assert saved["complete"] is True
+    assert (tmp_path / "out" / "argyrodite_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    # the test set: oracle MD at every condition of every cell, one cache file each
+    assert saved["test_size"] == len(settings.data.cells) * len(settings.data.conditions) * settings.data.test_frames
+    assert len(list((tmp_path / "cache").rglob("*.extxyz"))) == len(settings.data.cells) * 4
+    assert [r["method"] for r in saved["runs"]] == list(bench.METHODS)
+    for run in saved["runs"]:
+        assert run["n_labels"][0] == settings.n_base + settings.n_init
+        assert len(run["n_labels"]) == len(run["force_rmse"]) >= 2
+        assert all(np.isfinite(f) and f > 0 for f in run["force_rmse"])
+    assert all(r["oracle_calls"] > 0 for r in saved["runs"] if r["method"] != "random-md")
+    assert set(saved["per_method"]) == set(bench.METHODS)
+    assert "random-md/committee" in saved["ratios"] and saved["target_force_rmse"] > 0
+    # a second run reads the cached oracle MD: the same test set, with its labels, from every condition
+    again = bench.oracle_data(settings.data, 1, tmp_path / "cache", log=lambda msg: None)
+    assert {(a.info["cell_name"], a.info["condition"]) for a in again["test"]} == {
+        (c, k) for c in ("r0", "r3") for k in bench.CONDITIONS}
+    assert all(np.isfinite(a.get_forces()).all() for a in again["test"])
+    assert again["meta"]["oracle_md_steps"] == saved["data"]["oracle_md_steps"]
+    assert result["target_force_rmse"] == saved["target_force_rmse"]
+
+
+def test_a_ratio_is_exact_or_a_bound_and_says_whether_it_meets_the_goal():
+    bench = _bench()
+
+    def method(labels, reached=2, first=False):
+        return {"labels_bound": labels, "reached": reached, "seeds": 2, "at_first_point": first}
+
+    assert bench._ratio(method(30), method(10), 3.0) == {"ratio": 3.0, "bound": "exact", "issue_target": 3.0,
+                                                         "met": True}
+    assert bench._ratio(method(20, reached=1), method(10), 3.0)["bound"] == "lower bound"  # more than 20
+    upper = bench._ratio(method(20), method(10, reached=0), 3.0)  # the denominator needs more than 10
+    assert upper["bound"] == "upper bound" and upper["met"] is False
+    assert bench._ratio(method(20, first=True), method(10, reached=0), 1.0)["bound"] == "upper bound"
+    both = bench._ratio(method(20, reached=1), method(10, reached=0), 3.0)
+    assert both["bound"] == "undetermined" and both["met"] is None

@@ -1,0 +1,147 @@
+"""The DP-GEN side-by-side benchmark (benchmarks/peer_dpgen.py) without running DP-GEN: its scoring on
+small stored results, its readers of DP-GEN's files (dpgen.log, the timed commands), the peer venv's seed
+fix, and the one-line answer when the peer environment is missing."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "test_data" / "peer_dpgen"
+PEER = ROOT / "benchmarks" / "peers" / "dpgen"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("peer_dpgen", ROOT / "benchmarks" / "peer_dpgen.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peer_dpgen"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return json.loads((DATA / "peer_dpgen.json").read_text())
+
+
+def _crossing(x0, f0, x1, f1, target):
+    return x0 + (math.log(f0) - math.log(target)) / (math.log(f0) - math.log(f1)) * (x1 - x0)
+
+
+def test_summary_target_labels_hours_and_equal_labels(bench, stored):
+    summary = bench.summarise(stored["runs"], conv_accuracy=0.95)["cu"]
+    # the shared target is the worse of the two tools' mean final errors: DP-GEN's (0.05 + 0.07) / 2
+    assert summary["target_force_rmse"] == pytest.approx(0.06)
+    assert summary["final_force_rmse"]["almat"] == pytest.approx(0.03)
+    runs = {(r["tool"], r["seed"]): r for r in summary["runs"]}
+    almat, dp0, dp1 = runs["almat", 0], runs["dpgen", 0], runs["dpgen", 1]
+    assert almat["labels_to_target"] == pytest.approx(_crossing(16, 0.08, 32, 0.04, 0.06))
+    assert almat["hours_to_target"] == pytest.approx(_crossing(0.01, 0.08, 0.02, 0.04, 0.06))
+    assert dp0["labels_to_target"] == pytest.approx(_crossing(24, 0.10, 32, 0.05, 0.06))
+    assert dp1["labels_to_target"] is None  # its final 0.07 never reaches 0.06
+    # equal labels: the smallest final oracle-call count of all runs (DP-GEN's 32)
+    assert summary["equal_labels"] == 32
+    assert almat["rmse_at_equal_labels"] == pytest.approx(0.04)
+    assert dp1["rmse_at_equal_labels"] == pytest.approx(0.07)
+    # the mean over seeds leaves out the run that never reached the target
+    assert summary["means"]["dpgen"]["labels_to_target"] == pytest.approx(dp0["labels_to_target"])
+    assert summary["means"]["dpgen"]["final_force_rmse_std"] == pytest.approx(0.01)
+
+
+def test_stop_rules(bench, stored):
+    summary = bench.summarise(stored["runs"], conv_accuracy=0.95)["cu"]
+    runs = {(r["tool"], r["seed"]): r for r in summary["runs"]}
+    # almat stops at its first calibrated convergence, DP-GEN at an accurate ratio >= 0.95
+    assert runs["almat", 0]["stop"] == {"iteration": 1, "oracle_calls": 32, "force_rmse": 0.04}
+    assert runs["dpgen", 0]["stop"] == {"iteration": 2, "oracle_calls": 32, "force_rmse": 0.05}
+    assert runs["dpgen", 1]["stop"] is None
+    loose = bench.summarise(stored["runs"], conv_accuracy=0.5)["cu"]
+    assert {(r["tool"], r["seed"]): r["stop"]["iteration"] for r in loose["runs"]}[("dpgen", 1)] == 2
+    table = bench.format_table(bench.summarise(stored["runs"]))
+    assert "| cu (target 0.060) | almat | 0.030 |" in table
+    assert "never" in table
+
+
+def test_interpolation_edges(bench):
+    assert bench.interpolate_labels([10, 20], [0.05, 0.04], 0.06) == 10.0  # already below at the first point
+    assert bench.interpolate_labels([10, 20], [0.09, 0.08], 0.06) is None
+    assert bench.error_at([10, 20], [0.1, 0.05], 5) is None  # outside the curve
+    assert bench.error_at([10, 20], [0.1, 0.05], 15) == pytest.approx(math.sqrt(0.1 * 0.05))
+
+
+def test_dpgen_log_and_timed_commands(bench):
+    runs = bench.dpgen_runs
+    ratios = runs.accurate_ratios(DATA)  # summed over the systems of each iteration
+    assert [r["accurate_ratio"] for r in ratios] == pytest.approx([66 / 100, 60 / 62])
+    assert ratios[0]["candidate_ratio"] == pytest.approx(32 / 100) and ratios[0]["n_frames_explored"] == 100
+    assert ratios[0]["failed_ratio"] == pytest.approx(2 / 100) and ratios[1]["failed_ratio"] == 0
+    records = runs.cpu_records(DATA)
+    assert [r["stage"] for r in records] == ["train", "train", "train", "model_devi", "fp", "fp", "train"]
+    assert records[3]["cpu_s"] == pytest.approx(62.25 + 0.75)
+    assert records[5]["rc"] == 1
+    assert [len(i) for i in runs.split_iterations(records)] == [6, 1]
+    # busy: [100,170] [172,180] [190,200] [205,208] [210,260] = 141 s of 160 s
+    assert runs.idle_seconds(records, 100.0, 260.0) == pytest.approx(19.0)
+    assert runs.idle_seconds(records, 100.0, 190.0) == pytest.approx(12.0)
+
+
+def _draws(tmp_path, seed):
+    fake = tmp_path / "dpdispatcher"
+    fake.mkdir(exist_ok=True)
+    (fake / "__init__.py").write_text("import random\n\ndef submit():\n    random.seed(42)\n    return random.random()\n")
+    code = ("import almat_dpgen_hook, random, dpdispatcher\n"
+            "a, b = dpdispatcher.submit(), dpdispatcher.submit()\n"
+            "random.seed(42)\nprint(a, b, random.random())")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{PEER}"}
+    env.pop("ALMAT_DPGEN_SEED", None)
+    if seed is not None:
+        env["ALMAT_DPGEN_SEED"] = str(seed)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
+def test_seed_fix(tmp_path):
+    import random
+
+    random.seed(42)
+    fixed = random.random()
+    assert _draws(tmp_path, None) == [fixed, fixed, fixed]  # dpdispatcher's reseed: every submission the same
+    a1, b1, own = _draws(tmp_path, 1)
+    assert a1 != b1 and fixed not in (a1, b1)  # fresh seeds per submission
+    assert own == fixed  # a seed(42) outside dpdispatcher is left alone
+    assert _draws(tmp_path, 1)[:2] == [a1, b1]  # reproducible for one benchmark seed
+    assert _draws(tmp_path, 2)[:2] != [a1, b1]  # and different across benchmark seeds
+
+
+def test_missing_peer_environment(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DPGEN_VENV", str(tmp_path / "none"))
+    assert bench.main(["--quick", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "benchmarks/peers/dpgen/setup.sh" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_rescore_writes_table_and_plot(bench, tmp_path, capsys):
+    (tmp_path / "peer_dpgen.json").write_text((DATA / "peer_dpgen.json").read_text())
+    assert bench.main(["--rescore", str(tmp_path)]) == 0
+    assert "| cu (target 0.060) | dpgen |" in capsys.readouterr().out
+    assert (tmp_path / "peer_dpgen.png").stat().st_size > 10_000
+
+
+def test_label_counts_from_dpgen_folders(bench, tmp_path):
+    import numpy as np
+
+    fp = tmp_path / "iter.000000" / "02.fp"
+    (fp / "data.000" / "Cu32" / "set.000").mkdir(parents=True)  # dpgen nests the system one level down
+    np.save(fp / "data.000" / "Cu32" / "set.000" / "energy.npy", np.zeros(3))
+    for k in range(4):  # 4 oracle calls, one of them failed (3 labels came back)
+        (fp / f"task.000.{k:06d}").mkdir()
+    (tmp_path / "iter.000001" / "00.train").mkdir(parents=True)
+    assert bench.dpgen_runs.label_counts(tmp_path, 16) == [(16, 16), (19, 20)]
