@@ -421,11 +421,12 @@ def export_cmd(
 def export_model_cmd(
     name: str = typer.Argument(..., help="Campaign name"),
     out: Path = typer.Option(..., "--output", "-o", help="Output file (DeePMD: .pb; MACE: .model)"),
-    model_id: Optional[str] = typer.Option(None, "--model", help="Model id (default: the latest committee's "
-                                                                   "first member)"),
+    model_id: Optional[str] = typer.Option(None, "--model", help="Model id (default: the production model "
+                                                                   "of finish:, else the latest committee's first member)"),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file"),
 ) -> None:
-    """Write a stored model for use outside almat: DeePMD's frozen graph for LAMMPS' pair_style deepmd."""
+    """Write a stored model for use outside almat: the production model's .model (finish:), DeePMD's frozen graph
+    for LAMMPS' pair_style deepmd, a MACE member as a .model."""
     # reading a model imports its learner (torch, deepmd): only here, so that the other commands start without it
     from almat.export.model import export_model
 
@@ -435,7 +436,9 @@ def export_model_cmd(
             res = export_model(db, name, out, model_id=model_id, force=force)
     except (FileExistsError, ValueError, ConnectionError, StoreError) as exc:
         _fail(one_line(exc))
-    console.print(f"model {res['model_id']} (iteration {res['iteration']}, member {res['committee_index']}, "
+    what = ("production model" if res["role"] == "production"
+            else f"iteration {res['iteration']}, member {res['committee_index']}")
+    console.print(f"model {res['model_id']} ({what}, "
                   f"{res['architecture']}) written to {res['path']}: {res['format']}, {res['bytes']} bytes")
 
 

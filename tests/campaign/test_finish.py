@@ -13,6 +13,7 @@ import pytest
 from almat.campaign import CampaignConvergedError, CampaignExistsError, load_config, run_campaign
 from almat.campaign.config import ConfigError
 from almat.campaign.flow import CampaignMaker
+from almat.export.model import export_model
 from almat.learner.committee import Committee, load_model
 from almat.learner.production import MaceRunTrain, write_training_file
 from almat.schemas import CampaignDoc, ModelDoc
@@ -64,7 +65,7 @@ def test_training_file_carries_the_labels_under_ref_keys(tmp_path):
 
 
 @pytest.mark.slow
-def test_production_model_after_the_campaign_and_on_resume(settings):
+def test_production_model_after_the_campaign_and_on_resume(settings, tmp_path):
     # the campaign runs without finish, then its file gains a finish section: resuming the stopped campaign
     # trains only the production model
     first = run_campaign(_config(), settings)
@@ -97,6 +98,9 @@ def test_production_model_after_the_campaign_and_on_resume(settings):
         assert "production.model" in doc.files
         raw = base64.b64decode(get_blob(db.data, doc.files["production.model"]))
         assert zipfile.is_zipfile(io.BytesIO(raw))
+        # almat export-model hands out that file by default
+        out = export_model(db, "cu-finish", tmp_path / "cu.model")
+        assert out["role"] == "production" and (tmp_path / "cu.model").read_bytes() == raw
     assert result is not None
     # nothing is left to do: a second resume is refused, and the production model is not retrained
     with pytest.raises((CampaignConvergedError, CampaignExistsError)):

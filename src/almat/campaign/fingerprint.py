@@ -12,7 +12,6 @@ import hashlib
 import json
 from typing import Any, Callable
 
-from almat.learner.hyperparameters import NPT_STRESS_WEIGHT
 from almat.oracle.settings import DEFAULT_CALCULATOR
 
 FINGERPRINT_VERSION = 1
@@ -110,21 +109,11 @@ def _stages_without_new_settings(data: dict[str, Any], config) -> None:
                 stage.pop(key, None)
 
 
-def _npt_stress_weight(data: dict[str, Any], config) -> None:
-    """Campaigns from before the NPT stress default: a campaign with an NPT stage whose learner trains on
-    stresses with ``NPT_STRESS_WEIGHT`` (the default there since) hashes with the weight 0 it had before."""
-    hp = (data.get("learner") or {}).get("hyperparameters")
-    sampler = getattr(config, "sampler", None)
-    if (isinstance(hp, dict) and hp.get("stress_weight") == NPT_STRESS_WEIGHT and sampler is not None
-            and any(stage.ensemble != "nvt" for stage in sampler.stage_list())):
-        hp["stress_weight"] = 0.0
-
-
 #: the rules that keep the fingerprints of campaigns from before a settings change, in order
 KEEP_OLD: tuple[Callable[[dict[str, Any], Any], None], ...] = (
     _selection_without_options, _oracle_as_one_section, _learner_kind_mace, _committee_uncertainty,
     _learner_without_new_settings, _initial_without_oracle_md, _rattled_initial_data, _single_stage_sampler,
-    _stages_without_new_settings, _npt_stress_weight)
+    _stages_without_new_settings)
 
 
 def fingerprint_data(config) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from almat.campaign.explorer import Explorer, ResumeState
 from almat.campaign.finish import check_finish, train_production
 from almat.campaign.jobs import all_jobs, declare_role, decide, label_batch, register
 from almat.campaign.kinds import kind_of
+from almat.campaign.settings.md import training_learner
 from almat.learner.jobs import TrainCommitteeMaker
 from almat.oracle.registry import label_maker, md_maker, relax_maker
 from almat.stores.ledger import measured
@@ -59,7 +60,7 @@ class CampaignMaker(Maker):
         """The campaign of a config (object, dict or YAML path); ``actors`` replace the built ones."""
         cfg = load_config(config)
         built = {"oracle": label_maker(cfg.oracle), "explorer": _explorer(cfg),
-                 "trainer": TrainCommitteeMaker.from_settings(cfg.learner, cfg.base_dir)}
+                 "trainer": TrainCommitteeMaker.from_settings(training_learner(cfg), cfg.base_dir)}
         if getattr(cfg, "prerelax", None) is not None and cfg.prerelax.enabled:
             built["relax"] = relax_maker(cfg.oracle, cfg.prerelax)
         if getattr(getattr(cfg, "initial", None), "method", None) == "oracle-md":

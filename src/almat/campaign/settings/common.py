@@ -79,8 +79,8 @@ class PrerelaxSettings(Section):
 class InitialDataSettings(Section):
     """Initial data, labelled by the oracle: each start structure and ``n_per_structure - 1`` strained and
     rattled copies (``method: rattle``), or frames of MD with a pretrained model (``method: foundation-md``:
-    the zero-shot start, what a universal potential visits before any label): the foundation file of a
-    ``mace-finetune`` learner, otherwise the CHGNet bundled with chgnet; or ``n_per_structure`` frames of the
+    the zero-shot start, what a universal potential visits before any label): the learner's own
+    pretrained model (the foundation file of ``mace-finetune``, CHGNet's or SevenNet-0's bundled weights); or ``n_per_structure`` frames of the
     oracle's own MD (``method: oracle-md``, AIMD as a start: the frames come labelled,
     ``almat.oracle.md``)."""
 

@@ -324,18 +324,21 @@ class CampaignConfig(_Campaign):
                                  "but convergence.calibration_samples is 0")
         return self
 
-    @model_validator(mode="after")
-    def _stress_weight_for_npt(self):
-        """A campaign with an NPT stage trains on stresses (``NPT_STRESS_WEIGHT``) unless its learner gives a
-        ``stress_weight`` (0 turns it off) or cannot train on stresses (a shallow ensemble, CHGNet)."""
-        hp = self.learner.hyperparameters
-        if (npt_stages(self) and self.learner.uncertainty != "shallow" and "stress_weight" in type(hp).model_fields
-                and "stress_weight" not in hp.model_fields_set):
-            self.learner.hyperparameters = hp.model_copy(update={"stress_weight": NPT_STRESS_WEIGHT})
-        return self
-
     #: a campaign stopped with nothing new to learn may go on with other settings
     resumable_when_stopped: ClassVar[bool] = True
+
+
+def training_learner(config):
+    """The learner settings a campaign trains with: a campaign with an NPT stage trains on stresses
+    (``NPT_STRESS_WEIGHT``) unless its learner gives a ``stress_weight`` (0 turns it off) or cannot train on
+    stresses (a shallow ensemble, CHGNet). The config itself keeps what its file says, so its fingerprint and
+    its stored dump do not change."""
+    learner = config.learner
+    hp = learner.hyperparameters
+    if (npt_stages(config) and learner.uncertainty != "shallow" and "stress_weight" in type(hp).model_fields
+            and "stress_weight" not in hp.model_fields_set):
+        return learner.model_copy(update={"hyperparameters": hp.model_copy(update={"stress_weight": NPT_STRESS_WEIGHT})})
+    return learner
 
 
 def npt_stages(config) -> list[str]:
