@@ -164,7 +164,7 @@ CASES = {
                               r"learner: uncertainty: shallow needs a learner that can have heads \(mace\); "
                               r"chgnet-finetune cannot"),
     "uncertainty-kind": (lambda t, m: ["run", _config(t, learner={"uncertainty": "bayes"})],
-                         r"learner.uncertainty: Input should be 'committee' or 'shallow'"),
+                         r"learner: unknown uncertainty 'bayes'; valid: committee, shallow, llpr"),
     "negative-temperature": (lambda t, m: ["run", _config(t, sampler={"temperatures": [-5]})], r"temperatures"),
     # campaigns in the store
     "same-name-other-config": (lambda t, m: ["run", _config(t, name="stored", sampler={"steps": 12})],

@@ -91,7 +91,8 @@ def test_registering_needs_one_call_and_bad_input_is_one_line(tmp_path, monkeypa
     assert TrainCommitteeMaker(learner="toy").hyperparameters == toy_learner.ToyHyperParameters()
     with pytest.raises(ValueError, match=r"learner.hyperparameters.cutof: unknown key; valid: cutoff, n_basis"):
         load_config({**CONFIG, "learner": {"kind": "toy", "hyperparameters": {"cutof": 3.0}}})
-    with pytest.raises(ValueError, match=r"unknown learner kind 'toys'; valid: mace, mace-finetune, chgnet-finetune, toy"):
+    with pytest.raises(ValueError, match=r"unknown learner kind 'toys'; valid: mace, mace-finetune, chgnet-finetune, "
+                                         r"deepmd, sevennet-finetune, toy$"):
         load_config({**CONFIG, "learner": {"kind": "toys"}})
     # a learner whose package is not installed: one line naming its extra, when the campaign Maker is built
     (tmp_path / "needs_deepmd.py").write_text("import deepmd_not_installed\n")
