@@ -84,6 +84,7 @@ WORKFLOW_FINGERPRINTS = {
     "cu_pool_emt": "c502b1fd5e65a7b0",
     "cu_nft_emt": "6b5a35f0e7473a97",
     "li6ps5cl_npt": "173c481b8294d951",
+    "cu_emt_deepmd": "1841dc60fd333832",  # added with the DeePMD learner (issue 22)
 }
 EXPECTED = {
     "md": "8cc0371c4712fc75",
