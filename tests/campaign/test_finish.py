@@ -111,7 +111,7 @@ def test_mace_run_train_failure_is_reported_with_its_log(tmp_path):
     from emt_cu import emt_cu_atoms
 
     with pytest.raises(RuntimeError, match="mace_run_train failed"):
-        # r_max far beyond the cell with a negative cutoff basis count makes mace exit non-zero
+        # a negative cutoff basis count makes mace_run_train exit non-zero
         MaceRunTrain().train(emt_cu_atoms(4), [], {**TINY, "num_cutoff_basis": -1}, tmp_path)
 
 

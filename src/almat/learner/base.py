@@ -194,7 +194,7 @@ class Learner(MSONable):
 
         buffer = io.BytesIO()
         torch.save(model, buffer)
-        return buffer.getvalue(), "torch module (.model; torch.load(..., weights_only=False))"
+        return buffer.getvalue(), "a whole torch module (.model, as mace_run_train writes: a pickle, open only trusted files)"
 
 
 def hyperparameter_errors(exc: ValidationError, cls: type[BaseModel]) -> str:
