@@ -277,3 +277,51 @@ def test_gpu_hours_of_a_job_on_a_gpu(job_store, db, monkeypatch, settings):
     monkeypatch.setenv("ALMAT_DB_PATH", str(settings.db_path))
     out = CliRunner().invoke(app, ["status", "c-gpu"], env={"COLUMNS": "120"})
     assert out.exit_code == 0 and "train GPU-h" in out.output, out.output
+
+
+#: a trainer's stand-in: burns 0.4 s of CPU, then starts itself once more as a grandchild that does the same;
+#: prints its own CPU seconds (and its grandchild's)
+BURN = """import subprocess, sys, time
+t = time.process_time()
+while time.process_time() - t < 0.4:
+    pass
+leaf = sys.argv[1:] == ["leaf"]
+grandchild = None if leaf else subprocess.run([sys.executable, __file__, "leaf"], capture_output=True, text=True)
+print(time.process_time(), *([] if leaf else grandchild.stdout.split()))
+"""
+
+
+@job
+def trainer_in_a_child(workdir: str, device: str) -> list[float]:
+    """Stands for a production-model job: its trainer runs as a child process (``run_trainer``, as
+    ``MaceRunTrain`` runs ``mace_run_train``); the CPU seconds the child and grandchild said they used."""
+    from almat.learner.production import run_trainer
+
+    code, tail = run_trainer([sys.executable, str(Path(workdir) / "burn.py")], Path(workdir), device, "burn.log")
+    assert code == 0, tail
+    return [float(x) for x in tail.split()]
+
+
+def test_a_trainers_child_process_counts_in_core_seconds_and_on_a_gpu_in_gpu_seconds(job_store, tmp_path):
+    (tmp_path / "burn.py").write_text(BURN)
+    job_store.connect()
+    jobs = {device: measured(trainer_in_a_child(str(tmp_path), device), "c-child", None)
+            for device in ("cpu", "cuda:0")}
+    for j in jobs.values():
+        j.metadata["almat_role"] = "train"
+        j.run(job_store)
+    with CampaignDB.from_job_store(job_store) as db:
+        entries = {e["job_uuid"]: e for e in db.ledger.query({"campaign": "c-child"})}
+        said = {device: job_store.get_output(j.uuid) for device, j in jobs.items()}
+        cost = campaign_cost(db, "c-child")
+    cpu, gpu = entries[jobs["cpu"].uuid], entries[jobs["cuda:0"].uuid]
+    for device, entry in (("cpu", cpu), ("cuda:0", gpu)):
+        # the finished child and its own finished child: all their CPU time is the job's, none of it its own
+        assert len(said[device]) == 2 and min(said[device]) >= 0.4
+        assert entry["cpu_children_s"] >= sum(said[device]) > entry["cpu_self_s"]
+        assert entry["core_s"] == pytest.approx(entry["cpu_self_s"] + entry["cpu_children_s"])
+    # on a GPU (a device other than the CPU) the job's wall seconds are its GPU seconds; on the CPU, none
+    assert cpu["gpu_s"] == 0 and cpu["gpu"] is None
+    assert gpu["gpu_s"] == gpu["wall_s"] > 0 and gpu["gpu"] == "cuda:0"
+    assert cost["total"]["training_gpu_h"] == pytest.approx(gpu["wall_s"] / 3600)
+    assert cost["total"]["training_core_h"] == pytest.approx((cpu["core_s"] + gpu["core_s"]) / 3600)

@@ -157,8 +157,9 @@ def test_campaign_file_oracle_kind_cp2k():
     plain = {k: v for k, v in cfg.items() if k != "oracle"}
     assert load_config(plain).fingerprint() == load_config({**plain, "oracle": {"cp2k": {}}}).fingerprint()
     assert load_config(cfg).fingerprint() != load_config({**cfg, "oracle": {"kind": "cp2k"}}).fingerprint()
-    with pytest.raises(ConfigError, match="pre-relaxation with CP2K is not supported"):
-        CampaignMaker.from_config({**cfg, "prerelax": {"enabled": True}})
+    # pre-relaxation and oracle MD with CP2K build (tests/oracle/test_cp2k_relax_md.py runs them)
+    relaxing = CampaignMaker.from_config({**cfg, "prerelax": {"enabled": True}})
+    assert relaxing.relax.fingerprint == _oracle().fingerprint
 
 
 def test_cp2k_environment_names_what_is_missing_in_one_line(tmp_path, monkeypatch):

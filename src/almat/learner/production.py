@@ -26,6 +26,7 @@ from ase.io import write as ase_write
 from almat.learner.mace_finetune import mace_record, read_foundation
 from almat.learner.models import model_from_architecture
 from almat.learner.registry import learner_of
+from almat.stores.ledger import note_device
 from almat.threads import job_threads
 
 
@@ -119,6 +120,20 @@ def _flags(options: dict[str, Any], parser: argparse.ArgumentParser) -> list[str
     return argv
 
 
+def run_trainer(argv: list[str], workdir: Path, device: str = "cpu", log_name: str = "trainer.log") -> tuple[int, str]:
+    """Run a trainer's command line as a child process in ``workdir`` with the job's threads, its output in
+    ``log_name``; its exit code and the last 15 lines of that log. The child is waited for, so the running
+    job's ledger entry counts its CPU time (its own children's included) in ``core_s``; on a GPU (``device``
+    other than ``cpu``) the job is noted as a GPU job (``note_device``): torch in this process never sees it."""
+    note_device(device)
+    threads = str(job_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    log_path = Path(workdir) / log_name
+    with open(log_path, "w") as log:
+        run = subprocess.run(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return run.returncode, "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+
+
 class MaceRunTrain(ProductionTrainer):
     """MACE's own trainer (``mace_run_train``, run as a subprocess with ``MACE_DEFAULTS`` and the user's
     options); the stage-two (SWA) model when there is one."""
@@ -144,14 +159,9 @@ class MaceRunTrain(ProductionTrainer):
             write_training_file(test, workdir / "test.xyz")
             own["test_file"] = str(workdir / "test.xyz")
         argv = [sys.executable, "-m", "mace.cli.run_train", *_flags({**opts, **own}, _mace_parser())]
-        threads = str(job_threads())
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        log_path = workdir / "mace_run_train.log"
-        with open(log_path, "w") as log:
-            run = subprocess.run(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        if run.returncode != 0:
-            raise RuntimeError(f"mace_run_train failed (exit {run.returncode}):\n{tail}")
+        code, tail = run_trainer(argv, workdir, opts["device"], "mace_run_train.log")
+        if code != 0:
+            raise RuntimeError(f"mace_run_train failed (exit {code}):\n{tail}")
         files = _mace_outputs(workdir)
         model = _safe_copy(read_foundation(workdir / _best(files)), opts["default_dtype"])
         return ProductionResult(model=model, files={name: (workdir / name).read_bytes() for name in files},

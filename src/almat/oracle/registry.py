@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from jobflow import Maker
 
-from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker
+from almat.oracle.cp2k import Cp2kStaticOracleMaker, cp2k_static_maker, cp2k_static_settings
+from almat.oracle.cp2k_md import Cp2kMdMaker, cp2k_md_maker
+from almat.oracle.cp2k_relax import Cp2kRelaxMaker, cp2k_relax_maker
 from almat.oracle.jobs import AseOracleMaker
 from almat.oracle.md import AseOracleMdMaker
 from almat.oracle.relax import AseRelaxMaker
@@ -53,6 +55,20 @@ def cp2k_label_maker(settings) -> Maker:
     return Cp2kStaticOracleMaker(cp2k_maker=cp2k_static_maker(**settings.cp2k))
 
 
+def cp2k_relax_factory(settings, prerelax) -> Maker:
+    return Cp2kRelaxMaker(cp2k_maker=cp2k_relax_maker(settings.cp2k, steps=prerelax.steps, fmax=prerelax.fmax,
+                                                      relax_cell=prerelax.relax_cell),
+                          trajectory_stride=prerelax.trajectory_stride,
+                          level_of_theory=cp2k_static_settings(settings.cp2k))
+
+
+def cp2k_md_factory(settings, initial) -> Maker:
+    return Cp2kMdMaker(cp2k_maker=cp2k_md_maker(settings.cp2k, temperature=initial.md_temperature,
+                                                steps=initial.md_steps),
+                       stride=initial.md_stride, n_frames=initial.n_per_structure, subsample=initial.subsample,
+                       seed=initial.seed, level_of_theory=cp2k_static_settings(settings.cp2k))
+
+
 @dataclass(frozen=True)
 class OracleKind:
     """How one oracle kind builds its Makers (``"module:function"`` strings)."""
@@ -69,7 +85,7 @@ ORACLES: dict[str, OracleKind] = {
     "ase": OracleKind(f"{_HERE}:ase_label_maker", f"{_HERE}:ase_relax_maker", f"{_HERE}:check_ase",
                       f"{_HERE}:ase_md_maker"),
     "vasp": OracleKind(f"{_HERE}:vasp_label_maker", f"{_HERE}:vasp_relax_maker"),
-    "cp2k": OracleKind(f"{_HERE}:cp2k_label_maker"),
+    "cp2k": OracleKind(f"{_HERE}:cp2k_label_maker", f"{_HERE}:cp2k_relax_factory", md=f"{_HERE}:cp2k_md_factory"),
 }
 
 

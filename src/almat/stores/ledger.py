@@ -8,7 +8,7 @@ a job that FireWorks reruns replaces its entry) with:
   the process, all its threads, plus its waited-for children, such as custodian's CP2K or VASP run:
   ``resource.getrusage`` SELF + CHILDREN deltas); ``cpu_self_s`` and ``cpu_children_s`` the two parts;
 - ``gpu_s`` (the wall seconds of a job that used a GPU: torch allocated memory on one, or the job called
-  ``note_gpu``) and ``gpu`` (its name);
+  ``note_gpu`` or ``note_device``, as a trainer run in a child process does) and ``gpu`` (its name);
 - ``host``, ``queue`` (the SLURM partition from the environment, else the FireWorks category, else ``local``),
   ``slurm_job_id``, ``fw_id``;
 - the job's ``campaign``, ``iteration`` (-1: before iteration 0), ``role``, ``name``, ``state`` (``ok`` or
@@ -60,6 +60,16 @@ def note_gpu(name: str = "gpu") -> None:
     """Say that the running job used a GPU that torch in this process does not see (e.g. a trainer run as a
     subprocess on a GPU): its ledger entry then counts its wall seconds as GPU seconds."""
     _gpu_noted["name"] = name
+
+
+def note_device(device: str | None) -> bool:
+    """Say on which torch device the running job's work runs when a child process does it (a trainer's
+    ``--device``): any device but the CPU is noted as a GPU (``note_gpu``, named by the device string), so the
+    job's wall seconds count as GPU seconds. True when it was one."""
+    if not device or str(device).split(":")[0] == "cpu":
+        return False
+    note_gpu(str(device))
+    return True
 
 
 def _cpu_seconds() -> tuple[float, float]:

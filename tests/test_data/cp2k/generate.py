@@ -10,6 +10,13 @@ what ``TaskDocument.from_directory`` reads:
 - ``si8_static``: converged (custodian with its default handlers and validator);
 - ``si8_scf_unconverged``: MAX_SCF 2 and no custodian handlers/validator, so CP2K finishes with
   ``SCF run NOT converged`` and atomate2 still makes a task document.
+
+Two more cases keep CP2K's trajectory files too (``*-pos-1.xyz``, ``*-frc-1.xyz``, ``*-1.cell``, ``*-1.stress``),
+for tests/oracle/test_cp2k_relax_md.py:
+
+- ``si8_relax``: atomate2's CP2K ``RelaxMaker`` (``cp2k_relax_maker``: 3 steps, fmax 0.01 eV/Å, positions only),
+  which stops at its step limit;
+- ``si8_md``: atomate2's CP2K ``MDMaker`` (``Cp2kMdMaker``: 6 steps of 2 fs at 600 K, seed 1).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from almat.oracle.cp2k import cp2k_environment, cp2k_static_maker
+from almat.oracle.cp2k_md import cp2k_md_maker
+from almat.oracle.cp2k_relax import cp2k_relax_maker
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "oracle"))
@@ -48,6 +57,20 @@ def main() -> None:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
             for name in ("cp2k.inp.gz", "cp2k.out.gz"):
+                shutil.copy(run_dir / name, target / name)
+        print(case, sorted(p.name for p in target.iterdir()))
+    md = cp2k_md_maker(SMALL, temperature=600, steps=6)
+    md.input_set_generator.user_input_settings["override_default_params"]["GLOBAL"] = {"SEED": 1}
+    for case, maker in (("si8_relax", cp2k_relax_maker(SMALL, steps=3, fmax=0.01, relax_cell=False)), ("si8_md", md)):
+        with tempfile.TemporaryDirectory() as tmp:
+            job = maker.make(AseAtomsAdaptor.get_structure(si8()))
+            out = run_locally(job, root_dir=tmp, create_folders=True, ensure_success=True)
+            run_dir = Path(str(out[job.uuid][1].output.dir_name).split(":", 1)[-1])
+            target = HERE / case
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            for name in ("cp2k.inp.gz", "cp2k.out.gz", "CP2K-pos-1.xyz.gz", "CP2K-frc-1.xyz.gz", "CP2K-1.cell.gz",
+                         "CP2K-1.stress.gz"):
                 shutil.copy(run_dir / name, target / name)
         print(case, sorted(p.name for p in target.iterdir()))
 
