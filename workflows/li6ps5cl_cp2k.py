@@ -14,13 +14,15 @@ The campaign is built here in Python and run by FireWorks workers on SLURM again
 
 Commands (the yaml is what ``almat submit`` takes; ``--submit`` does the same from Python):
 
+    python workflows/li6ps5cl_cp2k.py --cp2k-data ~/.cache/almat/cp2k-pmg-li6ps5cl   # then point the cpu
+    #   workers' PMG_CP2K_DATA_DIR there: pymatgen then writes each input in 0.2 s instead of 9-20 s
     python workflows/li6ps5cl_cp2k.py --write li6ps5cl_cp2k.yaml && almat submit li6ps5cl_cp2k.yaml
     qlaunch -w ~/.fireworks/my_fworker_gpu.yaml -q ~/.fireworks/my_qadapter_gpu.yaml rapidfire --nlaunches infinite &
     qlaunch -w ~/.fireworks/my_fworker_cpu.yaml -q ~/.fireworks/my_qadapter_cpu.yaml rapidfire --nlaunches infinite &
     almat status li6ps5cl-cp2k
 
     python workflows/li6ps5cl_cp2k.py --test-set 8          # independent 600 K frames labelled by CP2K
-    python workflows/li6ps5cl_cp2k.py --check-settings 3    # the chosen CP2K settings against tighter ones
+    python workflows/li6ps5cl_cp2k.py --check-settings 2    # the chosen CP2K settings against tighter ones
     python scripts/evaluate_campaign.py li6ps5cl-cp2k --test-file almat_runs/li6ps5cl-cp2k-test/test_600K.extxyz
 
 ``--tiny`` makes the smoke-test version (minimal basis, 100 Ry, 2 iterations, a tiny production model) that
@@ -165,13 +167,16 @@ def write_test_set(n_per_cell: int, out: Path) -> None:
 
 
 def check_settings(n_frames: int, folder: Path) -> dict:
-    """Energies and forces of the chosen settings (LABEL) against TIGHT on ``n_frames`` 600 K frames."""
-    frames = md_frames(max(1, (n_frames + 1) // 2), seed=601)[:n_frames]
-    chosen = cp2k_label(frames, LABEL, "li6ps5cl-cp2k-settings", folder)
-    tight = cp2k_label(frames, TIGHT, "li6ps5cl-cp2k-settings-tight", folder)
+    """Energies and forces of the chosen settings (LABEL, from the test set) against TIGHT on ``n_frames`` of
+    the test set's frames, taken evenly over both cells."""
+    from ase.io import read
+
+    test = read(folder / "test_600K.extxyz", index=":")
+    chosen = [test[i] for i in np.linspace(0, len(test) - 1, n_frames).round().astype(int)]
+    tight = cp2k_label(chosen, TIGHT, "li6ps5cl-cp2k-settings-tight", folder)
     df = np.concatenate([(a.get_forces() - b.get_forces()).ravel() for a, b in zip(chosen, tight)])
     de = [(a.get_potential_energy() - b.get_potential_energy()) / len(a) for a, b in zip(chosen, tight)]
-    result = {"n_frames": len(chosen), "force_rmse": float(np.sqrt(np.mean(df**2))),
+    result = {"n_frames": len(tight), "force_rmse": float(np.sqrt(np.mean(df**2))),
               "force_max": float(np.abs(df).max()), "force_rms": float(np.sqrt(np.mean(np.concatenate(
                   [a.get_forces().ravel() for a in tight]) ** 2))),
               "energy_per_atom_offsets": [float(x) for x in de], "energy_per_atom_spread": float(np.ptp(de))}
@@ -187,13 +192,21 @@ def main() -> None:
     parser.add_argument("--submit", action="store_true", help="add it to the FireWorks LaunchPad")
     parser.add_argument("--resume", action="store_true", help="with --submit: continue the campaign")
     parser.add_argument("--test-set", type=int, metavar="N", help="N frames per cell of 600 K xTB MD, CP2K-labelled")
-    parser.add_argument("--check-settings", type=int, metavar="N", help="LABEL against TIGHT on N frames")
+    parser.add_argument("--check-settings", type=int, metavar="N", help="LABEL against TIGHT on N test-set frames")
+    parser.add_argument("--cp2k-data", type=Path, metavar="DIR", help="write pymatgen's CP2K data cut down to the "
+                        "campaign's basis sets and potentials to DIR (point PMG_CP2K_DATA_DIR there on the workers)")
     parser.add_argument("--out", type=Path, default=Path("almat_runs/li6ps5cl-cp2k-test"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("jobflow", "maggma", "pymatgen", "custodian"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.cp2k_data:
+        from almat.oracle.cp2k import cp2k_data_subset, cp2k_environment
+
+        source = cp2k_environment()["PMG_CP2K_DATA_DIR"]
+        print(f"{cp2k_data_subset(TINY if args.tiny else LABEL, source, args.cp2k_data)}: export PMG_CP2K_DATA_DIR=that")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.test_set:
         return write_test_set(args.test_set, args.out / "test_600K.extxyz")

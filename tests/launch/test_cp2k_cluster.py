@@ -46,8 +46,6 @@ ROCKETS = {"cpu": 2, "gpu": 1}  # rlaunch rapidfire processes per SLURM job of e
 WORKER_LIFE_S = 1500  # rlaunch rapidfire --timeout: a rocket takes no new firework after this
 WALLTIME = "00:30:00"
 RUN_TIMEOUT_S = 1200
-#: the auxiliary basis pymatgen's CP2K input set adds for every element (``BASIS_SET AUX_FIT``)
-AUX_BASIS = "pFIT3"
 #: what the workers need of this process' environment: the job store, CP2K, pymatgen's CP2K data
 EXPORTS = ("JOBFLOW_CONFIG_FILE", "ALMAT_MONGO_URI", "ALMAT_DATABASE", "OMP_NUM_THREADS", "ALMAT_NUM_THREADS",
            "HOME", "PYTHONPATH", "ATOMATE2_CP2K_CMD", "PMG_CP2K_DATA_DIR", "PMG_DEFAULT_CP2K_FUNCTIONAL")
@@ -76,27 +74,19 @@ def _cp2k_data(base: Path, settings: dict) -> Path:
     """pymatgen's CP2K data (``pmg config --cp2k``, ~40 s, kept beside pytest's temp folders as
     tests/oracle/test_cp2k.py's ``cp2k_env`` does), cut down to the basis sets and potentials ``settings`` names.
     pymatgen parses an element's whole file (200-300 kB of YAML) for every input it writes: about 20 s of each
-    label here for Li, P, S and Cl; cut down, the CP2K input files it writes are the same."""
+    label here for Li, P, S and Cl; cut down (``cp2k_data_subset``), the CP2K input files it writes are the same."""
     from pymatgen.cli.pmg_config import setup_cp2k_data
+
+    from almat.oracle.cp2k import cp2k_data_subset
 
     def full(tmp: Path) -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             setup_cp2k_data(["/usr/share/cp2k", str(tmp)])
 
-    kinds = settings["basis_and_potential"]
-    basis = {k["basis"] for k in kinds.values()} | {AUX_BASIS}
-    potentials = {k["potential"] for k in kinds.values()}
-    key = hashlib.sha1(json.dumps([sorted(basis), sorted(potentials)]).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps(settings["basis_and_potential"], sort_keys=True).encode()).hexdigest()[:8]
 
     def cut(tmp: Path) -> None:
-        source = _once(base / "almat-cp2k-pmg", full)
-        tmp.mkdir()
-        for el in kinds:
-            data = yaml.load((source / el).read_text(), Loader=yaml.CSafeLoader)
-            kept = {"basis_sets": {h: b for h, b in data["basis_sets"].items()
-                                   if basis & {b["name"], *b.get("alias_names", [])}},
-                    "potentials": {h: p for h, p in data["potentials"].items() if p["name"] in potentials}}
-            (tmp / el).write_text(yaml.dump(kept, Dumper=yaml.CSafeDumper))
+        cp2k_data_subset(settings, _once(base / "almat-cp2k-pmg", full), tmp)
 
     return _once(base / f"almat-cp2k-pmg-{key}", cut)
 

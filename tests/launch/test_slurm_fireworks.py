@@ -5,9 +5,12 @@ this machine); skipped with the reason when ``sbatch`` is missing or the cluster
 
 LaunchPad and JobStore:
 
-- with ``ALMAT_TEST_MONGO_URI``: both on that MongoDB (fresh databases, dropped at the end), and
-  ``qlaunch rapidfire`` runs for each worker category at the same time, as on a real cluster;
-- otherwise: FireWorks' mongomock mode (``MONGOMOCK_SERVERSTORE_FILE``) and the embedded SQLite JobStore
+- with ``ALMAT_TEST_MONGO_URI``: skipped. With a server the same path (``qlaunch rapidfire`` for both
+  categories at once, iterations added at run time, each job in its category's partition) is run by
+  tests/launch/test_cp2k_cluster.py (a real-CP2K campaign of two iterations) and test_concurrent_cluster.py
+  (two campaigns at once, a killed worker); repeating it here cost 4.5 min of the suite. (``Cluster`` keeps
+  its server mode: LaunchPad and JobStore in fresh databases, dropped at the end, rapidfire per category.)
+- without it: FireWorks' mongomock mode (``MONGOMOCK_SERVERSTORE_FILE``) and the embedded SQLite JobStore
   in a temporary folder. A mongomock process reads the whole file when it starts and writes it back
   when it exits, so concurrent processes lose updates: the test then runs strictly one process at a
   time (``qlaunch singleshot``, wait for that SLURM job to end, query, next) until nothing is READY.
@@ -291,6 +294,9 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def campaign_run(tmp_path_factory):
+    if os.environ.get("ALMAT_TEST_MONGO_URI"):
+        pytest.skip("with a MongoDB server this path is run by test_cp2k_cluster.py and test_concurrent_cluster.py; "
+                    "this module runs the serial mongomock mode, without ALMAT_TEST_MONGO_URI")
     env = _require_slurm()
     root = tmp_path_factory.mktemp("slurm_fw")
     cluster = Cluster(root, env, os.environ.get("ALMAT_TEST_MONGO_URI"))

@@ -291,3 +291,33 @@ def test_cp2k_label_jobs_run_through_fireworks_on_the_cpu_queue(cp2k_env, tmp_pa
         labels = [LabelDoc.from_store(d) for d in db.labels.query({"campaign": "si-fw"})]
     assert len(labels) == 2 and all(lab.ok for lab in labels), [lab.reason for lab in labels]
     assert {lab.structure_hash for lab in labels} == {_doc(si8(1)).structure_hash, _doc(si8(2)).structure_hash}
+
+
+@pytest.mark.slow
+def test_a_cut_down_copy_of_the_cp2k_data_writes_the_same_inputs(cp2k_env, tmp_path):
+    """``cp2k_data_subset`` keeps only the basis sets and potentials the settings name: the input files that
+    atomate2's set writes for a Li-P-S-Cl cell with DZVP are byte-identical to those from the whole data."""
+    from pymatgen.core import SETTINGS, Lattice, Structure
+
+    from almat.oracle.cp2k import cp2k_data_subset, cp2k_environment
+
+    kinds = {el: {"basis": "DZVP-MOLOPT-SR-GTH", "potential": f"GTH-PBE-q{q}"}
+             for el, q in {"Li": 3, "P": 5, "S": 6, "Cl": 7}.items()}
+    settings = {**SMALL, "basis_and_potential": kinds}
+    full = Path(cp2k_env["PMG_CP2K_DATA_DIR"])
+    subset = cp2k_data_subset(settings, full, tmp_path / "subset")
+    assert sorted(p.name for p in subset.iterdir()) == ["Cl", "Li", "P", "S"]
+    assert sum(p.stat().st_size for p in subset.iterdir()) < sum((full / el).stat().st_size for el in kinds) / 10
+    cell = Structure(Lattice.cubic(6.0), ["Li", "Li", "P", "S", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0.25, 0.25, 0.25]])
+    written = {}
+    for name, data in (("full", full), ("subset", subset)):
+        cp2k_environment(data_dir=data)
+        folder = tmp_path / f"inputs_{name}"
+        cp2k_static_maker(**settings).input_set_generator.get_input_set(cell).write_input(folder)
+        written[name] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cp2k_environment(data_dir=full)
+    assert SETTINGS["PMG_CP2K_DATA_DIR"] == str(full)
+    assert written["full"] == written["subset"] and b"DZVP-MOLOPT-SR-GTH" in written["full"]["cp2k.inp"]
+    with pytest.raises(ValueError, match="no basis_and_potential"):
+        cp2k_data_subset({"cutoff": 100}, full, tmp_path / "none")
