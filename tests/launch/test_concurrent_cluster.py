@@ -100,25 +100,30 @@ class ConcurrentCluster(Cluster):
         exports = "".join(f"export {k}={self.env[k]}; " for k in
                           ("JOBFLOW_CONFIG_FILE", "ALMAT_MONGO_URI", "ALMAT_DATABASE", "OMP_NUM_THREADS", "HOME",
                            "PYTHONPATH"))
-        self.job_names = {}
-        for category, partition in PARTITION.items():
-            rlaunch = (f"{VENV_BIN / 'rlaunch'} -l {self.lp_file} -w {self.fworkers[category]} rapidfire "
-                       f"--nlaunches infinite --sleep 1 --timeout {WORKER_LIFE_S}")
-            rockets = " ".join(str(i) for i in range(1, ROCKETS_PER_JOB + 1))
-            self.job_names[category] = f"cc{self.tag}-{category}"
-            self.qadapters[category].write_text(yaml.safe_dump({
-                "_fw_name": "CommonAdapter", "_fw_q_type": "SLURM", "queue": partition,
-                "nodes": 1, "ntasks": 1, "walltime": WALLTIME, "job_name": self.job_names[category],
-                "pre_rocket": exports,
-                # one folder per rocket; the subshell execs rlaunch, so its pid is the rocket's
-                "rocket_launch": f"for r in {rockets}; do (mkdir -p r$r && cd r$r && "
-                                 f"echo $BASHPID $SLURM_JOB_ID $SLURM_JOB_PARTITION > rocket.txt && "
-                                 f"exec {rlaunch} > rlaunch.log 2>&1) & done; wait",
-            }))
+        self.job_names = {category: f"cc{self.tag}-{category}" for category in PARTITION}
+        self.write_qadapters(exports, dict.fromkeys(PARTITION, ROCKETS_PER_JOB))
         from fireworks import LaunchPad
 
         self.lp = LaunchPad.from_file(str(self.lp_file))
 
+
+    def write_qadapters(self, exports: str, rockets: dict[str, int], life_s: int = WORKER_LIFE_S,
+                        walltime: str = WALLTIME) -> None:
+        """One qadapter per category: ``exports`` before the rockets, ``rockets[category]`` rlaunch rapidfire
+        processes per SLURM job (taking no new firework after ``life_s``), each in its own folder (the subshell
+        execs rlaunch, so its pid is the rocket's), SLURM limit ``walltime``."""
+        for category, partition in PARTITION.items():
+            rlaunch = (f"{VENV_BIN / 'rlaunch'} -l {self.lp_file} -w {self.fworkers[category]} rapidfire "
+                       f"--nlaunches infinite --sleep 1 --timeout {life_s}")
+            numbers = " ".join(str(i) for i in range(1, rockets[category] + 1))
+            self.qadapters[category].write_text(yaml.safe_dump({
+                "_fw_name": "CommonAdapter", "_fw_q_type": "SLURM", "queue": partition,
+                "nodes": 1, "ntasks": 1, "walltime": walltime, "job_name": self.job_names[category],
+                "pre_rocket": exports,
+                "rocket_launch": f"for r in {numbers}; do (mkdir -p r$r && cd r$r && "
+                                 f"echo $BASHPID $SLURM_JOB_ID $SLURM_JOB_PARTITION > rocket.txt && "
+                                 f"exec {rlaunch} > rlaunch.log 2>&1) & done; wait",
+            }))
     def submit_all(self, configs: list[dict]) -> list[dict]:
         paths = []
         for cfg in configs:

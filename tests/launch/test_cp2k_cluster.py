@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from test_concurrent_cluster import ConcurrentCluster, Workers, _job_key, _rocket_dir, _status_json
-from test_slurm_fireworks import PARTITION, VENV_BIN, _job_store, _require_slurm
+from test_slurm_fireworks import PARTITION, _job_store, _require_slurm
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo]
 
@@ -102,18 +101,7 @@ class Cp2kCluster(ConcurrentCluster):
         super().__init__(root, env, mongo_uri)
         self.env.update(cp2k_env, ALMAT_NUM_THREADS="1", ATOMATE2_CP2K_CMD="cp2k.psmp")
         exports = "".join(f"export {k}={shlex.quote(self.env[k])}; " for k in EXPORTS if k in self.env)
-        for category, partition in PARTITION.items():
-            rlaunch = (f"{VENV_BIN / 'rlaunch'} -l {self.lp_file} -w {self.fworkers[category]} rapidfire "
-                       f"--nlaunches infinite --sleep 1 --timeout {WORKER_LIFE_S}")
-            rockets = " ".join(str(i) for i in range(1, ROCKETS[category] + 1))
-            self.qadapters[category].write_text(yaml.safe_dump({
-                "_fw_name": "CommonAdapter", "_fw_q_type": "SLURM", "queue": partition,
-                "nodes": 1, "ntasks": 1, "walltime": WALLTIME, "job_name": self.job_names[category],
-                "pre_rocket": exports,
-                "rocket_launch": f"for r in {rockets}; do (mkdir -p r$r && cd r$r && "
-                                 f"echo $BASHPID $SLURM_JOB_ID $SLURM_JOB_PARTITION > rocket.txt && "
-                                 f"exec {rlaunch} > rlaunch.log 2>&1) & done; wait",
-            }))
+        self.write_qadapters(exports, ROCKETS, life_s=WORKER_LIFE_S, walltime=WALLTIME)
 
 
 def _records(cluster: Cp2kCluster) -> dict:

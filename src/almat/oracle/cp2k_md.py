@@ -16,15 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobflow import Flow, Maker, job
-from monty.json import jsanitize
 
-from almat.oracle.atomate2 import as_task_dict, settings_hash
-from almat.oracle.cp2k import (cp2k_actual, cp2k_level_of_theory, cp2k_motion_generator, cp2k_output_text,
-                               motion_flow, read_cp2k_frames)
-from almat.oracle.cp2k_relax import frame_label, trajectory_failure
-from almat.oracle.jobs import as_structure_doc, record_labels
+from almat.oracle.atomate2 import settings_hash
+from almat.oracle.cp2k import cp2k_level_of_theory, cp2k_motion_generator, motion_flow
+from almat.oracle.cp2k_relax import TrajectoryRun
+from almat.oracle.jobs import record_labels
 from almat.oracle.md import subsample
-from almat.schemas import LabelDoc, LabelStatus, StructureSource, to_atoms
+from almat.schemas import LabelDoc, StructureSource, to_atoms
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +65,10 @@ def cp2k_md_labels(task: Any, structure: Any, settings: dict[str, Any], stride: 
                    job_uuid: str | None = None) -> list[LabelDoc]:
     """Parse job: the kept, labelled frames of an atomate2 CP2K MD (one failed label when there is none: the CP2K
     job failed, gave no frame or an SCF did not converge), recorded with the start structure."""
-    start = as_structure_doc(structure, campaign, iteration).model_copy(update={"campaign": campaign,
-                                                                               "iteration": iteration})
-    t = as_task_dict(task)
-    folder = t.get("dir_name") if t else None
-    frames = [f for f in (read_cp2k_frames(folder, start.structure) if folder else []) if f["step"] % stride == 0]
-    failure = trajectory_failure(t, cp2k_output_text(folder) if folder else "", frames, "MD", job_uuid)
-    oracle_settings = jsanitize(settings, strict=False)
-    if t is not None:
-        oracle_settings["actual"] = cp2k_actual(t["calcs_reversed"][0])
-    fields = dict(source=StructureSource.md, oracle=f"cp2k:{settings['input_set']}",
-                  oracle_fingerprint=settings_hash(settings), oracle_settings=oracle_settings, campaign=campaign,
-                  iteration=iteration, job_uuid=job_uuid, run_dir=folder)
-    if frames:
-        keep = subsample([to_atoms(f["structure"]) for f in frames], n_frames, method)
-        labels = [frame_label(frames[k], failure, **fields) for k in keep]
-    else:
-        labels = [LabelDoc(structure=start.structure, status=LabelStatus.failed, reason=failure, **fields)]
+    run = TrajectoryRun.read(task, structure, settings, StructureSource.md, "MD", campaign, iteration, job_uuid,
+                             every=stride)
+    start, frames = run.start, run.frames
+    labels = run.labels(subsample([to_atoms(f["structure"]) for f in frames], n_frames, method) if frames else [])
     record_labels(labels, [start])
     logger.info("CP2K MD of %s: %d frames every %d steps, %d labelled frames kept (%s)",
                 start.structure.composition.reduced_formula, len(frames), stride, len(labels), method)

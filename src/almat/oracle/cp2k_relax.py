@@ -98,29 +98,53 @@ def trajectory_failure(task: Any, text: str, frames: list, what: str, job_uuid: 
     return None
 
 
+@dataclass
+class TrajectoryRun:
+    """What a parse job reads of an atomate2 CP2K relaxation or MD: the start, the frames, CP2K's output, why it
+    failed (None: it did not), and the fields every label of it carries."""
+
+    start: StructureDoc
+    folder: str | None
+    frames: list[dict[str, Any]]
+    text: str
+    failure: str | None
+    fields: dict[str, Any]
+
+    @classmethod
+    def read(cls, task: Any, structure: Any, settings: dict[str, Any], source: StructureSource, what: str,
+             campaign: str | None, iteration: int | None, job_uuid: str | None, every: int = 1) -> "TrajectoryRun":
+        """``every``: keep the frames of every ``every``-th step only (MD's stride)."""
+        start = as_structure_doc(structure, campaign, iteration).model_copy(update={"campaign": campaign,
+                                                                                   "iteration": iteration})
+        t = as_task_dict(task)
+        folder = t.get("dir_name") if t else None
+        frames = [f for f in (read_cp2k_frames(folder, start.structure) if folder else []) if f["step"] % every == 0]
+        text = cp2k_output_text(folder) if folder else ""
+        oracle_settings = jsanitize(settings, strict=False)
+        if t is not None:
+            oracle_settings["actual"] = cp2k_actual(t["calcs_reversed"][0])
+        fields = dict(source=source, oracle=f"cp2k:{settings['input_set']}", oracle_fingerprint=settings_hash(settings),
+                      oracle_settings=oracle_settings, campaign=campaign, iteration=iteration, job_uuid=job_uuid,
+                      run_dir=folder)
+        return cls(start, folder, frames, text, trajectory_failure(t, text, frames, what, job_uuid), fields)
+
+    def labels(self, keep: list[int]) -> list[LabelDoc]:
+        """The labels of the frames ``keep``; one failed label (with the reason) when there is no frame."""
+        if self.frames:
+            return [frame_label(self.frames[i], self.failure, **self.fields) for i in keep]
+        return [LabelDoc(structure=self.start.structure, status=LabelStatus.failed, reason=self.failure, **self.fields)]
+
+
 @job
 def cp2k_relax_labels(task: Any, structure: Any, settings: dict[str, Any], trajectory_stride: int | None = 10,
                       campaign: str | None = None, iteration: int | None = -1, start_index: int | None = None,
                       job_uuid: str | None = None) -> RelaxDoc:
     """Parse job: the ``RelaxDoc`` of an atomate2 CP2K relaxation (None: the CP2K job failed), its labels and the
     relaxed structure (source ``relaxed``, parent the start) recorded in the campaign collections."""
-    start = as_structure_doc(structure, campaign, iteration).model_copy(update={"campaign": campaign,
-                                                                               "iteration": iteration})
-    t = as_task_dict(task)
-    folder = t.get("dir_name") if t else None
-    frames = read_cp2k_frames(folder, start.structure) if folder else []
-    text = cp2k_output_text(folder) if folder else ""
-    failure = trajectory_failure(t, text, frames, "relaxation", job_uuid)
-    oracle_settings = jsanitize(settings, strict=False)
-    if t is not None:
-        oracle_settings["actual"] = cp2k_actual(t["calcs_reversed"][0])
-    fields = dict(source=StructureSource.relaxed, oracle=f"cp2k:{settings['input_set']}",
-                  oracle_fingerprint=settings_hash(settings), oracle_settings=oracle_settings, campaign=campaign,
-                  iteration=iteration, job_uuid=job_uuid, run_dir=folder)
-    if frames:
-        labels = [frame_label(frames[i], failure, **fields) for i in _label_steps(len(frames), trajectory_stride)]
-    else:
-        labels = [LabelDoc(structure=start.structure, status=LabelStatus.failed, reason=failure, **fields)]
+    run = TrajectoryRun.read(task, structure, settings, StructureSource.relaxed, "relaxation", campaign, iteration,
+                             job_uuid)
+    start, frames, text, folder = run.start, run.frames, run.text, run.folder
+    labels = run.labels(_label_steps(len(frames), trajectory_stride))
     converged = "GEOMETRY OPTIMIZATION COMPLETED" in text
     relaxed = frames[-1]["structure"] if frames else start.structure
     n_steps = frames[-1]["step"] if frames else 0

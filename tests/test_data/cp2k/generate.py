@@ -44,35 +44,31 @@ CASES = {
 }
 
 
+def _reference(case: str, maker, files: tuple[str, ...]) -> None:
+    """Run ``maker`` on Si8 in a temporary folder and keep ``files`` of its run as the reference ``case``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = maker.make(AseAtomsAdaptor.get_structure(si8()))
+        out = run_locally(job, root_dir=tmp, create_folders=True, ensure_success=True)
+        run_dir = Path(str(out[job.uuid][1].output.dir_name).split(":", 1)[-1])
+        target = HERE / case
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        for name in files:
+            shutil.copy(run_dir / name, target / name)
+    print(case, sorted(p.name for p in target.iterdir()))
+
+
 def main() -> None:
     cp2k_environment()
     for case, (extra, run_kwargs) in CASES.items():
         maker = cp2k_static_maker(**{**SMALL, **extra})
         maker.run_cp2k_kwargs.update(run_kwargs)
-        with tempfile.TemporaryDirectory() as tmp:
-            job = maker.make(AseAtomsAdaptor.get_structure(si8()))
-            out = run_locally(job, root_dir=tmp, create_folders=True, ensure_success=True)
-            run_dir = Path(str(out[job.uuid][1].output.dir_name).split(":", 1)[-1])
-            target = HERE / case
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            for name in ("cp2k.inp.gz", "cp2k.out.gz"):
-                shutil.copy(run_dir / name, target / name)
-        print(case, sorted(p.name for p in target.iterdir()))
+        _reference(case, maker, ("cp2k.inp.gz", "cp2k.out.gz"))
     md = cp2k_md_maker(SMALL, temperature=600, steps=6)
     md.input_set_generator.user_input_settings["override_default_params"]["GLOBAL"] = {"SEED": 1}
     for case, maker in (("si8_relax", cp2k_relax_maker(SMALL, steps=3, fmax=0.01, relax_cell=False)), ("si8_md", md)):
-        with tempfile.TemporaryDirectory() as tmp:
-            job = maker.make(AseAtomsAdaptor.get_structure(si8()))
-            out = run_locally(job, root_dir=tmp, create_folders=True, ensure_success=True)
-            run_dir = Path(str(out[job.uuid][1].output.dir_name).split(":", 1)[-1])
-            target = HERE / case
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            for name in ("cp2k.inp.gz", "cp2k.out.gz", "CP2K-pos-1.xyz.gz", "CP2K-frc-1.xyz.gz", "CP2K-1.cell.gz",
-                         "CP2K-1.stress.gz"):
-                shutil.copy(run_dir / name, target / name)
-        print(case, sorted(p.name for p in target.iterdir()))
+        _reference(case, maker, ("cp2k.inp.gz", "cp2k.out.gz", "CP2K-pos-1.xyz.gz", "CP2K-frc-1.xyz.gz",
+                                 "CP2K-1.cell.gz", "CP2K-1.stress.gz"))
 
 
 if __name__ == "__main__":
