@@ -11,20 +11,26 @@ of everything that made it, so a rerun with the same settings reuses it; ``--dat
   the *test* branch gives the held-out frames, the *snapshot* branch gives the frames a user without active
   learning would train on (random oracle-MD snapshots). Every frame carries the oracle's energy and forces
   of the MD step itself. The test set is never drawn from any learner's MD.
-- **explored frames** per seed: ``n_base`` random oracle-MD snapshots (the *base* set, the same for every
-  method of a seed) train a 2-member MACE committee, whose MD at every cell and condition gives the pool of
-  explored frames (frames beyond ``trust_hi`` are dropped, as a campaign drops them).
 
-Methods (``METHODS``; ``llpr`` joins when ``learner.uncertainty: llpr`` is registered): every run trains on
-the base set plus what ``run_pool_loop`` (``label_efficiency.py``) labels: ``n_init`` random pool frames, then
-``budget`` per iteration.
+Every run works as a campaign does (``run_one``): it trains on its *base set* (``n_base`` random oracle-MD
+snapshots, the same for every method of a seed), then per iteration explores afresh with its own current
+committee (or single model): MD from every cell at every condition, ``explore_steps`` each, a frame every
+``explore_every`` steps, frames beyond ``trust_hi`` dropped and their walker stopped. It picks ``budget`` of
+those frames, labels them with GFN1-xTB (energy, forces, stress) and trains again, warm-started. Every oracle
+call counts as a label, the base set included.
 
-- ``committee``: MACE committee from scratch, highest max force deviation from the explored frames;
-- ``random-md``: the committee, uniformly random oracle-MD snapshots (their labels come with the MD);
-- ``random-explored``: the committee, uniformly random picks from the same explored frames;
-- ``foundation``: CHGNet (bundled weights) fine-tuned, committee acquisition from the explored frames;
+Methods (``METHODS``):
+
+- ``committee``: MACE committee from scratch, highest max force deviation among its explored frames;
+- ``random-md``: the committee, uniformly random oracle-MD snapshots instead (what a user without active
+  learning trains on; their labels come with the MD);
+- ``random-explored``: the committee, uniformly random picks among its own explored frames (exploration
+  without selection);
+- ``foundation``: CHGNet (bundled weights) fine-tuned, committee acquisition;
 - ``shallow``: one shallow-ensemble MACE (heads as members), the same acquisition;
-- ``llpr`` (``--methods ...,llpr``): one MACE model with its LLPR uncertainty, the same acquisition.
+- ``llpr``: one MACE model with its LLPR uncertainty, the same acquisition;
+- ``committee-stress``: ``committee`` trained on the labels' stresses too (``stress_weight`` 0.1 GPa²), to see
+  whether the NPT default slows convergence.
 
 Score: the held-out force RMSE of the committee mean. The target (``--target``, or by default the worst final
 RMSE of the ``committee`` runs, a value every AL seed reaches) gives ``labels to target`` (interpolated in
@@ -35,6 +41,7 @@ seeds at each label count of the grid.
     python benchmarks/argyrodite_efficiency.py --quick     # two 13-atom cells, 1 seed, 2 iterations (< 10 min)
     python benchmarks/argyrodite_efficiency.py             # 4 cells, 2 seeds (hours on 2 cores)
     python benchmarks/argyrodite_efficiency.py --methods committee,random-md --seeds 3
+    python benchmarks/argyrodite_efficiency.py --resume        # run what a stopped run with the same settings left
     python benchmarks/argyrodite_efficiency.py --resummarise   # table and plot again from the JSON (a stopped run's too)
 
 Writes ``argyrodite_efficiency.json`` (after every finished run, so a stopped run leaves what it had) and
@@ -61,7 +68,7 @@ from ase import Atoms
 sys.path.insert(0, str(Path(__file__).parent))
 from foundation_start import chgnet_committee_trainer  # noqa: E402
 from label_efficiency import (  # noqa: E402
-    calculator_oracle, labels_to_target, mace_committee_trainer, plot_method_comparison, run_pool_loop,
+    labels_to_target, mace_committee_trainer, plot_method_comparison,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,25 +85,23 @@ CONDITIONS: dict[str, tuple[str, float, float | None]] = {
 }
 
 #: method -> learner ("committee", "chgnet", or an uncertainty kind of one MACE model: "shallow", "llpr"),
-#: acquisition (``almat.select``), and the pool it picks from ("explored" or "oracle-md")
+#: acquisition (``almat.select``), what it picks from ("explored": a fresh exploration with its own committee
+#: every iteration; "oracle-md": the oracle-MD snapshots), and optionally the MACE ``stress_weight`` (GPa²)
 METHODS: dict[str, dict[str, str]] = {
     "committee": {"learner": "committee", "acquisition": "committee", "pool": "explored"},
     "random-md": {"learner": "committee", "acquisition": "random", "pool": "oracle-md"},
     "random-explored": {"learner": "committee", "acquisition": "random", "pool": "explored"},
     "foundation": {"learner": "chgnet", "acquisition": "committee", "pool": "explored"},
     "shallow": {"learner": "shallow", "acquisition": "committee", "pool": "explored"},
-}
-#: single-model uncertainty kinds beside the shallow ensemble, offered as methods once almat registers them
-OPTIONAL_METHODS: dict[str, dict[str, str]] = {
     "llpr": {"learner": "llpr", "acquisition": "committee", "pool": "explored"},
+    "committee-stress": {"learner": "committee", "acquisition": "committee", "pool": "explored",
+                         "stress_weight": 0.1},
 }
 
 
 def available_methods() -> dict[str, dict[str, str]]:
-    """``METHODS`` plus the optional single-model kinds that ``almat.learner.registry`` knows."""
-    from almat.learner.registry import UNCERTAINTY_KINDS
-
-    return {**METHODS, **{m: spec for m, spec in OPTIONAL_METHODS.items() if spec["learner"] in UNCERTAINTY_KINDS}}
+    """The methods (``METHODS``); a module that adds one puts it there."""
+    return METHODS
 
 
 @dataclass
@@ -133,14 +138,13 @@ class BenchSettings:
     data: DataSpec = field(default_factory=DataSpec)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    n_base: int = 4  # random oracle-MD snapshots every run of a seed starts from
-    n_init: int = 4  # then random pool frames
-    budget: int = 6  # then per iteration
+    n_base: int = 6  # random oracle-MD snapshots every run of a seed starts from (its initial data)
+    budget: int = 6  # labels per iteration
     iterations: int = 5
     random_iterations: int = 7  # the random baselines run longer, so that a large ratio can be seen
     n_models: int = 2
     n_heads: int = 4
-    explore_steps: int = 200
+    explore_steps: int = 100  # per cell and condition, every iteration
     explore_every: int = 10
     trust_hi: float = 1.0  # eV/Å: explored frames at or beyond are dropped (and stop the walker)
     mace: dict[str, Any] = field(default_factory=lambda: {
@@ -152,10 +156,10 @@ class BenchSettings:
 
     @classmethod
     def quick(cls) -> "BenchSettings":
-        data = DataSpec(cells=[[0], [3]], burn_in=6, test_frames=2, test_every=4, snapshot_frames=3,
-                        snapshot_every=4)
-        return cls(data=data, seeds=[0], n_base=3, n_init=2, budget=3, iterations=2, random_iterations=2,
-                   explore_steps=40, explore_every=5,
+        data = DataSpec(cells=[[0], [3]], burn_in=4, test_frames=2, test_every=3, snapshot_frames=3,
+                        snapshot_every=3)
+        return cls(data=data, seeds=[0], n_base=3, budget=3, iterations=2, random_iterations=2,
+                   explore_steps=20, explore_every=5,
                    mace={"num_channels": 8, "radial_mlp": [16, 16], "epochs": 2, "warm_start_epochs": 1,
                          "batch_size": 4, "eval_every": 1},
                    chgnet={"epochs": 1, "warm_start_epochs": 1, "batch_size": 4})
@@ -222,11 +226,15 @@ def _dynamics(atoms: Atoms, condition: str, timestep_fs: float, rng: np.random.G
                                              pdamp=500 * units.fs)
 
 
-def _labelled_copy(atoms: Atoms, **info) -> Atoms:
+def _labelled_copy(atoms: Atoms, stress: bool = False, **info) -> Atoms:
+    """A copy carrying the energy and forces (and with ``stress`` the stress) of ``atoms``' calculator."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
     a = atoms.copy()
-    a.calc = SinglePointCalculator(a, energy=float(atoms.get_potential_energy()), forces=atoms.get_forces().copy())
+    results = {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().copy()}
+    if stress:
+        results["stress"] = atoms.get_stress().copy()
+    a.calc = SinglePointCalculator(a, **results)
     a.info.update(info)
     return a
 
@@ -314,28 +322,30 @@ def base_indices(n_snapshots: int, n_base: int, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(10_000 + seed).choice(n_snapshots, n_base, replace=False))
 
 
-def explored_pool(cells: Sequence[Atoms], base: Sequence[Atoms], settings: BenchSettings, seed: int) -> list[Atoms]:
-    """MD of a committee trained on the base set at every cell and condition: the frames below ``trust_hi``."""
+def explore(committee, cells: Sequence[Atoms], settings: BenchSettings, seed: int, iteration: int) -> list[Atoms]:
+    """One exploration round, as a campaign's explore job runs it: MD with this iteration's committee (or single
+    model) from every cell at every condition, a frame every ``explore_every`` steps; the frames below
+    ``trust_hi`` (a walker stops at the first beyond) are the candidates."""
     from almat.sampler.md import ExplorationSettings, run_exploration
     from almat.uncertainty.deviation import TrustLevels
 
-    committee = mace_committee_trainer(settings.mace, settings.n_models, base_seed=100 * seed + 7)(list(base), 0)
     trust = TrustLevels(lo=min(0.05, settings.trust_hi / 2), hi=settings.trust_hi)
-    pool = []
+    frames = []
     for i, cell in enumerate(cells):
         for k, condition in enumerate(settings.data.conditions):
             ensemble, temperature, pressure = CONDITIONS[condition]
             md = ExplorationSettings(temperature=temperature, steps=settings.explore_steps,
                                      timestep_fs=settings.data.timestep_fs, sample_every=settings.explore_every,
-                                     seed=1000 * seed + 10 * i + k, ensemble=ensemble, pressure_bar=pressure)
+                                     seed=100_000 * seed + 1000 * iteration + 10 * i + k, ensemble=ensemble,
+                                     pressure_bar=pressure)
             traj = run_exploration(cell, committee.calculator(stress=ensemble != "nvt"), trust, md)
             for j, frame in enumerate(traj.frames):
                 if j > 0 and frame.model_deviation < settings.trust_hi:
                     a = traj.atoms(j)
                     a.info.update(cell_name=cell.info["cell_name"], condition=condition,
                                   deviation=frame.model_deviation)
-                    pool.append(a)
-    return pool
+                    frames.append(a)
+    return frames
 
 
 # -- learners ------------------------------------------------------------------------------------------------
@@ -360,20 +370,17 @@ def single_model_trainer(uncertainty: str, hyperparameters: dict[str, Any], n_he
     return train
 
 
-def trainer_for(method: str, settings: BenchSettings, seed: int, base: Sequence[Atoms]):
-    """The train function of a method, with the base set prepended to whatever the pool loop labelled."""
-    kind = available_methods()[method]["learner"]
+def trainer_for(method: str, settings: BenchSettings, seed: int):
+    """The train function of a method (``train(frames, iteration, previous)``, warm-started from ``previous``);
+    a method with a ``stress_weight`` trains MACE on the labels' stresses too."""
+    spec = available_methods()[method]
+    kind = spec["learner"]
+    mace = {**settings.mace, **({"stress_weight": spec["stress_weight"]} if "stress_weight" in spec else {})}
     if kind == "committee":
-        inner = mace_committee_trainer(settings.mace, settings.n_models, base_seed=100 * seed)
-    elif kind == "chgnet":
-        inner = chgnet_committee_trainer(settings.chgnet, settings.n_models)
-    else:
-        inner = single_model_trainer(kind, settings.mace, settings.n_heads, base_seed=100 * seed)
-
-    def train(frames, iteration, previous=None):
-        return inner([*base, *frames], iteration, previous)
-
-    return train
+        return mace_committee_trainer(mace, settings.n_models, base_seed=100 * seed)
+    if kind == "chgnet":
+        return chgnet_committee_trainer(settings.chgnet, settings.n_models)
+    return single_model_trainer(kind, mace, settings.n_heads, base_seed=100 * seed)
 
 
 # -- runs ----------------------------------------------------------------------------------------------------
@@ -388,55 +395,102 @@ def _quiet(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _stored_label_oracle(frames: Sequence[Atoms]) -> list[Atoms]:
-    """Oracle-MD snapshots carry their labels already (the MD computed them): the oracle hands them back."""
-    return [_labelled_copy(a) for a in frames]
-
-
-def run_one(method: str, seed: int, data: dict[str, Any], pools: dict[int, list[Atoms]], settings: BenchSettings,
-            threads: int | None = 1) -> dict[str, Any]:
-    """One method, one seed: the learning curve (labels counted with the base set) and timings."""
+def xtb_labels(frames: Sequence[Atoms]) -> list[Atoms | None]:
+    """GFN1-xTB labels (energy, forces and the stress, which tblite computes with the forces); ``None`` where
+    the calculation fails or is not finite."""
     from almat.oracle.xtb import xtb_spec
+
+    calc, out = xtb_spec().load(), []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = calc
+        try:
+            labelled = _labelled_copy(a, stress=True)
+        except Exception:  # noqa: BLE001 - a failed label is counted and skipped, as a campaign does
+            out.append(None)
+            continue
+        finite = np.isfinite(labelled.get_forces()).all() and np.isfinite(labelled.get_potential_energy())
+        out.append(labelled if finite else None)
+    return out
+
+
+def candidates(method: str, committee, iteration: int, seed: int, data: dict[str, Any], base_idx: list[int],
+               used: set[int], settings: BenchSettings) -> tuple[list[Atoms], Callable]:
+    """What a method picks from in an iteration, and the oracle that labels the picks: a fresh exploration with
+    its own committee, or the oracle-MD snapshots not yet used (labelled already: the MD computed them)."""
+    if available_methods()[method]["pool"] == "oracle-md":
+        snaps = data["snapshots"]
+        left = [i for i in range(len(snaps)) if i not in set(base_idx) and i not in used]
+        frames = []
+        for i in left:
+            frames.append(snaps[i].copy())
+            frames[-1].info["snapshot"] = i
+        return frames, lambda picked: [_labelled_copy(snaps[a.info["snapshot"]]) for a in picked]
+    return explore(committee, data["cells"], settings, seed, iteration), xtb_labels
+
+
+def _pick(frames: list[Atoms], acquisition: str, n: int, committee, iteration: int, rng, training) -> list[int]:
+    """``n`` of ``frames`` by the acquisition function (``almat.campaign.pool.acquire``)."""
+    from almat.campaign.pool import PoolState, acquire
+
+    if not frames:
+        return []
+    return acquire(frames, PoolState(n_pool=len(frames)), acquisition, n, committee, iteration, rng,
+                   training_frames=training).indices
+
+
+def run_one(method: str, seed: int, data: dict[str, Any], settings: BenchSettings,
+            threads: int | None = 1) -> dict[str, Any]:
+    """One method, one seed, as a campaign runs: train on the base set, then per iteration explore with the
+    current committee, pick ``budget`` frames, label them, train again (warm start); scored on the test set
+    after every training. Labels count every oracle call, the base set included."""
+    from almat.campaign.jobs import test_errors
 
     _quiet(threads)
     spec = available_methods()[method]
     start = time.perf_counter()
-    snaps = data["snapshots"]
-    chosen = base_indices(len(snaps), settings.n_base, seed)
-    base = [snaps[i] for i in chosen]
-    if spec["pool"] == "oracle-md":
-        pool, oracle = [a for i, a in enumerate(snaps) if i not in chosen], _stored_label_oracle
-    else:
-        pool, oracle = pools[seed], calculator_oracle(lambda: xtb_spec().load())
-    calls = {"n": 0}
-
-    def counted(frames):
-        calls["n"] += len(frames)
-        return oracle(frames)
-
+    base_idx = base_indices(len(data["snapshots"]), settings.n_base, seed)
+    labels = [data["snapshots"][i] for i in base_idx]
+    train = trainer_for(method, settings, seed)
+    rng = np.random.default_rng(20_000 + seed)
     iterations = settings.random_iterations if spec["acquisition"] == "random" else settings.iterations
-    result = run_pool_loop(pool, counted, trainer_for(method, settings, seed, base), n_init=settings.n_init,
-                           budget=settings.budget, acquisition=spec["acquisition"], test_set=data["test"],
-                           max_iterations=iterations, seed=seed, name=f"{method}-s{seed}")
-    picked = [pool[i].info.get("condition") for i in result.state.labelled]
-    return {"method": method, "seed": seed,
-            "n_labels": [settings.n_base + r.n_labels for r in result.records],
-            "force_rmse": [r.test_errors.force_rmse for r in result.records],
-            "energy_rmse_per_atom": [r.test_errors.energy_rmse_per_atom for r in result.records],
-            "oracle_calls": calls["n"] if spec["pool"] == "explored" else 0,
-            "pool_size": len(pool), "labelled_conditions": {c: picked.count(c) for c in dict.fromkeys(picked)},
-            "stop_reason": result.stop_reason, "wall_time": time.perf_counter() - start}
+    run = {"method": method, "seed": seed, "n_labels": [], "force_rmse": [], "energy_rmse_per_atom": [],
+           "explored": [], "failed_labels": 0, "labelled_conditions": {}, "iteration_seconds": [],
+           "snapshots_used": [list(base_idx)]}
+    committee, calls, used = None, settings.n_base, set()
+    for iteration in range(iterations + 1):
+        t0 = time.perf_counter()
+        if iteration:
+            pool, oracle = candidates(method, committee, iteration, seed, data, base_idx, used, settings)
+            picks = [pool[i] for i in _pick(pool, spec["acquisition"], settings.budget, committee, iteration,
+                                            rng, labels)]
+            used |= {a.info["snapshot"] for a in picks if "snapshot" in a.info}
+            run["snapshots_used"].append([a.info["snapshot"] for a in picks if "snapshot" in a.info])
+            new = oracle(picks)
+            calls += len(picks)
+            run["failed_labels"] += sum(a is None for a in new)
+            labels += [a for a in new if a is not None]
+            run["explored"].append(len(pool))
+            for a in picks:
+                c = a.info.get("condition")
+                run["labelled_conditions"][c] = run["labelled_conditions"].get(c, 0) + 1
+        committee = train(labels, iteration, committee)
+        errors = test_errors(committee, data["test"])
+        run["n_labels"].append(calls)
+        run["force_rmse"].append(errors.force_rmse)
+        run["energy_rmse_per_atom"].append(errors.energy_rmse_per_atom)
+        run["iteration_seconds"].append(time.perf_counter() - t0)
+    run["oracle_calls"] = calls - settings.n_base if spec["pool"] == "explored" else 0
+    sets = [sum(run["snapshots_used"][:k + 1], []) for k in range(len(run["snapshots_used"]))]
+    run["oracle_calls_curve"] = (oracle_md_cost(sets, settings.data) if spec["pool"] == "oracle-md"
+                                 else list(run["n_labels"]))
+    run["wall_time"] = time.perf_counter() - start
+    return run
 
 
 def _worker(args):
-    method, seed, data, pools, settings = args
-    return run_one(method, seed, data, pools, settings, threads=1)
-
-
-def _pool_worker(args):
-    cells, base, settings, seed = args
-    _quiet(1)
-    return explored_pool(cells, base, settings, seed)
+    method, seed, data, settings = args
+    return run_one(method, seed, data, settings, threads=1)
 
 
 def _map(fn, tasks: list, jobs: int, on_result: Callable[[Any], None] | None = None) -> list:
@@ -461,6 +515,21 @@ def _map(fn, tasks: list, jobs: int, on_result: Callable[[Any], None] | None = N
     return [done[k] for k in range(len(tasks))]
 
 
+def oracle_md_cost(snapshot_sets: Sequence[Sequence[int]], spec: DataSpec) -> list[int]:
+    """Oracle calls behind random oracle-MD snapshots: the MD steps a user runs to reach them. Snapshot ``i`` is
+    number ``i % snapshot_frames`` of its cell and condition's branch (``oracle_data``'s order), which runs
+    ``burn_in`` steps and then ``snapshot_every`` per snapshot; a trajectory costs up to its last snapshot used.
+    One value per entry of ``snapshot_sets`` (cumulative: the sets of the iterations so far)."""
+    last: dict[int, int] = {}
+    out = []
+    for used in snapshot_sets:
+        for i in used:
+            group, place = divmod(int(i), spec.snapshot_frames)
+            last[group] = max(last.get(group, -1), place)
+        out.append(sum(spec.burn_in + (p + 1) * spec.snapshot_every for p in last.values()))
+    return out
+
+
 # -- scoring -------------------------------------------------------------------------------------------------
 
 
@@ -483,7 +552,7 @@ def rmse_at_labels(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 #: (numerator, denominator, issue target): labels of the first over labels of the second must be >= target
 RATIOS = [("random-md", "committee", 5.0), ("random-explored", "committee", 3.0), ("committee", "foundation", 3.0),
           ("random-md", "shallow", 5.0), ("random-explored", "shallow", 3.0), ("random-md", "llpr", 5.0),
-          ("random-explored", "llpr", 3.0)]
+          ("random-explored", "llpr", 3.0), ("committee", "committee-stress", 1.0)]
 
 
 def _ratio(num: dict[str, Any], den: dict[str, Any], goal: float) -> dict[str, Any]:
@@ -504,9 +573,35 @@ def _ratio(num: dict[str, Any], den: dict[str, Any], goal: float) -> dict[str, A
     return {"ratio": value, "bound": kind, "issue_target": goal, "met": met}
 
 
+def _per_method(runs: list[dict[str, Any]], target: float, x: str) -> dict[str, dict[str, Any]]:
+    """Per method: how many seeds reach ``target``, and where, counted in ``x`` (``n_labels``: labels trained
+    on; ``oracle_calls``: oracle calls spent, MD steps behind oracle-MD snapshots included)."""
+    out = {}
+    for r in runs:
+        r.setdefault("oracle_calls_curve", list(r["n_labels"]))
+        r[f"{x}_to_target"] = labels_to_target(r[_CURVE[x]], r["force_rmse"], target)
+    for m in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == m]
+        reached = [r[f"{x}_to_target"] for r in mine if r[f"{x}_to_target"] is not None]
+        out[m] = {
+            "seeds": len(mine), "reached": len(reached),
+            "mean_labels_to_target": float(np.mean(reached)) if reached else None,
+            "labels_bound": float(np.mean([r[f"{x}_to_target"] if r[f"{x}_to_target"] is not None
+                                           else r[_CURVE[x]][-1] for r in mine])),
+            "at_first_point": any(r[f"{x}_to_target"] == r[_CURVE[x]][0] for r in mine),
+            "final_force_rmse": _geomean([r["force_rmse"][-1] for r in mine]),
+            "max_labels": max(r[_CURVE[x]][-1] for r in mine)}
+    return out
+
+
+#: what a count is read from in a run
+_CURVE = {"n_labels": "n_labels", "oracle_calls": "oracle_calls_curve"}
+
+
 def summarise(runs: list[dict[str, Any]], target: float | None = None) -> dict[str, Any]:
     """Target, labels to target per run and method, the issue's ratios (``_ratio``: exact or a bound), and the
-    error at equal labels. A run that never reaches the target counts as its last label count in
+    error at equal labels; the same counted in oracle calls (``by_oracle_calls``), where random oracle-MD
+    snapshots cost the MD steps behind them. A run that never reaches the target counts as its last count in
     ``labels_bound``."""
     if target is None:
         al = [r["force_rmse"][-1] for r in runs if r["method"] == "committee" and r["force_rmse"][-1] is not None]
@@ -515,44 +610,44 @@ def summarise(runs: list[dict[str, Any]], target: float | None = None) -> dict[s
         target, rule = float(max(al)), "worst final force RMSE of the committee AL runs"
     else:
         rule = "fixed"
+    out = {"target_force_rmse": target, "target_rule": rule}
+    for x, key in (("n_labels", "per_method"), ("oracle_calls", "by_oracle_calls")):
+        per_method = _per_method(runs, target, x)
+        ratios = {f"{num}/{den}": _ratio(per_method[num], per_method[den], goal) for num, den, goal in RATIOS
+                  if num in per_method and den in per_method}
+        out[key] = per_method
+        out["ratios" if x == "n_labels" else "ratios_by_oracle_calls"] = ratios
     for r in runs:
-        r["labels_to_target"] = labels_to_target(r["n_labels"], r["force_rmse"], target)
-    per_method = {}
-    for m in dict.fromkeys(r["method"] for r in runs):
-        mine = [r for r in runs if r["method"] == m]
-        reached = [r["labels_to_target"] for r in mine if r["labels_to_target"] is not None]
-        per_method[m] = {
-            "seeds": len(mine), "reached": len(reached),
-            "mean_labels_to_target": float(np.mean(reached)) if reached else None,
-            "labels_bound": float(np.mean([r["labels_to_target"] if r["labels_to_target"] is not None
-                                           else r["n_labels"][-1] for r in mine])),
-            "at_first_point": any(r["labels_to_target"] == r["n_labels"][0] for r in mine),
-            "final_force_rmse": _geomean([r["force_rmse"][-1] for r in mine]),
-            "max_labels": max(r["n_labels"][-1] for r in mine)}
-    ratios = {}
-    for num, den, goal in RATIOS:
-        if num in per_method and den in per_method:
-            ratios[f"{num}/{den}"] = _ratio(per_method[num], per_method[den], goal)
-    return {"target_force_rmse": target, "target_rule": rule, "per_method": per_method, "ratios": ratios,
-            "rmse_at_labels": rmse_at_labels(runs)}
+        r["labels_to_target"] = r["n_labels_to_target"]
+    return {**out, "rmse_at_labels": rmse_at_labels(runs)}
 
 
 def format_table(result: dict[str, Any]) -> str:
+    def to_target(s):
+        return (f"{s['mean_labels_to_target']:.1f}" if s["reached"] == s["seeds"]
+                else f"> {s['labels_bound']:.1f}" if not s["reached"] else f"{s['labels_bound']:.1f} (some > max)")
+
+    calls = result.get("by_oracle_calls") or {}
     rows = [f"target held-out force RMSE {result['target_force_rmse']:.4f} eV/Å ({result['target_rule']})", "",
-            "| method | seeds reached | labels to target | final RMSE (eV/Å) | max labels |", "|---|---|---|---|---|"]
+            "| method | seeds reached | labels to target | oracle calls to target | final RMSE (eV/Å) | max labels |",
+            "|---|---|---|---|---|---|"]
     for m, s in result["per_method"].items():
-        ltt = (f"{s['mean_labels_to_target']:.1f}" if s["reached"] == s["seeds"]
-               else f"> {s['labels_bound']:.1f}" if not s["reached"] else f"{s['labels_bound']:.1f} (some > max)")
-        rows.append(f"| {m} | {s['reached']}/{s['seeds']} | {ltt} | {s['final_force_rmse']:.4f} | {s['max_labels']} |")
+        rows.append(f"| {m} | {s['reached']}/{s['seeds']} | {to_target(s)} | "
+                    f"{to_target(calls[m]) if m in calls else '-'} | {s['final_force_rmse']:.4f} | {s['max_labels']} |")
     at = result.get("rmse_at_labels") or {}
     common = sorted(set.intersection(*[set(v) for v in at.values()]), key=int) if at else []
     if common:
         rows += ["", "error at equal labels (eV/Å, geometric mean over seeds):", "",
                  "| method | " + " | ".join(common) + " |", "|---" * (len(common) + 1) + "|"]
         rows += [f"| {m} | " + " | ".join(f"{v[n]:.4f}" for n in common) + " |" for m, v in at.items()]
-    rows += ["", "| ratio | value | kind | issue target | met |", "|---|---|---|---|---|"]
+    by_calls = result.get("ratios_by_oracle_calls") or {}
+    rows += ["", "| ratio | in labels | kind | met | in oracle calls | kind | met | issue target |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in result["ratios"].items():
-        rows.append(f"| {name} | {r['ratio']:.2f} | {r['bound']} | >= {r['issue_target']:g} | {r['met']} |")
+        c = by_calls.get(name)
+        rows.append(f"| {name} | {r['ratio']:.2f} | {r['bound']} | {r['met']} | "
+                    + (f"{c['ratio']:.2f} | {c['bound']} | {c['met']}" if c else "- | - | -")
+                    + f" | >= {r['issue_target']:g} |")
     return "\n".join(rows)
 
 
@@ -566,31 +661,42 @@ def _write(out: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, out / "argyrodite_efficiency.json")
 
 
+def _previous_runs(out: Path | None, settings: BenchSettings) -> list[dict[str, Any]]:
+    """The finished runs of an earlier, stopped run with the same settings in ``out`` (for ``--resume``)."""
+    path = out / "argyrodite_efficiency.json" if out is not None else None
+    if path is None or not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    same = {k: v for k, v in old.get("settings", {}).items() if k not in ("seeds", "methods", "jobs", "target")}
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(settings))).items() if k in same}
+    return old["runs"] if same == mine else []
+
+
 def run_benchmark(settings: BenchSettings, out: Path | None, cache: Path | None = OUT / "argyrodite_efficiency_data",
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Oracle data (cached), an explored pool per seed, every method and seed; JSON after every run, then PNG."""
+                  log: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
+    """Oracle data (cached), then every method and seed (``run_one``); JSON after every run, then PNG. With
+    ``resume``, the runs an earlier stopped run with the same settings finished are kept and not run again."""
     t0 = time.perf_counter()
     data = oracle_data(settings.data, settings.jobs, cache, log)
-    snaps = data["snapshots"]
-    explored = [m for m in settings.methods if available_methods()[m]["pool"] == "explored"]
-    seeds_pools = settings.seeds if explored else []
-    pool_list = _map(_pool_worker, [(data["cells"], [snaps[i] for i in base_indices(len(snaps), settings.n_base, s)],
-                                     settings, s) for s in seeds_pools], settings.jobs)
-    pools = dict(zip(seeds_pools, pool_list))
-    log(f"test set {len(data['test'])} oracle-MD frames, {len(snaps)} oracle-MD snapshots; explored pools "
-        + ", ".join(f"seed {s}: {len(p)}" for s, p in pools.items()))
+    log(f"test set {len(data['test'])} oracle-MD frames, {len(data['snapshots'])} oracle-MD snapshots")
+    done = [r for r in (_previous_runs(out, settings) if resume else [])
+            if r["method"] in settings.methods and r["seed"] in settings.seeds]
+    if done:
+        log(f"resuming: {len(done)} finished run(s) kept")
     result: dict[str, Any] = {"settings": asdict(settings), "data": data["meta"], "data_file": data["path"],
-                              "test_size": len(data["test"]), "snapshot_pool_size": len(snaps),
-                              "explored_pool_size": {str(s): len(p) for s, p in pools.items()}, "runs": []}
+                              "test_size": len(data["test"]), "snapshot_pool_size": len(data["snapshots"]),
+                              "runs": list(done)}
 
     def finished(run):
         result["runs"].append(run)
         log(f"  {run['method']} seed {run['seed']}: " + ", ".join(
-            f"{n}: {f:.3f}" for n, f in zip(run["n_labels"], run["force_rmse"])) + f" ({run['wall_time']:.0f} s)")
+            f"{n}: {f:.3f}" for n, f in zip(run["n_labels"], run["force_rmse"])) + f" ({run['wall_time']:.0f} s; "
+            f"explored {run['explored']})")
         if out is not None:
             _write(out, {**result, "wall_time": time.perf_counter() - t0, "complete": False})
 
-    tasks = [(m, s, data, pools, settings) for m in settings.methods for s in settings.seeds]  # method by method
+    have = {(r["method"], r["seed"]) for r in done}
+    tasks = [(m, s, data, settings) for s in settings.seeds for m in settings.methods if (m, s) not in have]
     _map(_worker, tasks, settings.jobs, finished)
     result["runs"].sort(key=lambda r: (settings.methods.index(r["method"]), r["seed"]))
     result.update(summarise(result["runs"], settings.target), wall_time=time.perf_counter() - t0, complete=True)
@@ -635,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                         "with '+' (default 0,3,0+1,0+3; quick 0,3)")
     parser.add_argument("--data-seed", type=int, help="seed of the oracle MD (another seed: another cached set)")
     parser.add_argument("--out", type=Path, help="default benchmark_results/argyrodite_efficiency[_quick]")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs of a stopped run with the same settings in --out")
     parser.add_argument("--resummarise", action="store_true",
                         help="summarise the runs of the JSON in --out again (a stopped run's too), plot, print")
     args = parser.parse_args(argv)
@@ -666,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.data.data_seed = args.data_seed
     settings.target = args.target
     _quiet(None)
-    result = run_benchmark(settings, out)
+    result = run_benchmark(settings, out, resume=args.resume)
     print()
     print(format_table(result))
     print(f"\nwall time {result['wall_time']:.0f} s; wrote {', '.join(result.get('files', []))}")

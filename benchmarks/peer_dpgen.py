@@ -6,12 +6,19 @@ on one test set of oracle-driven MD frames (seeded, written once, shared), and e
 as a label (calibration labels included). A control trains each model family on random label sets of the
 campaigns' sizes, drawn from a pool of oracle MD frames: the difference is what each tool's selection adds.
 
-- almat runs through its own CLI (``almat run``) in almat's .venv, with the MACE committee from scratch;
-- DP-GEN 0.14 (DeePMD-kit 3.2 committees explored in LAMMPS) runs in its peer venv, in a subprocess:
-  ``bash benchmarks/peers/dpgen/setup.sh`` creates it (benchmarks/peers/dpgen/README.md).
+- ``almat`` runs through its own CLI (``almat run``) in almat's .venv, with the MACE committee from scratch;
+- ``almat-foundation`` is the same campaign with CHGNet fine-tuned from its bundled weights
+  (``learner.kind: chgnet-finetune``), its trust levels in calibrated units;
+- ``dpgen``: DP-GEN 0.14 (DeePMD-kit 3.2 committees explored in LAMMPS) runs in its peer venv, in a
+  subprocess: ``bash benchmarks/peers/dpgen/setup.sh`` creates it (benchmarks/peers/dpgen/README.md).
+
+Trust levels are each tool's documented ones, or (``--trust FILE``) tuned to one candidate fraction at
+iteration 0: ``--tune-trust`` runs iteration 0 of each tool at seed 0 and writes that file (``tune_trust``).
 
     python benchmarks/peer_dpgen.py --quick             # Cu32/EMT, 2 iterations each, one seed
     python benchmarks/peer_dpgen.py                     # Cu32/EMT and Li6PS5Cl/GFN1-xTB, 3 seeds
+    python benchmarks/peer_dpgen.py --tune-trust        # the probe -> benchmark_results/peer_dpgen_trust/trust.json
+    python benchmarks/peer_dpgen.py --trust benchmark_results/peer_dpgen_trust/trust.json   # the tuned run
     python benchmarks/peer_dpgen.py --rescore DIR       # the table again, from DIR/peer_dpgen.json
 
 Writes ``peer_dpgen.json`` and ``peer_dpgen.png`` (test force RMSE against labels and hours) to ``--out``
@@ -40,6 +47,17 @@ PEER_HINT = "DP-GEN's peer environment is missing: run  bash benchmarks/peers/dp
 sys.path.insert(0, str(PEER))
 import dpgen_runs  # noqa: E402  (the DP-GEN side: param/machine files, running, reading its folders)
 import peer_data  # noqa: E402  (problems, initial/test/pool frames, deepmd/npy files)
+
+#: the tools: almat's MACE committee from scratch, almat with a foundation start (CHGNet), DP-GEN
+TOOLS = ("almat", "almat-foundation", "dpgen")
+ALMAT_TOOLS = ("almat", "almat-foundation")
+#: the tools whose mean final errors set the shared target (the worse of the two)
+TARGET_TOOLS = ("almat", "dpgen")
+#: the candidate fraction at iteration 0 that --tune-trust aims every tool at
+TARGET_FRACTION = 0.25
+#: the tuning probe's almat trust_hi: this times the documented one, so that its walkers run on past any
+#: hi the tuning may choose (almat stops a walker at its first frame beyond hi; LAMMPS runs every step)
+PROBE_HI_FACTOR = 3.0
 
 # -- scoring (pure: the unit test runs it on stored results) -------------------------------------------
 
@@ -77,7 +95,7 @@ def stop_point(run: dict[str, Any], conv_accuracy: float) -> dict[str, Any] | No
     least ``conv_accuracy`` (DP-GEN itself only reports the ratio; the user stops on it).
     """
     for it in run["iterations"]:
-        hit = it.get("converged") if run["tool"] == "almat" else (it.get("accurate_ratio") or 0) >= conv_accuracy
+        hit = it.get("converged") if run["tool"] in ALMAT_TOOLS else (it.get("accurate_ratio") or 0) >= conv_accuracy
         if hit:
             return {"iteration": it["iteration"], "oracle_calls": it["oracle_calls"], "force_rmse": it["force_rmse"]}
     return None
@@ -92,15 +110,17 @@ def curve(run: dict[str, Any], x: str = "oracle_calls") -> tuple[list[float], li
 
 
 def summarise(runs: list[dict[str, Any]], conv_accuracy: float = 0.95) -> dict[str, Any]:
-    """Per problem: the shared target (the worse of the two tools' mean final errors), labels and hours
-    to it per run, each tool's error at equal labels (the smallest final label count of all runs), and
-    where each tool's own stop rule would have stopped."""
+    """Per problem: the shared target (the worse of almat's and DP-GEN's mean final errors; with only one
+    of them run, its own; with neither, the worst of the tools run), labels and hours to it per run (the
+    foundation start's too), each tool's error at equal labels (the smallest final label count of all
+    runs), and where each tool's own stop rule would have stopped."""
     out: dict[str, Any] = {}
     for problem in sorted({r["problem"] for r in runs}):
         mine = [r for r in runs if r["problem"] == problem and r["iterations"]]
         tools = sorted({r["tool"] for r in mine})
         final = {t: float(np.mean([curve(r)[1][-1] for r in mine if r["tool"] == t and curve(r)[1]])) for t in tools}
-        target = max(final.values()) if final else None
+        base = [t for t in TARGET_TOOLS if t in final] or list(final)
+        target = max(final[t] for t in base) if base else None
         equal = min((curve(r)[0][-1] for r in mine if curve(r)[0]), default=None)
         per_run = []
         for r in mine:
@@ -160,7 +180,7 @@ def plot(runs: list[dict[str, Any]], controls: list[dict[str, Any]], path: Path)
 
     problems = sorted({r["problem"] for r in runs})
     fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.8 * len(problems)), squeeze=False)
-    colours = {"almat": "C0", "dpgen": "C3"}
+    colours = {"almat": "C0", "almat-foundation": "C2", "dpgen": "C3"}
     for row, problem in zip(axes, problems):
         for r in (r for r in runs if r["problem"] == problem):
             for ax, x in zip(row, ("oracle_calls", "hours")):
@@ -177,6 +197,85 @@ def plot(runs: list[dict[str, Any]], controls: list[dict[str, Any]], path: Path)
     plt.close(fig)
 
 
+# -- trust levels tuned to one candidate fraction at iteration 0 (pure: the unit test runs them) -----------
+
+
+def candidate_fraction(walkers: Sequence[Sequence[float]], lo: float, hi: float, stop_at_hi: bool
+                       ) -> tuple[float, float, int]:
+    """(candidate fraction, failed fraction, frames) of an exploration under levels lo/hi, from the max
+    force deviation of every frame, per walker in step order. A frame is a candidate when lo <= dev < hi
+    and failed at or beyond hi (both tools' rule). ``stop_at_hi``: the walker ends at its first failed
+    frame, which counts (almat); DP-GEN's LAMMPS runs every step whatever the deviation."""
+    cand = failed = n = 0
+    for devs in walkers:
+        for d in devs:
+            n += 1
+            if not d < hi:
+                failed += 1
+                if stop_at_hi:
+                    break
+            elif d >= lo:
+                cand += 1
+    return (cand / n, failed / n, n) if n else (0.0, 0.0, 0)
+
+
+def tune_trust(walkers: Sequence[Sequence[float]], target: float, ratio: float, stop_at_hi: bool = False,
+               hi_max: float | None = None) -> dict[str, Any] | None:
+    """The trust levels that make ``target`` of an iteration-0 exploration's frames candidates, with hi at
+    ``ratio`` times lo (the tool's documented ratio): lo is the largest level at which the candidate
+    fraction reaches the target. lo is tried halfway (geometrically) between consecutive recorded
+    deviations, so no recorded frame sits on a level. ``hi_max``: the probe's own hi (an almat walker
+    stopped there saw nothing beyond it), never exceeded. When no lo reaches the target (the deviations
+    spread wider than ``ratio``), the lo of the largest fraction, with ``reached`` False. None: no frames."""
+    values = sorted({float(d) for w in walkers for d in w if d > 0 and math.isfinite(d)}, reverse=True)
+    grid = [math.sqrt(a * b) for a, b in zip(values, values[1:])] + ([values[-1] / 2] if values else [])
+    best = None
+    for lo in grid:
+        hi = ratio * lo
+        if hi_max is not None and hi > hi_max:
+            continue
+        frac, failed, n = candidate_fraction(walkers, lo, hi, stop_at_hi)
+        found = {"lo": lo, "hi": hi, "candidate_fraction": frac, "failed_fraction": failed, "n_frames": n}
+        if frac >= target:
+            return found | {"reached": True}
+        if best is None or frac > best["candidate_fraction"]:
+            best = found
+    return None if best is None else best | {"reached": False}
+
+
+def trust_file(result: dict[str, Any], target: float = TARGET_FRACTION) -> dict[str, Any]:
+    """The tuned levels of every problem and tool, from a probe's results (seed 0, iteration 0):
+    - ``almat`` and ``dpgen`` (raw units): ``tune_trust`` on the deviations the probe recorded
+      (``iteration0_deviations``), hi kept at the documented hi/lo ratio;
+    - ``almat-foundation`` (calibrated units): its documented levels, and iteration 0's lo adaptive to the
+      target fraction (almat's own iteration-0 rule for calibrated levels, which have no k yet)."""
+    out: dict[str, Any] = {"target_fraction": target, "problems": {}}
+    for run in result["runs"]:
+        if (run["seed"] != min(r["seed"] for r in result["runs"]) or not run.get("iteration0_deviations")
+                or run["tool"] == "almat-foundation"):
+            continue
+        problem = peer_data.PROBLEMS[run["problem"]]
+        lo0, hi0 = problem.dpgen_trust if run["tool"] == "dpgen" else problem.almat_trust
+        almat = run["tool"] in ALMAT_TOOLS
+        tuned = tune_trust(run["iteration0_deviations"], target, hi0 / lo0, stop_at_hi=almat,
+                           hi_max=(run.get("trust") or {}).get("trust_hi") if almat else None)
+        if tuned:
+            out["problems"].setdefault(run["problem"], {})[run["tool"]] = {
+                **tuned, "units": "raw", "documented": [lo0, hi0], "ratio": hi0 / lo0,
+                "probe_candidate_ratio": (run["iterations"] or [{}])[0].get("candidate_ratio"),
+                "probe_quantiles": deviation_quantiles(run["iteration0_deviations"])}
+    for name in {r["problem"] for r in result["runs"]}:
+        lo0, hi0 = peer_data.PROBLEMS[name].almat_trust
+        out["problems"].setdefault(name, {})["almat-foundation"] = {
+            "lo": lo0, "hi": hi0, "units": "calibrated", "documented": [lo0, hi0], "iteration0_fraction": target}
+    return out
+
+
+def deviation_quantiles(walkers: Sequence[Sequence[float]], qs=(0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+    devs = [d for w in walkers for d in w]
+    return {f"q{round(100 * q)}": float(np.quantile(devs, q)) for q in qs} if devs else {}
+
+
 # -- running ---------------------------------------------------------------------------------------------
 
 
@@ -187,6 +286,8 @@ def peer_python() -> Path:
 
 def settings(quick: bool) -> dict[str, Any]:
     """Every choice of the run, in one place (docs/benchmarks.md explains them)."""
+    import almat_side  # noqa: PLC0415
+
     return {
         "quick": quick,
         "problems": ["cu"] if quick else ["cu", "lpsc"],
@@ -198,7 +299,9 @@ def settings(quick: bool) -> dict[str, Any]:
         "control_sizes": "final" if quick else "all",  # the campaigns' final training-set sizes, or every size
         "mace_control_models": 2 if quick else 4,
         "deepmd": dpgen_runs.DEEPMD_QUICK if quick else dpgen_runs.DEEPMD_FULL,
+        "foundation": almat_side.FOUNDATION_QUICK if quick else almat_side.FOUNDATION_FULL,
         "poll_s": 2.0,
+        "trust": None,  # None: each tool's documented levels; else a --tune-trust file (trust.json)
     }
 
 
@@ -215,8 +318,9 @@ def run_all(cfg: dict[str, Any], out: Path, tools: Sequence[str], log=print) -> 
         for seed in cfg["seeds"]:
             for tool in tools:
                 log(f"[{name}] {tool}, seed {seed}")
-                if tool == "almat":
-                    run = almat_side.run_almat(problem, data, cfg, seed, out / "runs" / f"{name}-almat-{seed}", log)
+                if tool in ALMAT_TOOLS:
+                    run = almat_side.run_almat(problem, data, cfg, seed, out / "runs" / f"{name}-{tool}-{seed}", log,
+                                               tool)
                 else:
                     run = dpgen_runs.run_dpgen(problem, data, cfg, seed, out / "runs" / f"{name}-dpgen-{seed}",
                                                peer_python(), log)
@@ -246,6 +350,8 @@ def control(problem, data, cfg, runs, tools, folder: Path, log) -> list[dict[str
     out = []
     if "almat" in tools:
         out.append(almat_side.control_mace(problem, data, sets, cfg, log))
+    if "almat-foundation" in tools:
+        out.append(almat_side.control_chgnet(problem, data, sets, cfg, log))
     if "dpgen" in tools:
         out.append(dpgen_runs.control_deepmd(problem, data, sets, cfg, folder, peer_python(), log))
     return out
@@ -255,9 +361,51 @@ def versions(tools: Sequence[str]) -> dict[str, str]:
     from importlib.metadata import version
 
     found = {f"almat:{p}": version(p) for p in ("almat", "torch", "mace-torch", "e3nn", "ase")}
+    if "almat-foundation" in tools:
+        found["almat:chgnet"] = version("chgnet")
     if "dpgen" in tools:
         found.update(dpgen_runs.peer_versions(peer_python()))
     return found
+
+
+def probe_trust(cfg: dict[str, Any], out: Path, tools: Sequence[str], target: float, log=print) -> dict[str, Any]:
+    """The tuning probe: iteration 0 (first training and exploration, then its labels) of almat and DP-GEN
+    at seed 0 with their documented levels (almat's hi raised by PROBE_HI_FACTOR), no control; then the
+    levels of ``trust_file``, written to ``out/trust.json``."""
+    levels = {name: peer_data.PROBLEMS[name].almat_trust for name in cfg["problems"]}
+    probe = {**cfg, "iterations": 1, "seeds": [0], "control": False, "trust": {"problems": {
+        name: {"almat": {"lo": lo, "hi": PROBE_HI_FACTOR * hi, "units": "raw"}} for name, (lo, hi) in levels.items()}}}
+    result = run_all(probe, out, [t for t in tools if t != "almat-foundation"], log)
+    return trust_file(result, target)
+
+
+def trust_from(folder: Path, target: float) -> dict[str, Any]:
+    """``trust_file`` from an earlier run's results (its first seed's iteration 0), the deviations read again
+    from its run folders where the JSON has none (runs from before they were recorded)."""
+    import almat_side  # noqa: PLC0415
+
+    result = json.loads((folder / "peer_dpgen.json").read_text())
+    for run in result["runs"]:
+        if not run.get("iteration0_deviations") and Path(run.get("folder", "")).exists():
+            run["iteration0_deviations"] = (dpgen_runs.walker_deviations(Path(run["folder"])) if run["tool"] == "dpgen"
+                                            else almat_side.walker_deviations(run.get("campaign") or
+                                                                              f"peer-{run['problem']}-{run['seed']}",
+                                                                              Path(run["folder"]) / "db"))
+            run.setdefault("trust", {"trust_hi": (peer_data.PROBLEMS[run["problem"]].almat_trust[1]
+                                                  if run["tool"] == "almat" else None)})
+    return trust_file(result, target)
+
+
+def rescore(folder: Path) -> int:
+    result = json.loads((folder / "peer_dpgen.json").read_text())
+    for run in result["runs"]:
+        if run["tool"] == "dpgen" and Path(run.get("folder", "")).joinpath("dpgen.log").exists():
+            dpgen_runs.refresh_run(run)  # counts and ratios read again with this version's readers
+    result["summary"] = summarise(result["runs"], result["settings"]["conv_accuracy"])
+    (folder / "peer_dpgen.json").write_text(json.dumps(result, indent=1, default=float))
+    print(format_table(result["summary"]))
+    plot(result["runs"], result.get("controls", []), folder / "peer_dpgen.png")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,38 +413,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="Cu only, 2 iterations each, one seed")
     parser.add_argument("--problems", nargs="+", choices=sorted(peer_data.PROBLEMS), default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--tools", nargs="+", choices=["almat", "dpgen"], default=["almat", "dpgen"])
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--no-control", action="store_true", help="skip the random-label-set control")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rescore", type=Path, default=None,
                         help="the table and the plot again, from DIR/peer_dpgen.json (also a partial one)")
+    parser.add_argument("--tune-trust", action="store_true",
+                        help="only the probe: iteration 0 of each tool at seed 0, then OUT/trust.json")
+    parser.add_argument("--tune-trust-from", type=Path, default=None, metavar="DIR",
+                        help="OUT/trust.json from an earlier run's iteration 0 (DIR/peer_dpgen.json), nothing run")
+    parser.add_argument("--trust", type=Path, default=None, metavar="FILE",
+                        help="the tuned trust levels (a trust.json of --tune-trust); default: the documented ones")
+    parser.add_argument("--target-fraction", type=float, default=TARGET_FRACTION,
+                        help=f"the candidate fraction at iteration 0 the tuning aims at (default {TARGET_FRACTION})")
     args = parser.parse_args(argv)
     if args.rescore:
-        result = json.loads((args.rescore / "peer_dpgen.json").read_text())
-        for run in result["runs"]:
-            if run["tool"] == "dpgen" and Path(run.get("folder", "")).joinpath("dpgen.log").exists():
-                dpgen_runs.refresh_run(run)  # counts and ratios read again with this version's readers
-        result["summary"] = summarise(result["runs"], result["settings"]["conv_accuracy"])
-        (args.rescore / "peer_dpgen.json").write_text(json.dumps(result, indent=1, default=float))
-        print(format_table(summarise(result["runs"], result["settings"]["conv_accuracy"])))
-        plot(result["runs"], result.get("controls", []), args.rescore / "peer_dpgen.png")
-        return 0
-    if "dpgen" in args.tools and not peer_python().exists():
+        return rescore(args.rescore)
+    if not 0 < args.target_fraction < 1:
+        parser.error(f"--target-fraction: {args.target_fraction} is not strictly between 0 and 1")
+    if "dpgen" in args.tools and not args.tune_trust_from and not peer_python().exists():
         print(PEER_HINT, file=sys.stderr)
         return 2
     cfg = settings(args.quick)
     cfg.update({k: v for k, v in (("problems", args.problems), ("seeds", args.seeds)) if v})
     cfg["control"] = not args.no_control
-    out = args.out or OUT / ("peer_dpgen_quick" if args.quick else "peer_dpgen")
+    if args.trust:
+        cfg["trust"] = read_trust(args.trust, parser)
+    suffix = "_trust" if (args.tune_trust or args.tune_trust_from) else ""
+    out = args.out or OUT / (f"peer_dpgen{suffix}_quick" if args.quick else f"peer_dpgen{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")  # torch.jit and e3nn warn once per loaded model when the committees are scored
     start = time.perf_counter()
+    if args.tune_trust or args.tune_trust_from:
+        trust = (trust_from(args.tune_trust_from, args.target_fraction) if args.tune_trust_from
+                 else probe_trust(cfg, out, args.tools, args.target_fraction))
+        (out / "trust.json").write_text(json.dumps(trust, indent=1))
+        print(format_trust(trust))
+        print(f"total {time.perf_counter() - start:.0f} s; {out / 'trust.json'} (run with --trust that file)")
+        return 0
     result = run_all(cfg, out, args.tools)
     print(format_table(result["summary"]))
     for f in result["failures"]:
         print(f"FAILED {f['tool']} {f['problem']} seed {f['seed']}: {f['message']}\n{f['log_tail']}")
     print(f"total {time.perf_counter() - start:.0f} s; {out / 'peer_dpgen.json'}")
     return 1 if result["failures"] else 0
+
+
+def read_trust(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A trust.json of --tune-trust, or the parser's one-line error."""
+    try:
+        trust = json.loads(path.read_text())
+    except (OSError, ValueError):
+        trust = None
+    if not isinstance(trust, dict) or not isinstance(trust.get("problems"), dict):
+        parser.error(f"--trust: {path} is not a trust.json written by --tune-trust")
+    return trust
+
+
+def format_trust(trust: dict[str, Any]) -> str:
+    """One line per problem and tool: the levels chosen and the iteration-0 candidate fraction they give."""
+    lines = [f"trust levels tuned to {trust['target_fraction']:.0%} candidates at iteration 0:"]
+    for problem, tools in trust["problems"].items():
+        for tool, t in tools.items():
+            if t["units"] == "calibrated":
+                lines.append(f"  {problem} {tool}: {t['lo']:.3g}/{t['hi']:.3g} eV/Å calibrated, iteration 0's lo "
+                             f"adaptive to {t['iteration0_fraction']:.0%} of the frames below hi")
+            else:
+                lines.append(f"  {problem} {tool}: {t['lo']:.4f}/{t['hi']:.4f} eV/Å (documented {t['documented'][0]}/"
+                             f"{t['documented'][1]}): {t['candidate_fraction']:.0%} candidates, "
+                             f"{t['failed_fraction']:.0%} failed of {t['n_frames']} frames"
+                             f"{'' if t['reached'] else ' (target not reached)'}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

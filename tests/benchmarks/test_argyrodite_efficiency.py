@@ -125,10 +125,15 @@ def test_quick_mode_runs_every_method_and_writes_finite_learning_curves(tmp_path
     assert len(list((tmp_path / "cache").rglob("*.extxyz"))) == len(settings.data.cells) * 4
     assert [r["method"] for r in saved["runs"]] == list(bench.METHODS)
     for run in saved["runs"]:
-        assert run["n_labels"][0] == settings.n_base + settings.n_init
-        assert len(run["n_labels"]) == len(run["force_rmse"]) >= 2
+        # the base set, then one point per iteration, each after a fresh exploration (or snapshot draw)
+        assert run["n_labels"][0] == settings.n_base
+        assert len(run["n_labels"]) == len(run["force_rmse"]) == len(run["explored"]) + 1 >= 3
+        assert all(0 < b - a <= settings.budget for a, b in zip(run["n_labels"], run["n_labels"][1:]))
         assert all(np.isfinite(f) and f > 0 for f in run["force_rmse"])
-    assert all(r["oracle_calls"] > 0 for r in saved["runs"] if r["method"] != "random-md")
+    explored = [r for r in saved["runs"] if r["method"] != "random-md"]
+    assert all(r["oracle_calls"] == r["n_labels"][-1] - settings.n_base > 0 for r in explored)
+    random_md = next(r for r in saved["runs"] if r["method"] == "random-md")
+    assert random_md["oracle_calls"] == 0 and random_md["explored"][0] == saved["snapshot_pool_size"] - settings.n_base
     assert set(saved["per_method"]) == set(bench.METHODS)
     assert "random-md/committee" in saved["ratios"] and saved["target_force_rmse"] > 0
     # a second run reads the cached oracle MD: the same test set, with its labels, from every condition
@@ -154,3 +159,76 @@ def test_a_ratio_is_exact_or_a_bound_and_says_whether_it_meets_the_goal():
     assert bench._ratio(method(20, first=True), method(10, reached=0), 1.0)["bound"] == "upper bound"
     both = bench._ratio(method(20, reached=1), method(10, reached=0), 3.0)
     assert both["bound"] == "undetermined" and both["met"] is None
+
+
+def _labelled_cu(n, seed):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    bench = _bench()
+    frames = []
+    for k in range(n):
+        a = bulk("Cu", cubic=True)
+        a.rattle(0.05, seed=seed + k)
+        a.calc = EMT()
+        frames.append(bench._labelled_copy(a, stress=True, condition=f"c{k % 2}"))
+    return frames
+
+
+def test_random_md_draws_unused_snapshots_whose_labels_come_with_the_md():
+    bench = _bench()
+    snaps = _labelled_cu(6, 0)
+    data = {"snapshots": snaps}
+    frames, oracle = bench.candidates("random-md", None, 1, 0, data, [0, 2], {4}, bench.BenchSettings())
+    assert [f.info["snapshot"] for f in frames] == [1, 3, 5]  # not the base set, not what was drawn before
+    labelled = oracle(frames[:2])
+    assert np.array_equal(labelled[1].get_forces(), snaps[3].get_forces())
+    assert labelled[0].get_potential_energy() == snaps[1].get_potential_energy()
+    assert "stress" in snaps[0].calc.results and snaps[0].get_stress().shape == (6,)
+
+
+def test_xtb_labels_carry_energy_forces_and_stress():
+    bench = _bench()
+    cell = bench.make_cells([[0]])[0]
+    cell.rattle(0.02, seed=1)
+    (label,) = bench.xtb_labels([cell])
+    assert label is not cell and np.isfinite(label.get_forces()).all()
+    assert label.get_forces().shape == (13, 3) and np.abs(label.get_forces()).max() > 0.01
+    assert label.get_stress().shape == (6,) and np.isfinite(label.get_stress()).all()
+
+
+def test_resume_keeps_the_runs_of_the_same_settings_only(tmp_path):
+    bench = _bench()
+    settings = bench.BenchSettings.quick()
+    saved = {"settings": json.loads(json.dumps(bench.asdict(settings))), "runs": [dict(RUNS[0])]}
+    (tmp_path / "argyrodite_efficiency.json").write_text(json.dumps(saved))
+    assert bench._previous_runs(tmp_path, settings) == [RUNS[0]]
+    settings.seeds = [0, 1]  # more seeds or other methods: the finished runs still count
+    assert bench._previous_runs(tmp_path, settings) == [RUNS[0]]
+    settings.budget += 1  # another budget: another benchmark
+    assert bench._previous_runs(tmp_path, settings) == []
+    assert bench._previous_runs(tmp_path / "nothing", settings) == []
+
+
+def test_oracle_md_snapshots_cost_the_md_steps_behind_them():
+    bench = _bench()
+    spec = bench.DataSpec(burn_in=20, snapshot_frames=5, snapshot_every=5)
+    # snapshot 0: first of trajectory 0 (20 + 5 steps); snapshot 7: third of trajectory 1 (20 + 15)
+    assert bench.oracle_md_cost([[0, 7]], spec) == [60]
+    # then snapshot 4, the last of trajectory 0: that trajectory now costs 20 + 25; trajectory 1 is unchanged
+    assert bench.oracle_md_cost([[0, 7], [0, 7, 4]], spec) == [60, 80]
+    # snapshot 1 lies before snapshot 4 on a trajectory already run that far: it costs nothing more
+    assert bench.oracle_md_cost([[0, 7, 4], [1]], spec) == [80, 80]
+
+
+def test_labels_and_oracle_calls_give_separate_ratios():
+    bench = _bench()
+    runs = [dict(r) for r in RUNS[:4]]
+    for r in runs[2:]:  # random-md: 5 MD steps behind every snapshot
+        r["oracle_calls_curve"] = [5 * n for n in r["n_labels"]]
+    summary = bench.summarise(runs)
+    by_labels, by_calls = summary["ratios"]["random-md/committee"], summary["ratios_by_oracle_calls"]["random-md/committee"]
+    assert by_calls["ratio"] == pytest.approx(5 * by_labels["ratio"])
+    assert summary["by_oracle_calls"]["committee"] == summary["per_method"]["committee"]  # AL: a call is a label
+    table = bench.format_table(summary)
+    assert "| random-md/committee |" in table and "oracle calls to target" in table

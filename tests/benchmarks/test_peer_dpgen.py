@@ -145,3 +145,116 @@ def test_label_counts_from_dpgen_folders(bench, tmp_path):
         (fp / f"task.000.{k:06d}").mkdir()
     (tmp_path / "iter.000001" / "00.train").mkdir(parents=True)
     assert bench.dpgen_runs.label_counts(tmp_path, 16) == [(16, 16), (19, 20)]
+
+
+#: iteration 0's max force deviations (eV/Å) of two MD walkers, in step order (stored small numbers)
+WALKERS = [[0.010, 0.020, 0.050, 0.080, 0.300], [0.015, 0.040, 0.120, 0.500, 0.030]]
+
+
+def test_candidate_fraction_with_and_without_the_walker_stop(bench):
+    # lo <= dev < hi is a candidate, dev >= hi failed; LAMMPS (DP-GEN) runs on past a failed frame
+    assert bench.candidate_fraction(WALKERS, 0.06, 0.18, stop_at_hi=False) == (0.2, 0.2, 10)
+    # almat stops a walker at its first failed frame: the 0.03 after the 0.5 is never explored
+    cand, failed, n = bench.candidate_fraction(WALKERS, 0.06, 0.18, stop_at_hi=True)
+    assert (cand, failed, n) == (pytest.approx(2 / 9), pytest.approx(2 / 9), 9)
+
+
+def test_tune_trust_picks_the_largest_lo_that_reaches_the_target(bench):
+    # lo is tried between recorded deviations, from the top: 0.387 -> 10 %, 0.190 -> 20 %, 0.098 -> 10 %
+    # (0.12 candidate, 0.3 and 0.5 beyond hi = 3 lo), 0.063 -> 20 %, then sqrt(0.05 * 0.04) -> 30 %
+    t = bench.tune_trust(WALKERS, 0.25, ratio=3.0)
+    assert t["lo"] == pytest.approx(math.sqrt(0.05 * 0.04)) and t["hi"] == pytest.approx(3 * t["lo"])
+    assert (t["candidate_fraction"], t["failed_fraction"], t["n_frames"], t["reached"]) == (0.3, 0.2, 10, True)
+    # 33 %: DP-GEN's frames need a lower lo (30 % at sqrt(0.04 * 0.03) and sqrt(0.03 * 0.02), 40 % at
+    # sqrt(0.02 * 0.015)); almat's walkers, which stop at their first failed frame, already reach 3 of 9
+    # at sqrt(0.05 * 0.04)
+    assert bench.tune_trust(WALKERS, 0.33, 3.0)["lo"] == pytest.approx(math.sqrt(0.02 * 0.015))
+    almat = bench.tune_trust(WALKERS, 0.33, 3.0, stop_at_hi=True)
+    assert almat["lo"] == pytest.approx(math.sqrt(0.05 * 0.04)) and almat["candidate_fraction"] == pytest.approx(3 / 9)
+    # the probe's own hi bounds the tuned one: 3 x 0.0447 = 0.134 > 0.12, so the next lo down
+    capped = bench.tune_trust(WALKERS, 0.33, 3.0, stop_at_hi=True, hi_max=0.12)
+    assert capped["lo"] == pytest.approx(math.sqrt(0.04 * 0.03))
+    assert capped["candidate_fraction"] == pytest.approx(3 / 8)
+    assert capped["hi"] <= 0.12
+
+
+def test_tune_trust_when_the_target_cannot_be_reached(bench):
+    # hi = 3 lo never holds 90 % of these frames: the largest fraction (40 %), at the largest such lo
+    t = bench.tune_trust(WALKERS, 0.9, 3.0)
+    assert t["reached"] is False and t["candidate_fraction"] == pytest.approx(0.4)
+    assert t["lo"] == pytest.approx(math.sqrt(0.02 * 0.015))
+    assert bench.tune_trust([], 0.25, 3.0) is None
+
+
+def test_trust_file_per_tool(bench):
+    runs = [{"tool": "almat", "problem": "cu", "seed": 0, "iteration0_deviations": WALKERS,
+             "trust": {"trust_lo": 0.06, "trust_hi": 1.2}, "iterations": [{"candidate_ratio": 0.1}]},
+            {"tool": "dpgen", "problem": "cu", "seed": 0, "iteration0_deviations": WALKERS, "iterations": []},
+            {"tool": "dpgen", "problem": "cu", "seed": 1, "iteration0_deviations": [[0.9, 0.9]], "iterations": []}]
+    trust = bench.trust_file({"runs": runs}, 0.25)["problems"]["cu"]
+    # DP-GEN: its documented ratio 0.15 / 0.05 = 3 (the seed-1 run is no probe)
+    assert trust["dpgen"]["lo"] == pytest.approx(math.sqrt(0.05 * 0.04)) and trust["dpgen"]["ratio"] == pytest.approx(3)
+    # almat: ratio 0.40 / 0.06; hi at most the probe's 1.2, so lo starts at sqrt(0.12 * 0.08) (hi 0.65):
+    # 0.12, 0.3 and 0.5 are candidates, 30 % of 10 frames
+    assert trust["almat"]["lo"] == pytest.approx(math.sqrt(0.12 * 0.08))
+    assert trust["almat"]["hi"] == pytest.approx(trust["almat"]["lo"] * 0.40 / 0.06)
+    assert trust["almat"]["candidate_fraction"] == pytest.approx(0.3) and trust["almat"]["probe_candidate_ratio"] == 0.1
+    # the foundation start keeps its calibrated levels; iteration 0's lo is adaptive to the target
+    assert trust["almat-foundation"] == {"lo": 0.06, "hi": 0.40, "units": "calibrated", "documented": [0.06, 0.40],
+                                         "iteration0_fraction": 0.25}
+    assert "0.0980/0.6532 eV/Å (documented 0.06/0.4): 30% candidates" in bench.format_trust(
+        bench.trust_file({"runs": runs}, 0.25))
+
+
+def test_campaign_files_of_the_almat_tools(bench):
+    import almat_side
+
+    from almat.campaign.config import load_config
+
+    problem, cfg = bench.peer_data.PROBLEMS["cu"], bench.settings(quick=True)
+    scratch, found = (almat_side.campaign_config(problem, cfg, 0, tool) for tool in bench.ALMAT_TOOLS)
+    assert scratch["sampler"]["trust_lo"] == 0.06 and "trust_units" not in scratch["sampler"]
+    assert found["learner"]["kind"] == "chgnet-finetune" and found["sampler"]["trust_units"] == "calibrated"
+    assert found["name"] != scratch["name"]
+    cfg["trust"] = {"problems": {"cu": {"almat": {"lo": 0.03, "hi": 0.2, "units": "raw"},
+                                        "almat-foundation": {"lo": 0.06, "hi": 0.4, "units": "calibrated",
+                                                             "iteration0_fraction": 0.25},
+                                        "dpgen": {"lo": 0.054, "hi": 0.162, "units": "raw"}}}}
+    tuned = load_config(almat_side.campaign_config(problem, cfg, 0, "almat"))
+    assert (tuned.sampler.trust_lo, tuned.sampler.trust_hi) == (0.03, 0.2)
+    stages = load_config(almat_side.campaign_config(problem, cfg, 0, "almat-foundation")).sampler.stage_list()
+    assert stages[0].adaptive_lo.fraction == 0.25 and stages[1].adaptive_lo is None  # iteration 0 only
+    assert bench.dpgen_runs.trust_levels(problem, cfg) == (0.054, 0.162)
+    assert bench.dpgen_runs.trust_levels(problem, bench.settings(quick=True)) == (0.05, 0.15)
+
+
+def test_summary_with_the_foundation_start(bench, stored):
+    found = {"tool": "almat-foundation", "problem": "cu", "seed": 0, "iterations": [
+        {"iteration": 0, "train_labels": 16, "oracle_calls": 16, "force_rmse": 0.07, "wall_s_cumulative": 72.0,
+         "converged": False},
+        {"iteration": 1, "train_labels": 24, "oracle_calls": 32, "force_rmse": 0.02, "wall_s_cumulative": 144.0,
+         "converged": True}]}
+    summary = bench.summarise(stored["runs"] + [found])["cu"]
+    # the target stays the worse of almat's and DP-GEN's final errors, not the foundation's 0.02
+    assert summary["target_force_rmse"] == pytest.approx(0.06)
+    run = next(r for r in summary["runs"] if r["tool"] == "almat-foundation")
+    assert run["labels_to_target"] == pytest.approx(_crossing(16, 0.07, 32, 0.02, 0.06))
+    assert run["hours_to_target"] == pytest.approx(_crossing(0.02, 0.07, 0.04, 0.02, 0.06))
+    assert run["stop"] == {"iteration": 1, "oracle_calls": 32, "force_rmse": 0.02}  # its calibrated stop
+    assert "| cu (target 0.060) | almat-foundation | 0.020 |" in bench.format_table(bench.summarise(
+        stored["runs"] + [found]))
+    # run alone, the foundation start sets its own target
+    assert bench.summarise([found])["cu"]["target_force_rmse"] == pytest.approx(0.02)
+
+
+def test_bad_tuning_arguments(bench, tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"runs": []}')
+    for argv, key in ((["--trust", str(tmp_path / "results.json")], "--trust"),
+                      (["--trust", str(tmp_path / "none.json")], "--trust"),
+                      (["--target-fraction", "1.5"], "--target-fraction")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main([*argv, "--tools", "almat", "--out", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"error: {key}:" in err[-1]
+    assert not (tmp_path / "out").exists()

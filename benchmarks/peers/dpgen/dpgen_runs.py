@@ -64,7 +64,7 @@ def param_json(problem: Problem, data: SharedData, cfg: dict[str, Any], folder: 
         write(folder / f"POSCAR_{k}", frames[0], format="vasp", direct=True, sort=True)
         configs.append([f"POSCAR_{k}"])
     stages = problem.schedule[: cfg["iterations"]] if cfg["iterations"] else problem.schedule
-    lo, hi = problem.dpgen_trust
+    lo, hi = trust_levels(problem, cfg)
     param.update({
         "type_map": tmap, "mass_map": [MASSES[s] for s in tmap],
         "init_data_prefix": str(data.folder), "sys_configs_prefix": str(folder),
@@ -78,6 +78,12 @@ def param_json(problem: Problem, data: SharedData, cfg: dict[str, Any], folder: 
                              "ensemble": st.ensemble} for st in stages],
     })
     return param
+
+
+def trust_levels(problem: Problem, cfg: dict[str, Any]) -> tuple[float, float]:
+    """DP-GEN's trust levels: the tuned ones of ``cfg["trust"]`` (``--trust FILE``), else the documented."""
+    tuned = (cfg.get("trust") or {}).get("problems", {}).get(problem.name, {}).get("dpgen")
+    return (tuned["lo"], tuned["hi"]) if tuned else problem.dpgen_trust
 
 
 def machine_json(problem: Problem, cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -118,7 +124,8 @@ def run_dpgen(problem: Problem, data: SharedData, cfg: dict[str, Any], seed: int
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     main_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     run = {"tool": "dpgen", "problem": problem.name, "seed": seed, "folder": str(folder), "wall_s": wall,
-           "returncode": proc.returncode, "iterations": []}
+           "returncode": proc.returncode, "iterations": [], "trust": dict(zip(("trust_lo", "trust_hi"),
+                                                                             trust_levels(problem, cfg)))}
     if proc.returncode != 0:
         run["failure"] = {"message": f"dpgen run exited {proc.returncode}", "log_tail": log_tail(folder)}
     try:
@@ -128,6 +135,7 @@ def run_dpgen(problem: Problem, data: SharedData, cfg: dict[str, Any], seed: int
         run["idle_s"] = idle_seconds(cpu_records(folder), start, start + wall)
         run["poll_sleep_s"] = sum(s for _, s in poll_records(folder))  # overlaps the jobs: not idle time
         run["suggested_trust_lo"] = suggested_trust_lo(folder)
+        run["iteration0_deviations"] = walker_deviations(folder)
     except Exception as exc:  # noqa: BLE001 - the results so far are kept
         run.setdefault("failure", {"message": f"reading dpgen's folders failed: {exc}", "log_tail": log_tail(folder)})
     for it in run["iterations"]:
@@ -294,6 +302,15 @@ def suggested_trust_lo(folder: Path, fractions=(0.25, 0.5, 0.75)) -> dict[str, f
         return {}
     return {f"candidates_{f:.2f}": float(np.quantile(devi, 1 - f)) for f in fractions} | {
         "median_deviation": float(np.median(devi))}
+
+
+def walker_deviations(folder: Path, iteration: int = 0) -> list[list[float]]:
+    """The max force deviation (eV/Å) of every frame an iteration's LAMMPS runs recorded (model_devi.out,
+    column max_devi_f), one list per MD task: what ``peer_dpgen.tune_trust`` reads."""
+    out = []
+    for path in sorted(folder.glob(f"iter.{iteration:06d}/01.model_devi/task.*/model_devi.out")):
+        out.append(np.loadtxt(path, ndmin=2)[:, 4].tolist())
+    return out
 
 
 def log_tail(folder: Path, n: int = 30) -> str:
