@@ -30,7 +30,10 @@ Methods (``METHODS``):
 - ``shallow``: one shallow-ensemble MACE (heads as members), the same acquisition;
 - ``llpr``: one MACE model with its LLPR uncertainty, the same acquisition;
 - ``committee-stress``: ``committee`` trained on the labels' stresses too (``stress_weight`` 0.1 GPa²), to see
-  whether the NPT default slows convergence.
+  whether the NPT default slows convergence;
+- ``committee-window``: the committee as ``workflows/li6ps5cl_npt.yaml`` selects: candidates are the frames
+  with a deviation in [0.08, 0.5) eV/Å (its trust levels), picked by the ``diverse`` policy (max deviation,
+  near-duplicates filtered); random picks when no frame is a candidate (the campaign's guard).
 
 Score: the held-out force RMSE of the committee mean. The target (``--target``, or by default the worst final
 RMSE of the ``committee`` runs, a value every AL seed reaches) gives ``labels to target`` (interpolated in
@@ -96,6 +99,8 @@ METHODS: dict[str, dict[str, str]] = {
     "llpr": {"learner": "llpr", "acquisition": "committee", "pool": "explored"},
     "committee-stress": {"learner": "committee", "acquisition": "committee", "pool": "explored",
                          "stress_weight": 0.1},
+    "committee-window": {"learner": "committee", "acquisition": "diverse", "pool": "explored",
+                         "window": (0.08, 0.5)},
 }
 
 
@@ -429,10 +434,21 @@ def candidates(method: str, committee, iteration: int, seed: int, data: dict[str
     return explore(committee, data["cells"], settings, seed, iteration), xtb_labels
 
 
-def _pick(frames: list[Atoms], acquisition: str, n: int, committee, iteration: int, rng, training) -> list[int]:
-    """``n`` of ``frames`` by the acquisition function (``almat.campaign.pool.acquire``)."""
+def _pick(frames: list[Atoms], spec: dict[str, Any], n: int, committee, iteration: int, rng, training) -> list[int]:
+    """``n`` of ``frames`` by the method's acquisition function (``almat.campaign.pool.acquire``). A method with a
+    trust ``window`` (lo, hi) picks among the frames whose exploration deviation lies in it (a campaign's
+    candidates), and randomly among all of them when none does (a campaign's random guard)."""
     from almat.campaign.pool import PoolState, acquire
 
+    acquisition = spec["acquisition"]
+    if "window" in spec:
+        lo, hi = spec["window"]
+        inside = [i for i, a in enumerate(frames) if lo <= a.info["deviation"] < hi]
+        if not inside:
+            return _pick(frames, {"acquisition": "random"}, n, committee, iteration, rng, training)
+        chosen = _pick([frames[i] for i in inside], {"acquisition": acquisition}, n, committee, iteration, rng,
+                       training)
+        return [inside[k] for k in chosen]
     if not frames:
         return []
     return acquire(frames, PoolState(n_pool=len(frames)), acquisition, n, committee, iteration, rng,
@@ -462,7 +478,7 @@ def run_one(method: str, seed: int, data: dict[str, Any], settings: BenchSetting
         t0 = time.perf_counter()
         if iteration:
             pool, oracle = candidates(method, committee, iteration, seed, data, base_idx, used, settings)
-            picks = [pool[i] for i in _pick(pool, spec["acquisition"], settings.budget, committee, iteration,
+            picks = [pool[i] for i in _pick(pool, spec, settings.budget, committee, iteration,
                                             rng, labels)]
             used |= {a.info["snapshot"] for a in picks if "snapshot" in a.info}
             run["snapshots_used"].append([a.info["snapshot"] for a in picks if "snapshot" in a.info])
@@ -538,21 +554,34 @@ def _geomean(values: Sequence[float]) -> float | None:
     return float(np.exp(np.mean(np.log(vals)))) if vals else None
 
 
+def _rmse_at(labels: Sequence[float], rmse: Sequence[float], n: float) -> float | None:
+    """A learning curve's RMSE at ``n`` labels, log-linear between its points; None outside it."""
+    points = [(x, y) for x, y in zip(labels, rmse) if y is not None and y > 0]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= n <= x1:
+            t = 0.0 if x1 == x0 else (n - x0) / (x1 - x0)
+            return float(np.exp((1 - t) * np.log(y0) + t * np.log(y1)))
+    return float(points[0][1]) if points and n == points[0][0] else None
+
+
 def rmse_at_labels(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Error at equal labels: per method, the geometric mean over seeds of the force RMSE at each label count
-    that every seed of that method has."""
+    """Error at equal labels: per method, the geometric mean over seeds of the force RMSE at every label count
+    any run has, where every seed of the method covers it (log-linear between a curve's points: an
+    acquisition that labels fewer than its budget in an iteration leaves its own grid)."""
+    grid = sorted({n for r in runs for n in r["n_labels"]})
     out: dict[str, dict[str, float]] = {}
     for m in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == m]
-        common = sorted(set.intersection(*[set(r["n_labels"]) for r in mine]))
-        out[m] = {str(n): _geomean([r["force_rmse"][r["n_labels"].index(n)] for r in mine]) for n in common}
+        values = {n: [_rmse_at(r["n_labels"], r["force_rmse"], n) for r in mine] for n in grid}
+        out[m] = {str(n): _geomean(v) for n, v in values.items() if all(x is not None for x in v)}
     return out
 
 
 #: (numerator, denominator, issue target): labels of the first over labels of the second must be >= target
 RATIOS = [("random-md", "committee", 5.0), ("random-explored", "committee", 3.0), ("committee", "foundation", 3.0),
           ("random-md", "shallow", 5.0), ("random-explored", "shallow", 3.0), ("random-md", "llpr", 5.0),
-          ("random-explored", "llpr", 3.0), ("committee", "committee-stress", 1.0)]
+          ("random-explored", "llpr", 3.0), ("committee", "committee-stress", 1.0),
+          ("random-md", "committee-window", 5.0), ("random-explored", "committee-window", 3.0)]
 
 
 def _ratio(num: dict[str, Any], den: dict[str, Any], goal: float) -> dict[str, Any]:
@@ -636,6 +665,9 @@ def format_table(result: dict[str, Any]) -> str:
                     f"{to_target(calls[m]) if m in calls else '-'} | {s['final_force_rmse']:.4f} | {s['max_labels']} |")
     at = result.get("rmse_at_labels") or {}
     common = sorted(set.intersection(*[set(v) for v in at.values()]), key=int) if at else []
+    if "settings" in result:  # the columns of the budget's grid: the base set, then one iteration's budget each
+        base, budget = result["settings"]["n_base"], result["settings"]["budget"]
+        common = [n for n in common if (int(n) - base) % budget == 0]
     if common:
         rows += ["", "error at equal labels (eV/Å, geometric mean over seeds):", "",
                  "| method | " + " | ".join(common) + " |", "|---" * (len(common) + 1) + "|"]
@@ -679,8 +711,7 @@ def run_benchmark(settings: BenchSettings, out: Path | None, cache: Path | None 
     t0 = time.perf_counter()
     data = oracle_data(settings.data, settings.jobs, cache, log)
     log(f"test set {len(data['test'])} oracle-MD frames, {len(data['snapshots'])} oracle-MD snapshots")
-    done = [r for r in (_previous_runs(out, settings) if resume else [])
-            if r["method"] in settings.methods and r["seed"] in settings.seeds]
+    done = _previous_runs(out, settings) if resume else []
     if done:
         log(f"resuming: {len(done)} finished run(s) kept")
     result: dict[str, Any] = {"settings": asdict(settings), "data": data["meta"], "data_file": data["path"],
@@ -698,12 +729,13 @@ def run_benchmark(settings: BenchSettings, out: Path | None, cache: Path | None 
     have = {(r["method"], r["seed"]) for r in done}
     tasks = [(m, s, data, settings) for s in settings.seeds for m in settings.methods if (m, s) not in have]
     _map(_worker, tasks, settings.jobs, finished)
-    result["runs"].sort(key=lambda r: (settings.methods.index(r["method"]), r["seed"]))
+    order = [*settings.methods, *METHODS]
+    result["runs"].sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["seed"]))
     result.update(summarise(result["runs"], settings.target), wall_time=time.perf_counter() - t0, complete=True)
     if out is not None:
         _write(out, result)
         curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m]
-                  for m in settings.methods}
+                  for m in dict.fromkeys(r["method"] for r in result["runs"])}
         plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
                                title=f"Li6PS5Cl / GFN1-xTB: {len(data['cells'])} cells, "
                                      f"{len(data['test'])} test frames")

@@ -112,10 +112,14 @@ def test_methods_are_extensible_and_unknown_ones_are_refused(capsys):
 
 
 @pytest.mark.slow
-def test_quick_mode_runs_every_method_and_writes_finite_learning_curves(tmp_path):
+def test_quick_mode_runs_and_writes_finite_learning_curves(tmp_path):
     bench = _bench()
     settings = bench.BenchSettings.quick()
     settings.jobs = 1
+    # the benchmark's own paths: oracle-MD snapshots, a committee's exploration and acquisition, the trust window
+    # with the diverse policy, stress labels, a single-model learner (foundation, shallow and random-explored
+    # add only a learner or an acquisition name, each tested where almat defines it)
+    settings.methods = ["committee", "random-md", "committee-window", "committee-stress", "llpr"]
     result = bench.run_benchmark(settings, tmp_path / "out", cache=tmp_path / "cache", log=lambda msg: None)
     saved = json.loads((tmp_path / "out" / "argyrodite_efficiency.json").read_text())
     assert saved["complete"] is True
@@ -123,18 +127,21 @@ def test_quick_mode_runs_every_method_and_writes_finite_learning_curves(tmp_path
     # the test set: oracle MD at every condition of every cell, one cache file each
     assert saved["test_size"] == len(settings.data.cells) * len(settings.data.conditions) * settings.data.test_frames
     assert len(list((tmp_path / "cache").rglob("*.extxyz"))) == len(settings.data.cells) * 4
-    assert [r["method"] for r in saved["runs"]] == list(bench.METHODS)
+    assert [r["method"] for r in saved["runs"]] == settings.methods
     for run in saved["runs"]:
         # the base set, then one point per iteration, each after a fresh exploration (or snapshot draw)
         assert run["n_labels"][0] == settings.n_base
         assert len(run["n_labels"]) == len(run["force_rmse"]) == len(run["explored"]) + 1 >= 3
-        assert all(0 < b - a <= settings.budget for a, b in zip(run["n_labels"], run["n_labels"][1:]))
+        # an iteration whose walkers all stopped at their first frame (beyond trust_hi) has nothing to label
+        assert all(0 <= b - a <= settings.budget for a, b in zip(run["n_labels"], run["n_labels"][1:]))
         assert all(np.isfinite(f) and f > 0 for f in run["force_rmse"])
     explored = [r for r in saved["runs"] if r["method"] != "random-md"]
-    assert all(r["oracle_calls"] == r["n_labels"][-1] - settings.n_base > 0 for r in explored)
+    assert all(r["oracle_calls"] == r["n_labels"][-1] - settings.n_base for r in explored)
+    committee = next(r for r in saved["runs"] if r["method"] == "committee")
+    assert committee["oracle_calls"] > 0 and min(committee["explored"]) > 0
     random_md = next(r for r in saved["runs"] if r["method"] == "random-md")
     assert random_md["oracle_calls"] == 0 and random_md["explored"][0] == saved["snapshot_pool_size"] - settings.n_base
-    assert set(saved["per_method"]) == set(bench.METHODS)
+    assert set(saved["per_method"]) == set(settings.methods)
     assert "random-md/committee" in saved["ratios"] and saved["target_force_rmse"] > 0
     # a second run reads the cached oracle MD: the same test set, with its labels, from every condition
     again = bench.oracle_data(settings.data, 1, tmp_path / "cache", log=lambda msg: None)
@@ -232,3 +239,17 @@ def test_labels_and_oracle_calls_give_separate_ratios():
     assert summary["by_oracle_calls"]["committee"] == summary["per_method"]["committee"]  # AL: a call is a label
     table = bench.format_table(summary)
     assert "| random-md/committee |" in table and "oracle calls to target" in table
+
+
+def test_a_trust_window_picks_among_its_candidates_and_falls_back_to_random():
+    bench = _bench()
+    frames = _labelled_cu(8, 10)
+    for a, d in zip(frames, [0.01, 0.2, 0.05, 0.7, 0.3, 0.02, 0.9, 0.45]):
+        a.info["deviation"] = d
+    spec = {"acquisition": "random", "window": (0.1, 0.5)}
+    picks = bench._pick(frames, spec, 2, None, 1, np.random.default_rng(0), [])
+    assert len(picks) == 2 and set(picks) <= {1, 4, 7}  # deviations 0.2, 0.3, 0.45: the candidates
+    assert sorted(bench._pick(frames, spec, 5, None, 1, np.random.default_rng(0), [])) == [1, 4, 7]
+    # no candidate: the guard picks randomly among every explored frame
+    nothing = {"acquisition": "random", "window": (0.95, 1.0)}
+    assert len(bench._pick(frames, nothing, 3, None, 1, np.random.default_rng(0), [])) == 3

@@ -185,61 +185,55 @@ def test_errors(committee, frames) -> dict[str, float]:
             "energy_rmse_per_atom": float(np.sqrt(np.mean(np.square(de)))), "n_test": len(frames)}
 
 
-def control_mace(problem: Problem, data: SharedData, sets: dict[int, list], cfg: dict[str, Any], log) -> dict[str, Any]:
-    """The campaign's committee (same hyperparameters, from scratch) trained on each random label set."""
+def control_committee(problem: Problem, data: SharedData, sets: dict[int, list], cfg: dict[str, Any], log, *,
+                      tool: str, model: str, train_member, n_models: int) -> dict[str, Any]:
+    """A tool's committee (``n_models`` members, ``train_member(frames, seed)`` each) trained on each random label
+    set and scored on the shared test frames."""
     import torch
 
     from almat.learner.committee import Committee
-    from almat.learner.mace import MaceHyperParameters, train_mace
 
     torch.set_num_threads(cfg["threads"])
-    demo = yaml.safe_load(DEMO.read_text())["learner"]
-    hp = MaceHyperParameters(**demo["hyperparameters"])
     frames_test = [a for frames in data.test for a in frames]
-    out = {"tool": "almat", "model": "MACE committee", "problem": problem.name, "seed": cfg["seeds"][0],
+    out = {"tool": tool, "model": model, "problem": problem.name, "seed": cfg["seeds"][0],
            "train_labels": [], "force_rmse": [], "energy_rmse_per_atom": [], "wall_s": []}
     for size, per_structure in sorted(sets.items()):
         t0 = time.time()
         frames = [a for fs in per_structure for a in fs]
-        models = [train_mace(frames, [str(i) for i in range(len(frames))], hp, seed=k).model
-                  for k in range(cfg["mace_control_models"])]
+        models = [train_member(frames, k) for k in range(n_models)]
         errors = test_errors(Committee(models, [f"c{k}" for k in range(len(models))]), frames_test)
         out["train_labels"].append(size)
         out["force_rmse"].append(errors["force_rmse"])
         out["energy_rmse_per_atom"].append(errors["energy_rmse_per_atom"])
         out["wall_s"].append(time.time() - t0)
-        log(f"  control MACE, {size} random labels: force RMSE {errors['force_rmse']:.4f} eV/Å")
+        log(f"  control {model}, {size} random labels: force RMSE {errors['force_rmse']:.4f} eV/Å")
     return out
+
+
+def control_mace(problem: Problem, data: SharedData, sets: dict[int, list], cfg: dict[str, Any], log) -> dict[str, Any]:
+    """The campaign's committee (same hyperparameters, from scratch) trained on each random label set."""
+    from almat.learner.mace import MaceHyperParameters, train_mace
+
+    hp = MaceHyperParameters(**yaml.safe_load(DEMO.read_text())["learner"]["hyperparameters"])
+    return control_committee(problem, data, sets, cfg, log, tool="almat", model="MACE committee",
+                             train_member=lambda frames, k: train_mace(frames, [str(i) for i in range(len(frames))],
+                                                                       hp, seed=k).model,
+                             n_models=cfg["mace_control_models"])
 
 
 def control_chgnet(problem: Problem, data: SharedData, sets: dict[int, list], cfg: dict[str, Any], log
                    ) -> dict[str, Any]:
     """almat-foundation's committee (CHGNet fine-tuned from its bundled weights, same settings) trained on
     each random label set."""
-    import torch
-
     from almat.learner.chgnet import finetune_chgnet
-    from almat.learner.committee import Committee
     from almat.learner.hyperparameters import ChgnetHyperParameters
 
-    torch.set_num_threads(cfg["threads"])
     learner = cfg.get("foundation") or FOUNDATION_FULL
     hp = ChgnetHyperParameters(**learner["hyperparameters"])
-    frames_test = [a for frames in data.test for a in frames]
-    out = {"tool": "almat-foundation", "model": "CHGNet fine-tuned", "problem": problem.name, "seed": cfg["seeds"][0],
-           "train_labels": [], "force_rmse": [], "energy_rmse_per_atom": [], "wall_s": []}
-    for size, per_structure in sorted(sets.items()):
-        t0 = time.time()
-        frames = [a for fs in per_structure for a in fs]
-        models = [finetune_chgnet(frames, [str(i) for i in range(len(frames))], hp, seed=k).model
-                  for k in range(learner["n_models"])]
-        errors = test_errors(Committee(models, [f"c{k}" for k in range(len(models))]), frames_test)
-        out["train_labels"].append(size)
-        out["force_rmse"].append(errors["force_rmse"])
-        out["energy_rmse_per_atom"].append(errors["energy_rmse_per_atom"])
-        out["wall_s"].append(time.time() - t0)
-        log(f"  control CHGNet, {size} random labels: force RMSE {errors['force_rmse']:.4f} eV/Å")
-    return out
+    return control_committee(problem, data, sets, cfg, log, tool="almat-foundation", model="CHGNet fine-tuned",
+                             train_member=lambda frames, k: finetune_chgnet(
+                                 frames, [str(i) for i in range(len(frames))], hp, seed=k).model,
+                             n_models=learner["n_models"])
 
 
 def tail(path: Path, n: int = 30) -> str:
