@@ -45,7 +45,7 @@ seeds at each label count of the grid.
     python benchmarks/argyrodite_efficiency.py             # 4 cells, 2 seeds (hours on 2 cores)
     python benchmarks/argyrodite_efficiency.py --methods committee,random-md --seeds 3
     python benchmarks/argyrodite_efficiency.py --resume        # run what a stopped run with the same settings left
-    python benchmarks/argyrodite_efficiency.py --resummarise   # table and plot again from the JSON (a stopped run's too)
+    python benchmarks/argyrodite_efficiency.py --resummarise   # table and plot again from the JSON (a stopped run too)
 
 Writes ``argyrodite_efficiency.json`` (after every finished run, so a stopped run leaves what it had) and
 ``argyrodite_efficiency.png`` (learning curves) to ``benchmark_results/argyrodite_efficiency[_quick]/``.
@@ -357,8 +357,8 @@ def explore(committee, cells: Sequence[Atoms], settings: BenchSettings, seed: in
 
 
 def single_model_trainer(uncertainty: str, hyperparameters: dict[str, Any], n_heads: int, base_seed: int = 0):
-    """A train function for ``run_pool_loop``: one MACE model with its own uncertainty (``shallow``: heads;
-    any other kind the registry knows), warm-started from the previous iteration's model."""
+    """A train function (``train(frames, iteration, previous)``): one MACE model with its own uncertainty
+    (``shallow``: heads; any other kind the registry knows), warm-started from the previous iteration's model."""
     from almat.learner.committee import Committee
     from almat.learner.registry import load_learner
 

@@ -138,7 +138,8 @@ def report(row: dict, steps: int) -> None:
               f"oracle relaxed {row['oracle_relaxed_density']:.3f} g/cm³, committee relaxed "
               f"{row['committee_relaxed_density']:.3f} g/cm³ "
               f"({100 * (row['committee_relaxed_density'] / row['oracle_relaxed_density'] - 1):+.1f} %); "
-              f"NPT {row['md_steps_done']}/{steps} steps in {row['wall_s']:.0f} s, <T> {row['mean_temperature']:.0f} K, "
+              f"NPT {row['md_steps_done']}/{steps} steps in {row['wall_s']:.0f} s, "
+              f"<T> {row['mean_temperature']:.0f} K, "
               f"density {row['md_density_mean']:.3f} ± {row['md_density_std']:.3f} g/cm³ "
               f"({100 * (row['md_density_mean'] / row['oracle_relaxed_density'] - 1):+.1f} % against the oracle's "
               f"0 K), max model deviation {row['max_model_deviation']:.3f} eV/Å"
@@ -193,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     if not starts:
         print(f"error: campaign {args.campaign!r} has no pre-relaxed start structures", file=sys.stderr)
         return 2
-    picked = range(len(starts)) if not args.starts else [int(i) for i in args.starts.split(",")]
+    try:
+        picked = range(len(starts)) if not args.starts else [int(i) for i in args.starts.split(",")]
+    except ValueError:
+        picked = [-1]
+    if any(not 0 <= i < len(starts) for i in picked):
+        print(f"error: --starts {args.starts!r}: give indices between 0 and {len(starts) - 1}, comma-separated",
+              file=sys.stderr)
+        return 2
     steps = int(round(args.ps * 1000 / args.timestep_fs))
     if committee is not None:
         print(f"campaign {args.campaign}: committee of iteration {records[-1]['iteration']} "

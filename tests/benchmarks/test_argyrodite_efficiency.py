@@ -234,7 +234,8 @@ def test_labels_and_oracle_calls_give_separate_ratios():
     for r in runs[2:]:  # random-md: 5 MD steps behind every snapshot
         r["oracle_calls_curve"] = [5 * n for n in r["n_labels"]]
     summary = bench.summarise(runs)
-    by_labels, by_calls = summary["ratios"]["random-md/committee"], summary["ratios_by_oracle_calls"]["random-md/committee"]
+    by_labels = summary["ratios"]["random-md/committee"]
+    by_calls = summary["ratios_by_oracle_calls"]["random-md/committee"]
     assert by_calls["ratio"] == pytest.approx(5 * by_labels["ratio"])
     assert summary["by_oracle_calls"]["committee"] == summary["per_method"]["committee"]  # AL: a call is a label
     table = bench.format_table(summary)
