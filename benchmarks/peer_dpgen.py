@@ -440,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.trust:
         cfg["trust"] = read_trust(args.trust, parser)
     suffix = "_trust" if (args.tune_trust or args.tune_trust_from) else ""
-    out = args.out or OUT / (f"peer_dpgen{suffix}_quick" if args.quick else f"peer_dpgen{suffix}")
+    # absolute: DP-GEN runs in its own folder and reads the shared data by this path
+    out = (args.out or OUT / (f"peer_dpgen{suffix}_quick" if args.quick else f"peer_dpgen{suffix}")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")  # torch.jit and e3nn warn once per loaded model when the committees are scored
     start = time.perf_counter()
