@@ -104,11 +104,6 @@ METHODS: dict[str, dict[str, str]] = {
 }
 
 
-def available_methods() -> dict[str, dict[str, str]]:
-    """The methods (``METHODS``); a module that adds one puts it there."""
-    return METHODS
-
-
 @dataclass
 class DataSpec:
     """The cells and the oracle MD (every number that changes the cached data)."""
@@ -378,7 +373,7 @@ def single_model_trainer(uncertainty: str, hyperparameters: dict[str, Any], n_he
 def trainer_for(method: str, settings: BenchSettings, seed: int):
     """The train function of a method (``train(frames, iteration, previous)``, warm-started from ``previous``);
     a method with a ``stress_weight`` trains MACE on the labels' stresses too."""
-    spec = available_methods()[method]
+    spec = METHODS[method]
     kind = spec["learner"]
     mace = {**settings.mace, **({"stress_weight": spec["stress_weight"]} if "stress_weight" in spec else {})}
     if kind == "committee":
@@ -423,7 +418,7 @@ def candidates(method: str, committee, iteration: int, seed: int, data: dict[str
                used: set[int], settings: BenchSettings) -> tuple[list[Atoms], Callable]:
     """What a method picks from in an iteration, and the oracle that labels the picks: a fresh exploration with
     its own committee, or the oracle-MD snapshots not yet used (labelled already: the MD computed them)."""
-    if available_methods()[method]["pool"] == "oracle-md":
+    if METHODS[method]["pool"] == "oracle-md":
         snaps = data["snapshots"]
         left = [i for i in range(len(snaps)) if i not in set(base_idx) and i not in used]
         frames = []
@@ -463,7 +458,7 @@ def run_one(method: str, seed: int, data: dict[str, Any], settings: BenchSetting
     from almat.campaign.jobs import test_errors
 
     _quiet(threads)
-    spec = available_methods()[method]
+    spec = METHODS[method]
     start = time.perf_counter()
     base_idx = base_indices(len(data["snapshots"]), settings.n_base, seed)
     labels = [data["snapshots"][i] for i in base_idx]
@@ -765,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 cells, 1 seed, 2 iterations (< 10 min)")
     parser.add_argument("--seeds", type=int, help="number of seeds (default 2, quick 1)")
-    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(available_methods()))
+    parser.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--iterations", type=int, help="AL iterations (the random baselines: at least as many)")
     parser.add_argument("--target", type=float, help="target held-out force RMSE, eV/Å")
     parser.add_argument("--jobs", type=int, help="runs in parallel (default 2)")
@@ -784,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     settings = BenchSettings.quick() if args.quick else BenchSettings()
-    valid = available_methods()
+    valid = METHODS
     if args.methods:
         unknown = [m for m in args.methods.split(",") if m not in valid]
         if unknown:

@@ -9,7 +9,6 @@ and one line for a reader who runs, imports or initialises.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 import urllib.request
@@ -25,18 +24,15 @@ from almat.cli import app
 from almat.query import query_labels
 from almat.settings import AlmatSettings
 from almat.stores import CAMPAIGN_COLLECTIONS, CampaignDB, ReadOnlyStoreError
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 TINY = {"name": "ro-run", "structures": [{"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61}}],
         "learner": {"n_models": 2, "hyperparameters": {"num_channels": 8, "epochs": 2}}}
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/serve_load.py")
 
 
 def _fill(settings: AlmatSettings) -> dict:

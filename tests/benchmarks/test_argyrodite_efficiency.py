@@ -1,25 +1,17 @@
 """The argyrodite label-efficiency benchmark (benchmarks/argyrodite_efficiency.py): its scoring on small stored
 numbers, its cells, and a smoke run of its quick mode (GFN1-xTB oracle MD, every method)."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("argyrodite_efficiency",
-                                                  ROOT / "benchmarks" / "argyrodite_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["argyrodite_efficiency"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/argyrodite_efficiency.py")
 
 
 def _run(method, seed, n_labels, rmse):
@@ -103,9 +95,14 @@ def test_cells_two_sizes_and_the_doubled_cell_mixes_two_orderings():
     assert mixed.info["cell_name"] == "r0+r3"
 
 
-def test_methods_are_extensible_and_unknown_ones_are_refused(capsys):
+def test_every_method_names_a_known_learner_and_acquisition_and_unknown_ones_are_refused(capsys):
+    from almat.learner.registry import UNCERTAINTY_KINDS
+    from almat.select.lookup import acquisition_policy
+
     bench = _bench()
-    assert set(bench.METHODS) <= set(bench.available_methods())
+    for name, spec in bench.METHODS.items():
+        assert spec["learner"] in {"committee", "chgnet", *UNCERTAINTY_KINDS}, name
+        assert acquisition_policy(spec["acquisition"]) is not None and spec["pool"] in ("explored", "oracle-md")
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--methods", "committee,psychic"])
     assert "unknown method(s) ['psychic']; valid:" in capsys.readouterr().err

@@ -1,24 +1,17 @@
 """benchmarks/demo_speed.py: its phase table from JobStore documents (a small campaign of two runs, another
 campaign's jobs beside it), without running a campaign."""
 
-import importlib.util
-import sys
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("demo_speed", ROOT / "benchmarks" / "demo_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_speed"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/demo_speed.py")
 
 
 def _job(seconds, role, root, output=None, flow="sub"):

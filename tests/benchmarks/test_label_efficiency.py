@@ -1,23 +1,16 @@
 """The label-efficiency benchmark (benchmarks/label_efficiency.py): its in-process pool loop on EMT Cu with a
 tiny committee, and a smoke run of the whole benchmark with tiny settings."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "benchmarks" / "label_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["label_efficiency"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/label_efficiency.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 small stored results, its readers of DP-GEN's files (dpgen.log, the timed commands), the peer venv's seed
 fix, and the one-line answer when the peer environment is missing."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from project_module import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "test_data" / "peer_dpgen"
@@ -19,11 +19,7 @@ PEER = ROOT / "benchmarks" / "peers" / "dpgen"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("peer_dpgen", ROOT / "benchmarks" / "peer_dpgen.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peer_dpgen"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/peer_dpgen.py")
 
 
 @pytest.fixture(scope="module")

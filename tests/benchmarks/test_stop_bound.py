@@ -1,23 +1,16 @@
 """benchmarks/stop_bound.py: its quick mode runs, and on its synthetic stream the point rule stops too early
 where the confidence bound does not."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("stop_bound", ROOT / "benchmarks" / "stop_bound.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stop_bound"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmarks/stop_bound.py")
 
 
 def test_quick_mode_writes_its_figures(bench, tmp_path):

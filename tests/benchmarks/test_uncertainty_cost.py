@@ -1,18 +1,12 @@
 """A smoke run of benchmarks/uncertainty_cost.py with tiny settings: every row of its tables is filled."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_run_fills_the_tables(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("uncertainty_cost", ROOT / "benchmarks" / "uncertainty_cost.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["uncertainty_cost"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_module("benchmarks/uncertainty_cost.py")
     out = tmp_path / "out.json"
     bench.main(["--n-train", "4", "--n-test", "8", "--epochs", "2", "--channels", "4", "--md-steps", "4",
                 "--sample-every", "2", "--nll-epochs", "2", "--kinds", "shallow-all", "shallow-nll", "llpr",

@@ -21,6 +21,7 @@ from almat.cli import app
 from almat.stores import CampaignDB, build_job_store
 from almat.stores.ledger import (COST_KEY, MeasuredJob, campaign_cost, code_timing, cp2k_timing, measured, note_gpu,
                                  vasp_timing)
+from project_module import load_module
 
 DATA = Path(__file__).resolve().parents[1] / "test_data"
 CU = {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True}
@@ -194,14 +195,10 @@ def test_the_ledger_on_a_mongodb_server(mongo_uri, new_mongo_database, tmp_path)
 
 @pytest.mark.slow
 def test_serve_shows_a_cost_panel(campaign):
-    import importlib.util
     import urllib.request
 
     settings, _, cost, _ = campaign
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_module("benchmarks/serve_load.py")
     base, server = bench.start_server(settings)
     try:
         with urllib.request.urlopen(f"{base}/campaigns/{CONFIG['name']}", timeout=60) as r:

@@ -1,21 +1,16 @@
 """The Li6PS5Cl workflow script runs locally: enumerate -> xTB pre-relax -> one AL iteration."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from project_module import load_module
 
 pytest.importorskip("tblite")
 pytest.importorskip("icet")
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "li6ps5cl_argyrodite.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("li6ps5cl_argyrodite", WORKFLOW)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("workflows/li6ps5cl_argyrodite.py")
 
 
 def test_config_starts_from_distinct_enumerated_cells():

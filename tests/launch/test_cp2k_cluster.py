@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -35,10 +34,10 @@ import numpy as np
 import pytest
 from test_concurrent_cluster import ConcurrentCluster, Workers, _job_key, _rocket_dir, _status_json
 from test_slurm_fireworks import PARTITION, _job_store, _require_slurm
+from project_module import load_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.mongo]
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "argyrodite-cp2k-cluster"
 MONGO_URI = os.environ.get("ALMAT_TEST_MONGO_URI")
 ROCKETS = {"cpu": 2, "gpu": 1}  # rlaunch rapidfire processes per SLURM job of each category
@@ -52,10 +51,7 @@ EXPORTS = ("JOBFLOW_CONFIG_FILE", "ALMAT_MONGO_URI", "ALMAT_DATABASE", "OMP_NUM_
 
 def _workflow():
     """``workflows/li6ps5cl_cp2k.py`` as a module."""
-    spec = importlib.util.spec_from_file_location("li6ps5cl_cp2k", ROOT / "workflows" / "li6ps5cl_cp2k.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("workflows/li6ps5cl_cp2k.py")
 
 
 def _once(folder: Path, make) -> Path:

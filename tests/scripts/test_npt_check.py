@@ -1,25 +1,18 @@
 """scripts/npt_check.py: the oracle's NPT reference is made once per structure and MD settings, then read back."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from ase.build import bulk
 
 from almat.oracle.calculators import CalculatorSpec
 from almat.sampler.md import ExplorationSettings
+from project_module import load_module
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("npt_check", ROOT / "scripts" / "npt_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["npt_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("scripts/npt_check.py")
 
 
 def test_the_oracle_reference_is_cached_per_structure_and_settings(tmp_path):
