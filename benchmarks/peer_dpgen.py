@@ -415,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--no-control", action="store_true", help="skip the random-label-set control")
+    parser.add_argument("--deepmd", choices=sorted(dpgen_runs.DEEPMD_SIZES), default=None,
+                        help="DeePMD's size and steps (default: full, or quick with --quick)")
+    parser.add_argument("--control-sizes", choices=("final", "all"), default=None,
+                        help="control sets of the campaigns' final sizes only, or of every size (default: all, "
+                             "final with --quick)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rescore", type=Path, default=None,
                         help="the table and the plot again, from DIR/peer_dpgen.json (also a partial one)")
@@ -437,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = settings(args.quick)
     cfg.update({k: v for k, v in (("problems", args.problems), ("seeds", args.seeds)) if v})
     cfg["control"] = not args.no_control
+    if args.deepmd:
+        cfg["deepmd"] = dpgen_runs.DEEPMD_SIZES[args.deepmd]
+    if args.control_sizes:
+        cfg["control_sizes"] = args.control_sizes
     if args.trust:
         cfg["trust"] = read_trust(args.trust, parser)
     suffix = "_trust" if (args.tune_trust or args.tune_trust_from) else ""

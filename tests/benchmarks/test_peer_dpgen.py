@@ -254,3 +254,23 @@ def test_bad_tuning_arguments(bench, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert f"error: {key}:" in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_deepmd_size_and_control_sizes_reach_the_run(bench, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_all(cfg, out, tools, log=print):
+        seen.update(cfg)
+        return {"summary": {}, "failures": []}
+
+    monkeypatch.setattr(bench, "run_all", fake_run_all)
+    monkeypatch.setattr(bench, "peer_python", lambda: Path(sys.executable))
+    assert bench.main(["--problems", "cu", "--deepmd", "small", "--control-sizes", "final",
+                       "--out", str(tmp_path / "out")]) == 0
+    assert seen["deepmd"]["numb_steps"] == 3000 and seen["deepmd"]["stop_lr"] == 1e-5
+    assert seen["deepmd"]["neuron"] == [10, 20, 40] and seen["control_sizes"] == "final"
+    seen.clear()
+    assert bench.main(["--problems", "cu", "--out", str(tmp_path / "out")]) == 0
+    assert seen["deepmd"]["numb_steps"] == 20000 and seen["control_sizes"] == "all"  # the full run's defaults
+    with pytest.raises(SystemExit):
+        bench.main(["--deepmd", "huge", "--out", str(tmp_path / "out")])
