@@ -78,6 +78,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmark_results"
 CIF = ROOT / "workflows" / "data" / "Li6PS5Cl_argyrodite.cif"
 GPA_IN_BAR = 1.0e4
+#: the plot's x axis: labels trained on, not oracle calls (a random oracle-MD snapshot also paid its MD steps)
+XLABEL = "labels trained on (oracle calls: see the table)"
 
 #: name -> (ensemble, temperature K, pressure bar or None)
 CONDITIONS: dict[str, tuple[str, float, float | None]] = {
@@ -732,6 +734,7 @@ def run_benchmark(settings: BenchSettings, out: Path | None, cache: Path | None 
         curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m]
                   for m in dict.fromkeys(r["method"] for r in result["runs"])}
         plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
+                               xlabel=XLABEL,
                                title=f"Li6PS5Cl / GFN1-xTB: {len(data['cells'])} cells, "
                                      f"{len(data['test'])} test frames")
         result["files"] = [str(out / "argyrodite_efficiency.json"), str(out / "argyrodite_efficiency.png")]
@@ -749,7 +752,7 @@ def resummarise(out: Path, target: float | None = None) -> int:
     _write(out, result)
     methods = list(dict.fromkeys(r["method"] for r in result["runs"]))
     curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m] for m in methods}
-    plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
+    plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"], xlabel=XLABEL,
                            title=f"Li6PS5Cl / GFN1-xTB ({len(result['runs'])} runs"
                                  f"{'' if result.get('complete') else ', incomplete'})")
     print(format_table(result))

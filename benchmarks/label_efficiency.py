@@ -379,7 +379,8 @@ def run_pool_loop(
 
 
 def plot_method_comparison(curves: dict[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
-                           path: str | Path, title: str = "", target: float | None = None) -> Path:
+                           path: str | Path, title: str = "", target: float | None = None,
+                           xlabel: str = "training labels (oracle calls)") -> Path:
     """Several seeds per method: the geometric mean of the held-out force RMSE (line) and the
     min-max over seeds (band) against the number of labels, log y.
 
@@ -408,7 +409,7 @@ def plot_method_comparison(curves: dict[str, Sequence[tuple[Sequence[float], Seq
             ax.axhline(target, color="0.4", ls=":", lw=1.5, label=f"target {target:.3g} eV/Å")
         ax.set_yscale("log")
         ax.locator_params(axis="x", integer=True)
-        ax.set_xlabel("training labels (oracle calls)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out force RMSE (eV/Å)")
         ax.legend(frameon=False)
         ax.set_title(title or "label efficiency")
