@@ -148,16 +148,22 @@ def _means(per_run: list[dict[str, Any]], tools: list[str]) -> dict[str, dict[st
             values = [r[key] for r in per_run if r["tool"] == tool and r[key] is not None]
             means[tool][key] = float(np.mean(values)) if values else None
             means[tool][key + "_std"] = float(np.std(values)) if len(values) > 1 else None
+            means[tool][key + "_seeds"] = [len(values), sum(r["tool"] == tool for r in per_run)]  # reached, run
     return means
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The markdown table of docs/benchmarks.md: one row per problem and tool."""
+    """The markdown table of docs/benchmarks.md: one row per problem and tool, mean ± std over its seeds."""
     rows = ["| problem | tool | final force RMSE (eV/Å) | oracle calls | labels to target | hours to target "
             "| RMSE at equal labels | own stop: iteration, calls, RMSE |", "|---|---|---|---|---|---|---|---|"]
 
     def fmt(value, spec):
         return "—" if value is None else format(value, spec)
+
+    def pm(m, key, spec):  # the mean over seeds, ± their standard deviation where there are several
+        std, (reached, ran) = m.get(key + "_std"), m.get(key + "_seeds", (1, 1))
+        part = f" ({reached} of {ran} seeds)" if m[key] is not None and reached < ran else ""
+        return fmt(m[key], spec) + ("" if std is None else f" ± {std:{spec}}") + part
 
     for problem, data in summary.items():
         for tool, m in data["means"].items():
@@ -165,9 +171,9 @@ def format_table(summary: dict[str, Any]) -> str:
             stop = "; ".join("never" if s is None else f"{s['iteration']}, {s['oracle_calls']}, {s['force_rmse']:.3f}"
                              for s in stops)
             rows.append(f"| {problem} (target {fmt(data['target_force_rmse'], '.3f')}) | {tool} "
-                        f"| {fmt(m['final_force_rmse'], '.3f')} | {fmt(m['final_oracle_calls'], '.0f')} "
-                        f"| {fmt(m['labels_to_target'], '.1f')} | {fmt(m['hours_to_target'], '.3f')} "
-                        f"| {fmt(m['rmse_at_equal_labels'], '.3f')} (at {fmt(data['equal_labels'], '.0f')}) | {stop} |")
+                        f"| {pm(m, 'final_force_rmse', '.3f')} | {pm(m, 'final_oracle_calls', '.0f')} "
+                        f"| {pm(m, 'labels_to_target', '.1f')} | {pm(m, 'hours_to_target', '.3f')} "
+                        f"| {pm(m, 'rmse_at_equal_labels', '.3f')} (at {fmt(data['equal_labels'], '.0f')}) | {stop} |")
     return "\n".join(rows)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from project_module import load_module
 
@@ -274,3 +275,16 @@ def test_deepmd_size_and_control_sizes_reach_the_run(bench, tmp_path, monkeypatc
     assert seen["deepmd"]["numb_steps"] == 20000 and seen["control_sizes"] == "all"  # the full run's defaults
     with pytest.raises(SystemExit):
         bench.main(["--deepmd", "huge", "--out", str(tmp_path / "out")])
+
+
+def test_table_shows_the_spread_over_seeds_and_seeds_that_missed(bench, stored):
+    # stored: DP-GEN seed 0 ends at 0.05 eV/Å, seed 1 at 0.07, above the shared target (their mean, 0.06)
+    summary = bench.summarise(stored["runs"])
+    dpgen = summary["cu"]["means"]["dpgen"]
+    assert dpgen["labels_to_target_seeds"] == [1, 2] and dpgen["final_force_rmse_seeds"] == [2, 2]
+    rows = bench.format_table(summary).splitlines()
+    row = next(line for line in rows if "| dpgen |" in line)
+    assert f"| {np.mean([0.05, 0.07]):.3f} ± {np.std([0.05, 0.07]):.3f} |" in row
+    assert "(1 of 2 seeds)" in row
+    almat = next(line for line in rows if "| almat |" in line)
+    assert "±" not in almat and "seeds)" not in almat  # one seed: no spread to show
