@@ -213,6 +213,9 @@ def test_campaign_files_of_the_almat_tools(bench):
     assert scratch["sampler"]["trust_lo"] == 0.06 and "trust_units" not in scratch["sampler"]
     assert found["learner"]["kind"] == "chgnet-finetune" and found["sampler"]["trust_units"] == "calibrated"
     assert found["name"] != scratch["name"]
+    for tool in bench.ALMAT_TOOLS:  # a benchmark seed seeds the committee's members too, not only MD and selection
+        seeded = load_config(almat_side.campaign_config(problem, cfg, 2, tool))
+        assert seeded.learner.seed == 2 and seeded.sampler.seed == 2 and seeded.selection.seed == 2
     cfg["trust"] = {"problems": {"cu": {"almat": {"lo": 0.03, "hi": 0.2, "units": "raw"},
                                         "almat-foundation": {"lo": 0.06, "hi": 0.4, "units": "calibrated",
                                                              "iteration0_fraction": 0.25},

@@ -76,6 +76,7 @@ def campaign_config(problem: Problem, cfg: dict[str, Any], seed: int, tool: str 
     learner = {**demo["learner"], "hyperparameters": {**demo["learner"]["hyperparameters"]}}
     if tool == "almat-foundation":
         learner = json.loads(json.dumps(cfg.get("foundation") or FOUNDATION_FULL))
+    learner["seed"] = seed  # each benchmark seed also seeds the members, as DP-GEN's seed fix does its models
     return {
         "name": f"peer-{problem.name}-{'foundation-' if tool == 'almat-foundation' else ''}{seed}",
         "description": "benchmarks/peer_dpgen.py",
