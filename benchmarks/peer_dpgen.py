@@ -402,6 +402,45 @@ def trust_from(folder: Path, target: float) -> dict[str, Any]:
     return trust_file(result, target)
 
 
+def frames_digest(folder: Path) -> str:
+    """The sha256 of a problem's shared initial and test frames (the extxyz files of ``write_data``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("initial_*.extxyz")) + sorted(folder.glob("test_*.extxyz")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def merge(folders: Sequence[Path], out: Path) -> dict[str, Any]:
+    """One result from several (parts of a run, made by separate calls): a later part's run or control of the
+    same problem, tool (model) and seed replaces an earlier one. Parts scored on other frames are refused
+    (ValueError): each problem's initial and test frames must be byte-identical."""
+    merged: dict[str, Any] = {"runs": {}, "controls": {}, "failures": [], "data": {}, "versions": {}}
+    digests: dict[str, str] = {}
+    for folder in folders:
+        path = folder / "peer_dpgen.json"
+        if not path.exists():
+            raise ValueError(f"no results at {path}")
+        part = json.loads(path.read_text())
+        for problem, data in part.get("data", {}).items():
+            frames = Path(data["folder"])
+            if not frames.is_dir():
+                raise ValueError(f"{path}: the shared frames of {problem} are gone ({frames})")
+            if digests.setdefault(problem, frames_digest(frames)) != frames_digest(frames):
+                raise ValueError(f"{path}: its {problem} frames differ from the first part's; not comparable")
+            merged["data"].setdefault(problem, data)
+        merged.setdefault("settings", {**part["settings"], "merged_from": []})["merged_from"].append(str(folder))
+        merged["versions"].update(part.get("versions", {}))
+        merged["runs"].update({(r["problem"], r["tool"], r["seed"]): r for r in part["runs"]})
+        merged["controls"].update({(c["problem"], c["model"], c["seed"]): c for c in part.get("controls", [])})
+        merged["failures"] += part.get("failures", [])
+    merged["runs"], merged["controls"] = list(merged["runs"].values()), list(merged["controls"].values())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peer_dpgen.json").write_text(json.dumps(merged, indent=1, default=float))
+    return merged
+
+
 def rescore(folder: Path) -> int:
     result = json.loads((folder / "peer_dpgen.json").read_text())
     for run in result["runs"]:
@@ -414,7 +453,7 @@ def rescore(folder: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Cu only, 2 iterations each, one seed")
     parser.add_argument("--problems", nargs="+", choices=sorted(peer_data.PROBLEMS), default=None)
@@ -437,7 +476,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="the tuned trust levels (a trust.json of --tune-trust); default: the documented ones")
     parser.add_argument("--target-fraction", type=float, default=TARGET_FRACTION,
                         help=f"the candidate fraction at iteration 0 the tuning aims at (default {TARGET_FRACTION})")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="parts of one run (their peer_dpgen.json) into --out, then its table and plot; "
+                             "a later part's run of the same problem, tool and seed replaces an earlier one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
+    if args.merge:
+        if args.out is None:
+            parser.error("--merge: give the merged result's folder with --out")
+        try:
+            merge(args.merge, args.out.resolve())
+        except ValueError as exc:
+            parser.error(f"--merge: {exc}")
+        return rescore(args.out.resolve())
     if args.rescore:
         return rescore(args.rescore)
     if not 0 < args.target_fraction < 1:

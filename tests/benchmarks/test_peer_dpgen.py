@@ -291,3 +291,36 @@ def test_table_shows_the_spread_over_seeds_and_seeds_that_missed(bench, stored):
     assert "(1 of 2 seeds)" in row
     almat = next(line for line in rows if "| almat |" in line)
     assert "±" not in almat and "seeds)" not in almat  # one seed: no spread to show
+
+
+def _part(folder: Path, stored, runs, frames: str) -> Path:
+    """A result folder with some of the stored runs and its own copy of the shared frames."""
+    (folder / "data" / "cu").mkdir(parents=True)
+    for name in ("initial_0", "test_0"):
+        (folder / "data" / "cu" / f"{name}.extxyz").write_text(f"{name} {frames}\n")
+    part = {**stored, "runs": runs, "data": {"cu": {"folder": str(folder / "data" / "cu")}},
+            "versions": {"dpgen:dpgen": "0.14.0"}}
+    (folder / "peer_dpgen.json").write_text(json.dumps(part))
+    return folder
+
+
+def test_merge_parts_of_one_run(bench, stored, tmp_path, capsys):
+    almat, dpgen0, dpgen1 = stored["runs"]
+    better = json.loads(json.dumps(dpgen0))
+    better["iterations"][-1]["force_rmse"] = 0.04  # a rerun of DP-GEN seed 0 in the second part
+    first = _part(tmp_path / "a", stored, [almat, dpgen0], "same")
+    second = _part(tmp_path / "b", stored, [better, dpgen1], "same")
+    assert bench.main(["--merge", str(first), str(second), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "peer_dpgen.json").read_text())
+    assert sorted((r["tool"], r["seed"]) for r in merged["runs"]) == [("almat", 0), ("dpgen", 0), ("dpgen", 1)]
+    assert next(r for r in merged["runs"] if (r["tool"], r["seed"]) == ("dpgen", 0))["iterations"][-1][
+        "force_rmse"] == 0.04  # the later part's run replaced the earlier one
+    assert merged["settings"]["merged_from"] == [str(first), str(second)]
+    assert "| cu (target " in capsys.readouterr().out and (tmp_path / "m" / "peer_dpgen.png").exists()
+    other = _part(tmp_path / "c", stored, [dpgen1], "other")  # scored on other test frames: refused
+    for argv in (["--merge", str(first), str(other), "--out", str(tmp_path / "n")], ["--merge", str(first)]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2
+        assert "error: --merge:" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "n").exists()
