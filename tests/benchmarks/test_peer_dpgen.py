@@ -89,6 +89,34 @@ def test_dpgen_log_and_timed_commands(bench):
     assert runs.idle_seconds(records, 100.0, 190.0) == pytest.approx(12.0)
 
 
+def test_cpu_time_of_a_freeze_run_with_exec(bench, tmp_path):
+    # the old timed.sh: the freeze's record held the training's CPU time too (bash exec keeps the children's
+    # time); the current one logs the freeze's own, far less than the training's
+    (tmp_path / "cpu.log").write_text(
+        "/r/t/000 100.0 200.0 1m31.000s 0m22.000s 0 dp --pt train input.json\n"
+        "/r/t/000 200.5 220.0 1m39.500s 0m23.500s 0 dp --pt freeze\n"
+        "/r/u/000 300.0 400.0 1m30.000s 0m20.000s 0 dp --pt train input.json\n"
+        "/r/u/000 400.5 420.0 0m8.000s 0m1.000s 0 dp --pt freeze\n")
+    assert [r["cpu_s"] for r in bench.dpgen_runs.cpu_records(tmp_path)] == pytest.approx([113.0, 10.0, 110.0, 9.0])
+
+
+def _timed(tmp_path, script: str) -> list[float]:
+    """The user CPU seconds that timed.sh logged for each command of a bash script."""
+    log = tmp_path / "cpu.log"
+    log.unlink(missing_ok=True)
+    subprocess.run(["bash", "-c", script], env={**os.environ, "ALMAT_DPGEN_CPU_LOG": str(log)}, check=False)
+    return [float(line.split()[3].split("m")[1].rstrip("s")) for line in log.read_text().splitlines()]
+
+
+def test_timed_sh_logs_only_its_own_command(tmp_path):
+    timed = PEER / "timed.sh"
+    burn = f"{sys.executable} -c 'sum(range(3 * 10**7))'"
+    # "a && b": bash runs b with exec, so b's shell starts with a's CPU time already counted
+    user = _timed(tmp_path, f"bash {timed} {burn} && bash {timed} true")
+    assert user[0] > 0.1 and user[1] < 0.05
+    assert _timed(tmp_path, f"bash {timed} false; exit 0") == [pytest.approx(0.0, abs=0.05)]
+
+
 def _draws(tmp_path, seed):
     fake = tmp_path / "dpdispatcher"
     fake.mkdir(exist_ok=True)

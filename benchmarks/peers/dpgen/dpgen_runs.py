@@ -151,17 +151,29 @@ def run_dpgen(problem: Problem, data: SharedData, cfg: dict[str, Any], seed: int
 
 
 def cpu_records(folder: Path) -> list[dict[str, Any]]:
-    """timed.sh's records, in order: stage (train/model_devi/fp by command), start, end, CPU seconds."""
-    out = []
+    """timed.sh's records, in order: stage (train/model_devi/fp by command), start, end, CPU seconds.
+
+    A timed.sh from before 2026-12-07 (evening) logged the CPU time its shell inherited: DP-GEN's ``dp train
+    && dp freeze`` runs the freeze with exec, so its record also held the training's. Such a record (in the
+    folder of an earlier record that ended before it started, with at least that record's CPU time) gets
+    the earlier one's time subtracted; a freeze logged by the current timed.sh has far less than its training.
+    """
+    out: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}  # the latest record per task folder
     path = folder / "cpu.log"
     for line in path.read_text().splitlines() if path.exists() else []:
         parts = line.split(" ", 6)
         if len(parts) < 7:
             continue
-        _, start, end, user, system, rc, command = parts
+        where, start, end, user, system, rc, command = parts
         stage = "train" if command.startswith("dp ") else "model_devi" if command.startswith("lmp") else "fp"
-        out.append({"stage": stage, "start": float(start), "end": float(end), "rc": int(rc),
-                    "cpu_s": _seconds(user) + _seconds(system), "command": command})
+        record = {"stage": stage, "start": float(start), "end": float(end), "rc": int(rc),
+                  "cpu_s": _seconds(user) + _seconds(system), "command": command}
+        prev = last.get(where)
+        if prev is not None and record["start"] >= prev["end"] and record["cpu_s"] >= prev["cpu_s"]:
+            record["cpu_s"] -= prev["cpu_s"]
+        last[where] = {**record, "cpu_s": _seconds(user) + _seconds(system)}
+        out.append(record)
     return out
 
 
