@@ -98,6 +98,11 @@ def test_cpu_time_of_a_freeze_run_with_exec(bench, tmp_path):
         "/r/u/000 300.0 400.0 1m30.000s 0m20.000s 0 dp --pt train input.json\n"
         "/r/u/000 400.5 420.0 0m8.000s 0m1.000s 0 dp --pt freeze\n")
     assert [r["cpu_s"] for r in bench.dpgen_runs.cpu_records(tmp_path)] == pytest.approx([113.0, 10.0, 110.0, 9.0])
+    # a run stored with the uncorrected sum (dpgen's own 5 s on top) gets its total again, once
+    run = {"cpu_s": 5.0 + 113.0 + 123.0 + 110.0 + 9.0, "iterations": []}
+    for _ in range(2):
+        bench.dpgen_runs.refresh_cpu(run, tmp_path)
+        assert run["main_cpu_s"] == pytest.approx(5.0) and run["cpu_s"] == pytest.approx(5.0 + 242.0)
 
 
 def _timed(tmp_path, script: str) -> list[float]:

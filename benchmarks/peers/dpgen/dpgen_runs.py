@@ -136,6 +136,7 @@ def run_dpgen(problem: Problem, data: SharedData, cfg: dict[str, Any], seed: int
     try:
         run["iterations"] = read_iterations(folder, data, python, start)
         run["oracle_calls_total"] = sum(len(x) for x in data.initial) + len(list(folder.glob("iter.*/02.fp/task.*")))
+        run["main_cpu_s"] = main_cpu  # dpgen's own process
         run["cpu_s"] = main_cpu + sum(r["cpu_s"] for r in cpu_records(folder))
         run["idle_s"] = idle_seconds(cpu_records(folder), start, start + wall)
         run["poll_sleep_s"] = sum(s for _, s in poll_records(folder))  # overlaps the jobs: not idle time
@@ -236,6 +237,25 @@ def refresh_run(run: dict[str, Any]) -> None:
             it["train_labels"], it["oracle_calls"] = counts[i]
     run["oracle_calls_total"] = (counts[-1][1] if counts else 0) + len(list(folder.glob(
         f"iter.{len(counts) - 1:06d}/02.fp/task.*")))
+    refresh_cpu(run, folder)
+
+
+def refresh_cpu(run: dict[str, Any], folder: Path) -> None:
+    """CPU times again with this version's cpu_records (a run stored before the exec correction counted a
+    freeze's training twice). dpgen's own process time stays: ``main_cpu_s``, or for a run stored without
+    it, what its total had beyond the records as they were read then (uncorrected)."""
+    records = cpu_records(folder)
+    if not records or "cpu_s" not in run:
+        return
+    if "main_cpu_s" not in run:
+        rows = [line.split(" ", 6) for line in (folder / "cpu.log").read_text().splitlines()]
+        run["main_cpu_s"] = max(0.0, run["cpu_s"] - sum(_seconds(r[3]) + _seconds(r[4]) for r in rows if len(r) == 7))
+    run["cpu_s"] = run["main_cpu_s"] + sum(r["cpu_s"] for r in records)
+    for it in run["iterations"]:
+        models = sorted((folder / f"iter.{it['iteration']:06d}" / "00.train").glob("graph.*.pth"))
+        if models:
+            t_done = os.lstat(models[0]).st_mtime
+            it["cpu_s_cumulative"] = sum(r["cpu_s"] for r in records if r["end"] <= t_done + 1)
 
 
 def count_frames(system_dir: Path) -> int:
