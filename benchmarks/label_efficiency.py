@@ -274,6 +274,54 @@ class PoolRunResult:
         return self.records[-1].stop_reason if self.records else None
 
 
+def _held_out(frames, oracle_fn, n_init, test_fraction, n_test, test_set, seed):
+    """The pool's state, the labelled test frames and the oracle calls they cost: ``test_set`` as given (no
+    frame of the pool held out), else ``n_test`` or ``test_fraction`` of the pool held out and labelled."""
+    if test_set is not None:
+        state = PoolState.create(len(frames), n_init, n_test=0, seed=seed)
+        return state, [a for a in test_set if a is not None], 0
+    state = PoolState.create(len(frames), n_init, test_fraction=test_fraction, n_test=n_test, seed=seed)
+    test_labels = [a for a in oracle_fn([frames[i] for i in state.test_indices]) if a is not None]
+    return state, test_labels, len(state.test_indices)
+
+
+def _label(frames, new, oracle_fn, state, labels: dict) -> list:
+    """Label the pool frames ``new`` (failures marked in ``state``, ok labels added to ``labels``) and return
+    the training set; fewer than 2 ok labels is an error."""
+    labelled = oracle_fn([frames[i] for i in new])
+    failed = [i for i, lab in zip(new, labelled) if lab is None]
+    state.add(new, failed)
+    labels.update({i: lab for i, lab in zip(new, labelled) if lab is not None})
+    train = [labels[i] for i in state.trained_on]
+    if len(train) < 2:
+        raise RuntimeError(f"only {len(train)} ok label(s) to train on; the oracle failed on {len(failed)}")
+    return train
+
+
+def _iteration_record(name, iteration, acquisition, state, new, train, acquired, committee, errors, stop,
+                      wall_time) -> PoolIterationDoc:
+    """One iteration of ``run_pool_loop`` as a ``PoolIterationDoc``."""
+    return PoolIterationDoc(
+        campaign=name,
+        iteration=iteration,
+        acquisition=acquisition,
+        pool_size=state.n_pool,
+        test_indices=list(state.test_indices),
+        new_indices=list(new),
+        labelled_indices=list(state.labelled),
+        failed_indices=list(state.failed),
+        acquired_indices=acquired.indices,
+        acquired_deviation=[None if not math.isfinite(d) else d for d in acquired.model_deviation],
+        n_labels=len(state.labelled),
+        n_train_labels=len(train),
+        n_unlabelled=len(state.unlabelled),
+        model_ids=list(getattr(committee, "model_ids", [])),
+        test_errors=errors,
+        stop_reason=stop,
+        wall_time=wall_time,
+    )
+
+
 def run_pool_loop(
     pool: Sequence[Atoms],
     oracle_fn: Callable[[Sequence[Atoms]], list[Atoms | None]],
@@ -309,14 +357,7 @@ def run_pool_loop(
     policy = acquisition_policy(acquisition, acquisition_options)
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    if test_set is not None:
-        state = PoolState.create(len(frames), n_init, n_test=0, seed=seed)
-        test_labels = [a for a in test_set if a is not None]
-        calls = 0
-    else:
-        state = PoolState.create(len(frames), n_init, test_fraction=test_fraction, n_test=n_test, seed=seed)
-        test_labels = [a for a in oracle_fn([frames[i] for i in state.test_indices]) if a is not None]
-        calls = len(state.test_indices)
+    state, test_labels, calls = _held_out(frames, oracle_fn, n_init, test_fraction, n_test, test_set, seed)
     rng = np.random.default_rng(seed)
     labels: dict[int, Atoms] = {}
     new = list(state.init)
@@ -324,14 +365,8 @@ def run_pool_loop(
     records = []
     iteration = 0
     while True:
-        labelled = oracle_fn([frames[i] for i in new])
+        train = _label(frames, new, oracle_fn, state, labels)
         calls += len(new)
-        failed = [i for i, lab in zip(new, labelled) if lab is None]
-        state.add(new, failed)
-        labels.update({i: lab for i, lab in zip(new, labelled) if lab is not None})
-        train = [labels[i] for i in state.trained_on]
-        if len(train) < 2:
-            raise RuntimeError(f"only {len(train)} ok label(s) to train on; the oracle failed on {len(failed)}")
         t0 = time.perf_counter()
         committee = train_fn(train, iteration, committee)
         errors = test_errors(committee, test_labels)
@@ -339,29 +374,10 @@ def run_pool_loop(
                                    target_force_rmse)
         acquired = Acquired([], [], 0)
         if stop is None:
-            acquired = acquire(frames, state, policy, n_next, committee, iteration, rng,
-                               training_frames=train)
-            if not acquired.indices:
-                stop = f"acquisition {acquisition!r} picked nothing new"
-        record = PoolIterationDoc(
-            campaign=name,
-            iteration=iteration,
-            acquisition=acquisition,
-            pool_size=state.n_pool,
-            test_indices=list(state.test_indices),
-            new_indices=list(new),
-            labelled_indices=list(state.labelled),
-            failed_indices=list(state.failed),
-            acquired_indices=acquired.indices,
-            acquired_deviation=[None if not math.isfinite(d) else d for d in acquired.model_deviation],
-            n_labels=len(state.labelled),
-            n_train_labels=len(train),
-            n_unlabelled=len(state.unlabelled),
-            model_ids=list(getattr(committee, "model_ids", [])),
-            test_errors=errors,
-            stop_reason=stop,
-            wall_time=time.perf_counter() - t0,
-        )
+            acquired = acquire(frames, state, policy, n_next, committee, iteration, rng, training_frames=train)
+            stop = None if acquired.indices else f"acquisition {acquisition!r} picked nothing new"
+        record = _iteration_record(name, iteration, acquisition, state, new, train, acquired, committee, errors,
+                                   stop, time.perf_counter() - t0)
         records.append(record)
         logger.info("pool %s iteration %d: %d labels, test force RMSE %s%s", name, iteration, record.n_labels,
                     "n/a" if errors.force_rmse is None else f"{errors.force_rmse:.4f} eV/Å",
