@@ -69,6 +69,7 @@ import numpy as np
 from ase import Atoms
 
 sys.path.insert(0, str(Path(__file__).parent))
+from curves import error_at  # noqa: E402
 from foundation_start import chgnet_committee_trainer  # noqa: E402
 from label_efficiency import (  # noqa: E402
     labels_to_target, mace_committee_trainer, plot_method_comparison,
@@ -551,16 +552,6 @@ def _geomean(values: Sequence[float]) -> float | None:
     return float(np.exp(np.mean(np.log(vals)))) if vals else None
 
 
-def _rmse_at(labels: Sequence[float], rmse: Sequence[float], n: float) -> float | None:
-    """A learning curve's RMSE at ``n`` labels, log-linear between its points; None outside it."""
-    points = [(x, y) for x, y in zip(labels, rmse) if y is not None and y > 0]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= n <= x1:
-            t = 0.0 if x1 == x0 else (n - x0) / (x1 - x0)
-            return float(np.exp((1 - t) * np.log(y0) + t * np.log(y1)))
-    return float(points[0][1]) if points and n == points[0][0] else None
-
-
 def rmse_at_labels(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Error at equal labels: per method, the geometric mean over seeds of the force RMSE at every label count
     any run has, where every seed of the method covers it (log-linear between a curve's points: an
@@ -569,7 +560,7 @@ def rmse_at_labels(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for m in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == m]
-        values = {n: [_rmse_at(r["n_labels"], r["force_rmse"], n) for r in mine] for n in grid}
+        values = {n: [error_at(r["n_labels"], r["force_rmse"], n) for r in mine] for n in grid}
         out[m] = {str(n): _geomean(v) for n, v in values.items() if all(x is not None for x in v)}
     return out
 
@@ -752,8 +743,8 @@ def resummarise(out: Path, target: float | None = None) -> int:
     _write(out, result)
     methods = list(dict.fromkeys(r["method"] for r in result["runs"]))
     curves = {m: [(r["n_labels"], r["force_rmse"]) for r in result["runs"] if r["method"] == m] for m in methods}
-    plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"], xlabel=XLABEL,
-                           title=f"Li6PS5Cl / GFN1-xTB ({len(result['runs'])} runs"
+    plot_method_comparison(curves, out / "argyrodite_efficiency.png", target=result["target_force_rmse"],
+                           xlabel=XLABEL, title=f"Li6PS5Cl / GFN1-xTB ({len(result['runs'])} runs"
                                  f"{'' if result.get('complete') else ', incomplete'})")
     print(format_table(result))
     return 0

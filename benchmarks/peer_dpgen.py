@@ -45,6 +45,8 @@ OUT = ROOT / "benchmark_results"
 PEER_HINT = "DP-GEN's peer environment is missing: run  bash benchmarks/peers/dpgen/setup.sh  (about 4 min, 6.3 GB)"
 
 sys.path.insert(0, str(PEER))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from curves import error_at  # noqa: E402  (a curve's RMSE at a label count)
 import dpgen_runs  # noqa: E402  (the DP-GEN side: param/machine files, running, reading its folders)
 import peer_data  # noqa: E402  (problems, initial/test/pool frames, deepmd/npy files)
 
@@ -74,18 +76,6 @@ def interpolate_labels(labels: Sequence[float], rmse: Sequence[float], target: f
         if f is not None:
             prev = (n, f)
     return None
-
-
-def error_at(labels: Sequence[float], rmse: Sequence[float], n: float) -> float | None:
-    """A curve's RMSE at ``n`` labels (log-linear between points; None outside the curve)."""
-    points = [(x, y) for x, y in zip(labels, rmse) if y is not None and y > 0]
-    if not points or n < points[0][0] or n > points[-1][0]:
-        return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= n <= x1:
-            t = 0.0 if x1 == x0 else (n - x0) / (x1 - x0)
-            return float(math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0))))
-    return float(points[-1][1])
 
 
 def stop_point(run: dict[str, Any], conv_accuracy: float) -> dict[str, Any] | None:
@@ -427,7 +417,8 @@ def merge(folders: Sequence[Path], out: Path) -> dict[str, Any]:
             frames = Path(data["folder"])
             if not frames.is_dir():
                 raise ValueError(f"{path}: the shared frames of {problem} are gone ({frames})")
-            if digests.setdefault(problem, frames_digest(frames)) != frames_digest(frames):
+            digest = frames_digest(frames)
+            if digests.setdefault(problem, digest) != digest:
                 raise ValueError(f"{path}: its {problem} frames differ from the first part's; not comparable")
             merged["data"].setdefault(problem, data)
         merged.setdefault("settings", {**part["settings"], "merged_from": []})["merged_from"].append(str(folder))
@@ -488,11 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         if args.out is None:
             parser.error("--merge: give the merged result's folder with --out")
+        out = args.out.resolve()
         try:
-            merge(args.merge, args.out.resolve())
+            merge(args.merge, out)
         except ValueError as exc:
             parser.error(f"--merge: {exc}")
-        return rescore(args.out.resolve())
+        return rescore(out)
     if args.rescore:
         return rescore(args.rescore)
     if not 0 < args.target_fraction < 1:

@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         picked = range(len(starts)) if not args.starts else [int(i) for i in args.starts.split(",")]
     except ValueError:
-        picked = [-1]
-    if any(not 0 <= i < len(starts) for i in picked):
+        picked = None
+    if picked is None or any(not 0 <= i < len(starts) for i in picked):
         print(f"error: --starts {args.starts!r}: give indices between 0 and {len(starts) - 1}, comma-separated",
               file=sys.stderr)
         return 2

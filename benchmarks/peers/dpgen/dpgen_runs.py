@@ -155,9 +155,9 @@ def cpu_records(folder: Path) -> list[dict[str, Any]]:
     """timed.sh's records, in order: stage (train/model_devi/fp by command), start, end, CPU seconds.
 
     A timed.sh from before 2026-12-07 (evening) logged the CPU time its shell inherited: DP-GEN's ``dp train
-    && dp freeze`` runs the freeze with exec, so its record also held the training's. Such a record (in the
-    folder of an earlier record that ended before it started, with at least that record's CPU time) gets
-    the earlier one's time subtracted; a freeze logged by the current timed.sh has far less than its training.
+    && dp freeze`` runs the freeze with exec, so its record also held the training's. Such a record gets the
+    previous record of its folder subtracted: one that started after that record ended and logged more CPU
+    time than its own wall time (a one-thread command cannot). ``cpu_s_logged`` keeps what was logged.
     """
     out: list[dict[str, Any]] = []
     last: dict[str, dict[str, Any]] = {}  # the latest record per task folder
@@ -168,12 +168,13 @@ def cpu_records(folder: Path) -> list[dict[str, Any]]:
             continue
         where, start, end, user, system, rc, command = parts
         stage = "train" if command.startswith("dp ") else "model_devi" if command.startswith("lmp") else "fp"
-        record = {"stage": stage, "start": float(start), "end": float(end), "rc": int(rc),
-                  "cpu_s": _seconds(user) + _seconds(system), "command": command}
+        logged = _seconds(user) + _seconds(system)
+        record = {"stage": stage, "start": float(start), "end": float(end), "rc": int(rc), "cpu_s": logged,
+                  "cpu_s_logged": logged, "command": command}
         prev = last.get(where)
-        if prev is not None and record["start"] >= prev["end"] and record["cpu_s"] >= prev["cpu_s"]:
-            record["cpu_s"] -= prev["cpu_s"]
-        last[where] = {**record, "cpu_s": _seconds(user) + _seconds(system)}
+        if prev is not None and record["start"] >= prev["end"] and logged > record["end"] - record["start"]:
+            record["cpu_s"] = max(0.0, logged - prev["cpu_s_logged"])
+        last[where] = record
         out.append(record)
     return out
 
@@ -248,8 +249,7 @@ def refresh_cpu(run: dict[str, Any], folder: Path) -> None:
     if not records or "cpu_s" not in run:
         return
     if "main_cpu_s" not in run:
-        rows = [line.split(" ", 6) for line in (folder / "cpu.log").read_text().splitlines()]
-        run["main_cpu_s"] = max(0.0, run["cpu_s"] - sum(_seconds(r[3]) + _seconds(r[4]) for r in rows if len(r) == 7))
+        run["main_cpu_s"] = max(0.0, run["cpu_s"] - sum(r["cpu_s_logged"] for r in records))
     run["cpu_s"] = run["main_cpu_s"] + sum(r["cpu_s"] for r in records)
     for it in run["iterations"]:
         models = sorted((folder / f"iter.{it['iteration']:06d}" / "00.train").glob("graph.*.pth"))
