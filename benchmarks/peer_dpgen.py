@@ -309,7 +309,8 @@ def run_all(cfg: dict[str, Any], out: Path, tools: Sequence[str], log=print) -> 
     path = out / "peer_dpgen.json"
     for name in cfg["problems"]:
         problem = peer_data.PROBLEMS[name]
-        data = peer_data.write_data(problem, out / "data" / name, quick=cfg["quick"], log=log)
+        data = peer_data.write_data(problem, out / "data" / name, quick=cfg["quick"], log=log,
+                                    jobs=cfg.get("data_jobs", 1))
         result["data"][name] = data.summary()
         for seed in cfg["seeds"]:
             for tool in tools:
@@ -457,6 +458,9 @@ def arguments() -> argparse.ArgumentParser:
                         help="control sets of the campaigns' final sizes only, or of every size (default: all, "
                              "final with --quick)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--data-jobs", type=int, default=1, metavar="N",
+                        help="processes for the oracle MD of the shared frames, written once (default 1; the frames "
+                             "are the same for any N)")
     parser.add_argument("--rescore", type=Path, default=None,
                         help="the table and the plot again, from DIR/peer_dpgen.json (also a partial one)")
     parser.add_argument("--tune-trust", action="store_true",
@@ -495,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = settings(args.quick)
     cfg.update({k: v for k, v in (("problems", args.problems), ("seeds", args.seeds)) if v})
     cfg["control"] = not args.no_control
+    if args.data_jobs < 1:
+        parser.error(f"--data-jobs: {args.data_jobs} is not a positive number of processes")
+    cfg["data_jobs"] = args.data_jobs
     if args.deepmd:
         cfg["deepmd"] = dpgen_runs.DEEPMD_SIZES[args.deepmd]
     if args.control_sizes:

@@ -284,7 +284,8 @@ def test_bad_tuning_arguments(bench, tmp_path, capsys):
     (tmp_path / "results.json").write_text('{"runs": []}')
     for argv, key in ((["--trust", str(tmp_path / "results.json")], "--trust"),
                       (["--trust", str(tmp_path / "none.json")], "--trust"),
-                      (["--target-fraction", "1.5"], "--target-fraction")):
+                      (["--target-fraction", "1.5"], "--target-fraction"),
+                      (["--data-jobs", "0"], "--data-jobs")):
         with pytest.raises(SystemExit) as exc:
             bench.main([*argv, "--tools", "almat", "--out", str(tmp_path / "out")])
         assert exc.value.code == 2
@@ -357,3 +358,21 @@ def test_merge_parts_of_one_run(bench, stored, tmp_path, capsys):
         assert exc.value.code == 2
         assert "error: --merge:" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "n").exists()
+
+
+def test_shared_frames_do_not_depend_on_the_number_of_processes(bench, tmp_path):
+    """The oracle MD of the shared frames in 2 spawned processes writes the same frames as in one."""
+    import dataclasses
+
+    problem = dataclasses.replace(bench.peer_data.PROBLEMS["cu"], schedule=bench.peer_data.PROBLEMS["cu"].schedule[:1],
+                                  n_initial=2, n_test_per_condition=2, n_pool_per_condition=2)
+    logged = []
+    one = bench.peer_data.write_data(problem, tmp_path / "one", quick=False, jobs=1)
+    two = bench.peer_data.write_data(problem, tmp_path / "two", quick=False, log=logged.append, jobs=2)
+    assert [len(s) for s in two.test] == [4] and [len(s) for s in two.pool] == [4]  # 2 temperatures x 2 frames
+    for a, b in zip(one.test[0] + one.pool[0], two.test[0] + two.pool[0]):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+    assert not np.allclose(one.test[0][0].positions, one.pool[0][0].positions)  # the two sets have their own seeds
+    assert logged[-1].endswith("2 of 2 sets done")
+    assert bench.frames_digest(tmp_path / "one") == bench.frames_digest(tmp_path / "two")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
@@ -146,8 +146,31 @@ def oracle_md(problem: Problem, start: Atoms, stage: Stage, n_frames: int, seed:
     return out
 
 
-def write_data(problem: Problem, folder: Path, quick: bool, log: Callable[[str], None] = print) -> SharedData:
-    """The shared frames of a problem, written once (reused while the settings match)."""
+def _md_set(problem: Problem, start: Atoms, stages: Sequence[Stage], n_frames: int, seed: int) -> list[Atoms]:
+    """One start structure's frames of one set: ``n_frames`` per condition of every stage (stage i: seed + 10 i)."""
+    return [a for i, st in enumerate(stages) for a in oracle_md(problem, start, st, n_frames, seed + 10 * i)]
+
+
+def map_tasks(fn: Callable[..., Any], tasks: list[tuple], jobs: int, log: Callable[[str], None], name: str) -> list:
+    """``fn(*task)`` for every task, in order; ``jobs`` > 1 runs them in that many processes (spawned)."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return [fn(*task) for task in tasks]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
+        futures = [ex.submit(fn, *task) for task in tasks]
+        out = []
+        for i, future in enumerate(futures):
+            out.append(future.result())
+            log(f"[{name}] shared frames: {i + 1} of {len(tasks)} sets done")
+        return out
+
+
+def write_data(problem: Problem, folder: Path, quick: bool, log: Callable[[str], None] = print,
+               jobs: int = 1) -> SharedData:
+    """The shared frames of a problem, written once (reused while the settings match); ``jobs`` processes
+    run the oracle MD (one task per start structure and set)."""
     stages = problem.schedule[:2] if quick else problem.schedule
     n_test, n_pool = (min(10, problem.n_test_per_condition), min(15, problem.n_pool_per_condition)) if quick else (
         problem.n_test_per_condition, problem.n_pool_per_condition)
@@ -159,12 +182,11 @@ def write_data(problem: Problem, folder: Path, quick: bool, log: Callable[[str],
     folder.mkdir(parents=True, exist_ok=True)
     starts = problem.start_atoms()
     initial = [label(frames, problem.calculator()) for frames in initial_frames(problem)]
-    test, pool = [], []
-    for k, start in enumerate(starts):
-        test.append([a for i, st in enumerate(stages)
-                     for a in oracle_md(problem, start, st, n_test, 1000 + 10 * i + k)])
-        pool.append([a for i, st in enumerate(stages)
-                     for a in oracle_md(problem, start, st, n_pool, 2000 + 10 * i + k)])
+    # one task per start structure and set, each with its own seeds: the frames do not depend on `jobs`
+    tasks = [(problem, start, stages, n, base + k) for base, n in ((1000, n_test), (2000, n_pool))
+             for k, start in enumerate(starts)]
+    done = map_tasks(_md_set, tasks, jobs, log, problem.name)
+    test, pool = done[: len(starts)], done[len(starts):]
     for name, sets in (("initial", initial), ("test", test), ("pool", pool)):
         for k, frames in enumerate(sets):
             write(folder / f"{name}_{k}.extxyz", frames)
