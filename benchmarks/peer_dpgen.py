@@ -461,6 +461,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--data-jobs", type=int, default=1, metavar="N",
                         help="processes for the oracle MD of the shared frames, written once (default 1; the frames "
                              "are the same for any N)")
+    parser.add_argument("--almat-adaptive-lo", type=float, default=None, metavar="FRACTION",
+                        help="almat's lo chosen every iteration so that FRACTION of the frames below hi are candidates "
+                             "(a variant; default: the fixed lo of --trust or the documented one)")
     parser.add_argument("--rescore", type=Path, default=None,
                         help="the table and the plot again, from DIR/peer_dpgen.json (also a partial one)")
     parser.add_argument("--tune-trust", action="store_true",
@@ -502,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_jobs < 1:
         parser.error(f"--data-jobs: {args.data_jobs} is not a positive number of processes")
     cfg["data_jobs"] = args.data_jobs
+    if args.almat_adaptive_lo is not None:
+        if not 0 < args.almat_adaptive_lo <= 1:
+            parser.error(f"--almat-adaptive-lo: {args.almat_adaptive_lo} is not a fraction in (0, 1]")
+        cfg["almat_adaptive_lo"] = args.almat_adaptive_lo
     if args.deepmd:
         cfg["deepmd"] = dpgen_runs.DEEPMD_SIZES[args.deepmd]
     if args.control_sizes:

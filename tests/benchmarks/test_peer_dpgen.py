@@ -259,6 +259,11 @@ def test_campaign_files_of_the_almat_tools(bench):
     assert stages[0].adaptive_lo.fraction == 0.25 and stages[1].adaptive_lo is None  # iteration 0 only
     assert bench.dpgen_runs.trust_levels(problem, cfg) == (0.054, 0.162)
     assert bench.dpgen_runs.trust_levels(problem, bench.settings(quick=True)) == (0.05, 0.15)
+    cfg["almat_adaptive_lo"] = 0.3  # --almat-adaptive-lo: every stage of almat's campaign, not the foundation's
+    adaptive = load_config(almat_side.campaign_config(problem, cfg, 0, "almat")).sampler.stage_list()
+    assert [st.adaptive_lo.fraction for st in adaptive] == [0.3, 0.3]
+    stages = load_config(almat_side.campaign_config(problem, cfg, 0, "almat-foundation")).sampler.stage_list()
+    assert stages[0].adaptive_lo.fraction == 0.25 and stages[1].adaptive_lo is None
 
 
 def test_summary_with_the_foundation_start(bench, stored):
@@ -285,7 +290,8 @@ def test_bad_tuning_arguments(bench, tmp_path, capsys):
     for argv, key in ((["--trust", str(tmp_path / "results.json")], "--trust"),
                       (["--trust", str(tmp_path / "none.json")], "--trust"),
                       (["--target-fraction", "1.5"], "--target-fraction"),
-                      (["--data-jobs", "0"], "--data-jobs")):
+                      (["--data-jobs", "0"], "--data-jobs"),
+                      (["--almat-adaptive-lo", "0"], "--almat-adaptive-lo")):
         with pytest.raises(SystemExit) as exc:
             bench.main([*argv, "--tools", "almat", "--out", str(tmp_path / "out")])
         assert exc.value.code == 2

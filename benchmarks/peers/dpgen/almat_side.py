@@ -40,13 +40,18 @@ FOUNDATION_QUICK = {"kind": "chgnet-finetune", "n_models": 2,
 def trust_settings(problem: Problem, cfg: dict[str, Any], tool: str) -> dict[str, Any]:
     """The sampler's trust settings of a tool: the tuned levels of ``cfg["trust"]`` (``--trust FILE``) where
     it has them, else the documented ones (raw for ``almat``, calibrated for ``almat-foundation``).
-    ``stage0`` holds what only the first stage (iteration 0) sets: a calibrated tool's ``adaptive_lo``."""
+    ``stage0`` holds what only the first stage (iteration 0) sets: a calibrated tool's ``adaptive_lo``;
+    ``every_stage`` what each stage sets: ``almat``'s ``adaptive_lo`` with ``cfg["almat_adaptive_lo"]``
+    (``--almat-adaptive-lo``: lo chosen each iteration so that this fraction of the frames below hi are
+    candidates, DP-GEN's ``model_devi_adapt_trust_lo`` idea)."""
     tuned = (cfg.get("trust") or {}).get("problems", {}).get(problem.name, {}).get(tool)
     lo, hi = problem.almat_trust
     units = "calibrated" if tool == "almat-foundation" else "raw"
     if tuned:
         lo, hi, units = tuned["lo"], tuned["hi"], tuned["units"]
-    out: dict[str, Any] = {"trust_lo": lo, "trust_hi": hi, "stage0": {}}
+    out: dict[str, Any] = {"trust_lo": lo, "trust_hi": hi, "stage0": {}, "every_stage": {}}
+    if tool == "almat" and cfg.get("almat_adaptive_lo"):
+        out["every_stage"] = {"adaptive_lo": {"fraction": cfg["almat_adaptive_lo"]}}
     if units == "calibrated":
         out["trust_units"] = "calibrated"
         if tuned and tuned.get("iteration0_fraction"):
@@ -65,13 +70,13 @@ def campaign_config(problem: Problem, cfg: dict[str, Any], seed: int, tool: str 
     oracle = demo["oracle"] if problem.oracle == "emt" else {
         "calculator": {"module": "tblite.ase", "class": "TBLite", "kwargs": {"method": "GFN1-xTB", "verbosity": 0}}}
     trust = trust_settings(problem, cfg, tool)
-    stage0 = trust.pop("stage0")
+    stage0, every_stage = trust.pop("stage0"), trust.pop("every_stage")
     sampler = {k: v for k, v in demo["sampler"].items() if k not in ("temperatures",)}
     sampler.update({"steps": problem.md_steps, "timestep_fs": problem.timestep_fs, "sample_every": problem.sample_every,
                     **trust, "seed": seed, "stages": [
                         {"temperatures": list(st.temperatures), "ensemble": st.ensemble,
                          **({"pressures": list(st.pressures_bar), "pressure_unit": "bar"} if st.pressures_bar else {}),
-                         **(stage0 if i == 0 else {}),
+                         **(stage0 if i == 0 else {}), **every_stage,
                          "convergence": {"max_iterations": 1}} for i, st in enumerate(stages)]})
     learner = {**demo["learner"], "hyperparameters": {**demo["learner"]["hyperparameters"]}}
     if tool == "almat-foundation":
