@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -155,9 +157,6 @@ def map_tasks(fn: Callable[..., Any], tasks: list[tuple], jobs: int, log: Callab
     """``fn(*task)`` for every task, in order; ``jobs`` > 1 runs them in that many processes (spawned)."""
     if jobs <= 1 or len(tasks) <= 1:
         return [fn(*task) for task in tasks]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
         futures = [ex.submit(fn, *task) for task in tasks]
         out = []
