@@ -406,7 +406,8 @@ def frames_digest(folder: Path) -> str:
 def merge(folders: Sequence[Path], out: Path) -> dict[str, Any]:
     """One result from several (parts of a run, made by separate calls): a later part's run or control of the
     same problem, tool (model) and seed replaces an earlier one. Parts scored on other frames are refused
-    (ValueError): each problem's initial and test frames must be byte-identical."""
+    (ValueError): each problem's initial and test frames must be byte-identical; so are parts of another
+    almat variant (``--almat-adaptive-lo``), whose runs would otherwise replace the plain tool's."""
     merged: dict[str, Any] = {"runs": {}, "controls": {}, "failures": [], "data": {}, "versions": {}}
     digests: dict[str, str] = {}
     for folder in folders:
@@ -422,7 +423,10 @@ def merge(folders: Sequence[Path], out: Path) -> dict[str, Any]:
             if digests.setdefault(problem, digest) != digest:
                 raise ValueError(f"{path}: its {problem} frames differ from the first part's; not comparable")
             merged["data"].setdefault(problem, data)
-        merged.setdefault("settings", {**part["settings"], "merged_from": []})["merged_from"].append(str(folder))
+        variant = merged.setdefault("settings", {**part["settings"], "merged_from": []}).get("almat_adaptive_lo")
+        if part["settings"].get("almat_adaptive_lo") != variant:
+            raise ValueError(f"{path}: its almat variant (--almat-adaptive-lo) differs from the first part's")
+        merged["settings"]["merged_from"].append(str(folder))
         merged["versions"].update(part.get("versions", {}))
         merged["runs"].update({(r["problem"], r["tool"], r["seed"]): r for r in part["runs"]})
         merged["controls"].update({(c["problem"], c["model"], c["seed"]): c for c in part.get("controls", [])})

@@ -358,7 +358,12 @@ def test_merge_parts_of_one_run(bench, stored, tmp_path, capsys):
     assert merged["settings"]["merged_from"] == [str(first), str(second)]
     assert "| cu (target " in capsys.readouterr().out and (tmp_path / "m" / "peer_dpgen.png").exists()
     other = _part(tmp_path / "c", stored, [dpgen1], "other")  # scored on other test frames: refused
-    for argv in (["--merge", str(first), str(other), "--out", str(tmp_path / "n")], ["--merge", str(first)]):
+    variant = _part(tmp_path / "d", stored, [almat], "same")  # almat with --almat-adaptive-lo: refused too
+    data = json.loads((variant / "peer_dpgen.json").read_text())
+    data["settings"] = {**data["settings"], "almat_adaptive_lo": 0.25}
+    (variant / "peer_dpgen.json").write_text(json.dumps(data))
+    for argv in (["--merge", str(first), str(other), "--out", str(tmp_path / "n")], ["--merge", str(first)],
+                 ["--merge", str(first), str(variant), "--out", str(tmp_path / "n")]):
         with pytest.raises(SystemExit) as exc:
             bench.main(argv)
         assert exc.value.code == 2
