@@ -377,9 +377,10 @@ def test_shared_frames_do_not_depend_on_the_number_of_processes(bench, tmp_path)
 
     problem = dataclasses.replace(bench.peer_data.PROBLEMS["cu"], schedule=bench.peer_data.PROBLEMS["cu"].schedule[:1],
                                   n_initial=2, n_test_per_condition=2, n_pool_per_condition=2)
-    logged = []
-    one = bench.peer_data.write_data(problem, tmp_path / "one", quick=False, jobs=1)
+    logged, logged_one = [], []
+    one = bench.peer_data.write_data(problem, tmp_path / "one", quick=False, log=logged_one.append, jobs=1)
     two = bench.peer_data.write_data(problem, tmp_path / "two", quick=False, log=logged.append, jobs=2)
+    assert logged_one[-1].endswith("2 of 2 sets done")  # progress in one process too
     assert [len(s) for s in two.test] == [4] and [len(s) for s in two.pool] == [4]  # 2 temperatures x 2 frames
     for a, b in zip(one.test[0] + one.pool[0], two.test[0] + two.pool[0]):
         np.testing.assert_array_equal(a.positions, b.positions)

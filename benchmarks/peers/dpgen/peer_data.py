@@ -11,6 +11,7 @@ Each set is an extended XYZ file (almat) and a deepmd/npy folder per start struc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing as mp
@@ -154,14 +155,15 @@ def _md_set(problem: Problem, start: Atoms, stages: Sequence[Stage], n_frames: i
 
 
 def map_tasks(fn: Callable[..., Any], tasks: list[tuple], jobs: int, log: Callable[[str], None], name: str) -> list:
-    """``fn(*task)`` for every task, in order; ``jobs`` > 1 runs them in that many processes (spawned)."""
-    if jobs <= 1 or len(tasks) <= 1:
-        return [fn(*task) for task in tasks]
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
-        futures = [ex.submit(fn, *task) for task in tasks]
+    """``fn(*task)`` for every task, in order, logging each one done; ``jobs`` > 1 runs them in that many
+    processes (spawned)."""
+    parallel = jobs > 1 and len(tasks) > 1
+    pool = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=mp.get_context("spawn")) if parallel else None
+    with pool or contextlib.nullcontext():
+        futures = [pool.submit(fn, *task) for task in tasks] if pool else None
         out = []
-        for i, future in enumerate(futures):
-            out.append(future.result())
+        for i, task in enumerate(tasks):
+            out.append(futures[i].result() if futures else fn(*task))
             log(f"[{name}] shared frames: {i + 1} of {len(tasks)} sets done")
         return out
 
